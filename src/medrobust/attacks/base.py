@@ -1,0 +1,190 @@
+"""What every attack shares: the call protocol, bounds, norms, projection and input gradients.
+
+An attack is a frozen dataclass holding hyperparameters, called as
+``attack(model, task, x, y, *, eps=None, generator=None) -> x_adv``. Subclasses write only ``run``, the core of
+the algorithm; ``__call__`` validates inputs, puts the model in attack mode (eval, no parameter gradients,
+restored afterwards), and for minimal-norm attacks clips the found perturbation to ``eps`` when one is given.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from medrobust.models.wrapper import Model, as_model, attack_mode
+from medrobust.seeding import generator_for
+from medrobust.tasks import Task, get_task
+from medrobust.types import Bounds
+
+PERTURBATION_NORMS = ("linf", "l2", "l0")
+
+
+@dataclass(frozen=True)
+class Attack(ABC):
+    """Base class. ``minimal`` attacks search for the smallest adversarial perturbation and run once; budget
+    attacks (``minimal = False``) need ``eps`` and run once per strength."""
+
+    minimal: ClassVar[bool] = False
+    #: Tasks the algorithm is defined for.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
+
+    @property
+    def threat_norm(self) -> str:
+        """The norm in which ``eps`` is measured for this attack."""
+        return str(getattr(self, "norm", "linf"))
+
+    def __call__(
+        self,
+        model: nn.Module,
+        task: str | Task,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """x: (N, C, *spatial) floating inputs inside the model's bounds; y: labels. Returns x_adv like x."""
+        model = as_model(model)
+        task = get_task(task)
+        name = type(self).__name__
+        if task.name not in self.tasks:
+            raise ValueError(
+                f"{name} is defined for {', '.join(self.tasks)} tasks only, not {task.name!r}"
+            )
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        if eps is None and not self.minimal:
+            raise ValueError(f"{name} is a budget attack and needs eps (in input units, norm {self.threat_norm})")
+        if eps is not None and (not math.isfinite(float(eps)) or float(eps) < 0):
+            raise ValueError(f"eps={eps!r} must be a finite number >= 0")
+        low, high = model.bounds
+        if x.numel() and (float(x.min()) < low - 1e-6 or float(x.max()) > high + 1e-6):
+            raise ValueError(
+                f"x ranges over [{float(x.min()):.4g}, {float(x.max()):.4g}], outside the model's bounds "
+                f"{model.bounds}; pass the bounds the data are in"
+            )
+        y = y.to(x.device).long()
+        gen = generator_for(x, generator)
+        x = x.detach()
+        with attack_mode(model):
+            if eps is not None and float(eps) == 0.0:
+                return x.clone()
+            x_adv = self.run(model, task, x, y, eps=None if eps is None else float(eps), generator=gen)
+        if self.minimal and eps is not None:
+            x_adv = clip_perturbation(x, x_adv, float(eps), self.threat_norm, model.bounds)
+        return x_adv.detach().to(dtype=x.dtype)
+
+    @abstractmethod
+    def run(
+        self,
+        model: Model,
+        task: Task,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The algorithm. ``model`` is in eval mode with frozen parameters; ``x`` is detached."""
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or not math.isfinite(float(value)):
+        raise ValueError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def check_int(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def clamp_bounds(x: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    return x.clamp(bounds[0], bounds[1])
+
+
+def flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of ``t`` (N, ...) -> (N,)."""
+    flat = t.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    if norm == "l2":
+        return flat.norm(dim=1)
+    if norm == "l0":
+        return (flat != 0).sum(dim=1).to(t.dtype)
+    raise ValueError(f"norm={norm!r} is not supported; expected one of {', '.join(PERTURBATION_NORMS)}")
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape (N,) so it broadcasts against ``like`` (N, ...)."""
+    return values.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit norm: sign for Linf, grad / ||grad||_2 for L2 (0 where grad is 0)."""
+    if norm == "linf":
+        return grad.sign()
+    if norm == "l2":
+        return grad / per_sample(flat_norm(grad, "l2"), grad).clamp_min(1e-12)
+    raise ValueError(f"norm={norm!r} is not supported; expected 'linf' or 'l2'")
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        n = per_sample(flat_norm(delta, "l2"), delta)
+        return delta * torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
+    raise ValueError(f"norm={norm!r} is not supported; expected 'linf' or 'l2'")
+
+
+def clip_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, bounds: Bounds) -> torch.Tensor:
+    """Limit ``x_adv - x`` to size ``eps`` in ``norm`` (as foolbox evaluates minimal attacks at a budget).
+
+    For L0, ``eps`` is a fraction of the input features: the largest ``floor(eps * features)`` changes are kept.
+    """
+    delta = x_adv - x
+    if norm == "l0":
+        flat = delta.flatten(1)
+        k = int(math.floor(eps * flat.shape[1] + 1e-9))
+        if k >= flat.shape[1]:
+            return clamp_bounds(x_adv, bounds)
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        if k > 0:
+            keep.scatter_(1, flat.abs().topk(k, dim=1).indices, True)
+        delta = torch.where(keep, flat, torch.zeros_like(flat)).view_as(delta)
+    else:
+        delta = project(delta, eps, norm)
+    return clamp_bounds(x + delta, bounds)
+
+
+def loss_and_grad(
+    model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward once. Returns (logits, per-sample loss (N,), d(sum of losses)/dx)."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    task.check(logits, y)
+    loss = task.loss(logits, y)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return logits.detach(), loss.detach(), grad
+
+
+def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A random perturbation uniform in the ``norm`` ball of radius ``eps`` (Madry et al. random start)."""
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * eps
+    if norm == "l2":
+        d = x[0].numel()
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = direction / per_sample(flat_norm(direction, "l2"), x).clamp_min(1e-12)
+        radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+        return direction * per_sample(radius * eps, x)
+    raise ValueError(f"norm={norm!r} is not supported; expected 'linf' or 'l2'")

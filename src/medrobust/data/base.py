@@ -1,0 +1,122 @@
+"""Datasets as the rest of medrobust sees them, and the dataset registry.
+
+Every dataset builder is registered by name and called as ``builder(split=..., **params)``; it returns an
+``ImageDataset`` whose items are ``(x, y, id)``: x a float32 tensor (C, H, W) inside ``bounds`` (default [0, 1]),
+y an int class index into ``class_names``, id a stable string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from medrobust.registry import Registry
+from medrobust.types import Batch, Bounds
+
+SPLITS = ("train", "val", "test")
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not valid; expected one of {', '.join(SPLITS)}")
+    return split
+
+
+class ImageDataset(Dataset):
+    """Base class: subclasses set ``class_names``, ``labels`` (long tensor (N,)), ``ids`` and implement
+    ``image(i) -> float tensor (C, H, W)``."""
+
+    task: str = "classification"
+    bounds: Bounds = (0.0, 1.0)
+    name: str = ""
+
+    def __init__(self, class_names: Sequence[str], labels: torch.Tensor, ids: Sequence[str], split: str) -> None:
+        self.class_names = tuple(str(c) for c in class_names)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        self.ids = [str(i) for i in ids]
+        self.split = split
+        if len(self.ids) != len(self.labels):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.labels)} labels")
+        if len(self.labels) == 0:
+            raise ValueError(f"dataset {self.name or type(self).__name__!r}: split {split!r} is empty")
+        bad = (self.labels < 0) | (self.labels >= len(self.class_names))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"sample {self.ids[i]!r} has label {int(self.labels[i])}, outside the {len(self.class_names)} "
+                f"classes {list(self.class_names)}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def image(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        return self.image(i), int(self.labels[i]), self.ids[i]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.image(0).shape)
+
+    def describe(self) -> dict[str, Any]:
+        counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
+        return {
+            "name": self.name,
+            "split": self.split,
+            "n": len(self),
+            "classes": list(self.class_names),
+            "class_counts": counts,
+            "input_shape": list(self.input_shape),
+            "bounds": list(self.bounds),
+        }
+
+
+class TensorImageDataset(ImageDataset):
+    """An in-memory dataset: images (N, C, H, W) float in [0, 1] (or uint8, scaled by 1/255 on access)."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, ids: Sequence[str], class_names: Sequence[str], split: str
+    ) -> None:
+        super().__init__(class_names, labels, ids, split)
+        if images.dim() != 4 or images.shape[0] != len(self.labels):
+            raise ValueError(
+                f"images must have shape (N, C, H, W) with N={len(self.labels)}, got {tuple(images.shape)}"
+            )
+        self.images = images
+
+    def image(self, i: int) -> torch.Tensor:
+        img = self.images[i]
+        if img.dtype == torch.uint8:
+            return img.float().div_(255.0)
+        return img.float()
+
+
+def iterate_batches(dataset: ImageDataset, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+    """Yield Batch objects in dataset order; ``limit`` keeps the first ``limit`` samples."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    for start in range(0, n, batch_size):
+        idx = range(start, min(start + batch_size, n))
+        items = [dataset[i] for i in idx]
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([it[1] for it in items], dtype=torch.long)
+        yield Batch(x, y, [it[2] for it in items])
+
+
+def load_all(dataset: ImageDataset, limit: int | None = None) -> Batch:
+    """The whole dataset (or its first ``limit`` samples) as one Batch."""
+    batches = list(iterate_batches(dataset, 256, limit))
+    return Batch(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches]), sum((b.ids for b in batches), []))
+
+
+DATASETS: Registry = Registry("dataset")

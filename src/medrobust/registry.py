@@ -1,0 +1,90 @@
+"""One small typed registry used for attacks, corruptions, models, datasets and tasks."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to builders. ``build("pgd", steps=10)`` calls the registered builder."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise KeyError(unknown_name_message(self.kind, name, self.names()))
+        return self._items[name]
+
+    def build(self, name: str, /, **params: Any) -> Any:
+        builder = self.get(name)
+        try:
+            return builder(**params)  # type: ignore[operator]
+        except TypeError as err:
+            raise TypeError(f"{self.kind} {name!r}: {err}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} Valid: {', '.join(valid)}"
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI parameter value: numbers, booleans, None, lists; anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    if lowered in {"none", "null"}:
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``"name:key=value,key=value"`` into ``("name", {"key": value})``.
+
+    >>> parse_spec("pgd:eps=0.03,steps=10,norm=l2")
+    ('pgd', {'eps': 0.03, 'steps': 10, 'norm': 'l2'})
+    """
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"spec {spec!r} has no name; expected 'name' or 'name:key=value,...'")
+    params: dict[str, Any] = {}
+    if rest.strip():
+        for part in rest.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"spec {spec!r}: parameter {part!r} is not of the form key=value")
+            params[key.strip()] = parse_value(value)
+    return name, params
+
+
+def merge_params(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    merged.update(given)
+    return merged

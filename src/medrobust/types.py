@@ -1,0 +1,57 @@
+"""Small shared types: bounds, norms, batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Bounds = tuple[float, float]
+Norm = Literal["linf", "l2"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+def check_norm(norm: str) -> str:
+    """Return ``norm`` lower-cased, or raise naming the valid norms."""
+    value = str(norm).lower()
+    if value not in NORMS:
+        raise ValueError(f"norm={norm!r} is not supported; expected one of {', '.join(NORMS)}")
+    return value
+
+
+def check_bounds(bounds: Bounds) -> Bounds:
+    """Validate an input range ``(low, high)`` with ``low < high``."""
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds={bounds!r} must be a pair (low, high) of numbers") from None
+    if not low < high:
+        raise ValueError(f"bounds={bounds!r} must satisfy low < high")
+    return (low, high)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of samples.
+
+    x: inputs, float tensor (N, C, *spatial) in the dataset's input units.
+    y: labels, long tensor (N,) for classification or (N, *spatial) for segmentation.
+    ids: one stable identifier per sample.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} samples but y has {self.y.shape[0]}")
+        if self.ids and len(self.ids) != self.x.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} samples but ids has {len(self.ids)}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.x.to(device), self.y.to(device), list(self.ids))

@@ -1,0 +1,63 @@
+"""Shared fixtures: a small trained classifier on a toy problem every attack must be able to fool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real-data sample {path} is absent (../shared/data is not laid beside this checkout)")
+    return path
+
+
+def make_toy(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """3 classes of 1x8x8 images in [0, 1]: a bright left half, right half, or centre blob, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.full((n, 1, 8, 8), 0.3)
+    x[y == 0, :, :, :4] += 0.35
+    x[y == 1, :, :, 4:] += 0.35
+    x[y == 2, :, 2:6, 2:6] += 0.4
+    x += 0.08 * torch.randn(x.shape, generator=g)
+    return x.clamp(0, 1), y
+
+
+class ToyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(scope="session")
+def toy_model() -> nn.Module:
+    """A ToyCNN trained to ~100% clean accuracy on the toy problem (deterministic, about a second)."""
+    torch.manual_seed(0)  # test-only: makes the fixture's initial weights fixed
+    model = ToyCNN()
+    x, y = make_toy(300, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture()
+def toy_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return make_toy(30, seed=2)
