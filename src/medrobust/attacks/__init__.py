@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from medrobust.attacks.base import Attack
+from medrobust.attacks.cw import CarliniWagnerL2
+from medrobust.attacks.deepfool import DeepFool
 from medrobust.attacks.fgsm import FGSM
+from medrobust.attacks.jsma import JSMA
 from medrobust.attacks.pgd import PGD
 from medrobust.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 ATTACKS.register("fgsm")(FGSM)
 ATTACKS.register("pgd")(PGD)
+ATTACKS.register("deepfool")(DeepFool)
+ATTACKS.register("jsma")(JSMA)
+ATTACKS.register("cw")(CarliniWagnerL2)
 
-__all__ = ["Attack", "ATTACKS", "FGSM", "PGD"]
+__all__ = ["ATTACKS", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD"]

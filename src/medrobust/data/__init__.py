@@ -1,0 +1,49 @@
+"""Datasets: registered builders that return an :class:`ImageDataset` for one split.
+
+Built in: ``derm-synth`` (synthetic dermoscopy, the default demo data), ``medmnist`` (MedMNIST .npz),
+``isic`` (ISIC 2017 / HAM10000 folder + metadata CSV) and ``image-folder`` (one sub-folder per class).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Importing the modules registers their builders in DATASETS.
+from medrobust.data import derm_synth, image_folder, isic, medmnist  # noqa: F401
+from medrobust.data.base import (
+    DATASETS,
+    SPLITS,
+    ImageDataset,
+    TensorImageDataset,
+    check_split,
+    iterate_batches,
+    load_all,
+)
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "ImageDataset",
+    "TensorImageDataset",
+    "check_split",
+    "iterate_batches",
+    "list_datasets",
+    "load_all",
+    "load_dataset",
+]
+
+
+def load_dataset(name: str, split: str = "test", **params: Any) -> ImageDataset:
+    """Build split ``split`` of the registered dataset ``name`` with its ``params``.
+
+    Unknown names raise KeyError listing the valid names (with a "did you mean" hint).
+
+    >>> ds = load_dataset("derm-synth", split="test", n=30)  # doctest: +SKIP
+    """
+    check_split(split)
+    return DATASETS.build(name, split=split, **params)
+
+
+def list_datasets() -> list[str]:
+    """The registered dataset names."""
+    return DATASETS.names()

@@ -1,0 +1,179 @@
+"""``medmnist``: the MedMNIST v2 .npz files (Yang et al., Scientific Data 10, 41, 2023).
+
+A file ``{flag}.npz`` holds ``{split}_images`` (N, H, W) or (N, H, W, 3) uint8 and ``{split}_labels`` (N, 1)
+for the train/val/test splits. Single-label 2D datasets are supported (pneumoniamnist, dermamnist, ...);
+multi-label ChestMNIST and the 3D volumes are refused with a clear error. Pixels 0..255 map to [0, 1] as x/255.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medrobust.data.base import DATASETS, TensorImageDataset, check_split
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("~/.medmnist")
+
+# Class names from MedMNIST's INFO for the single-label 2D datasets.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "breastmnist": ("malignant", "normal, benign"),
+    "dermamnist": (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
+        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions",
+    ),
+    "octmnist": ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+    "pathmnist": (
+        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+        "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
+    ),
+    "bloodmnist": (
+        "basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil",
+        "platelet",
+    ),
+    "retinamnist": ("0", "1", "2", "3", "4"),
+    **{
+        flag: (
+            "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+            "lung-right", "pancreas", "spleen",
+        )
+        for flag in ("organamnist", "organcmnist", "organsmnist")
+    },
+}  # fmt: skip
+
+
+class MedMNISTDataset(TensorImageDataset):
+    name = "medmnist"
+
+
+@DATASETS.register("medmnist")
+def build_medmnist(
+    split: str = "test",
+    path: str | Path | None = None,
+    flag: str | None = None,
+    class_names: Sequence[str] | None = None,
+    download: bool = False,
+) -> MedMNISTDataset:
+    """One split of a MedMNIST .npz as float32 (C, H, W) in [0, 1] (C = 1 for grayscale, 3 for RGB).
+
+    path: a .npz file, or a folder holding ``{flag}.npz`` (default ~/.medmnist, MedMNIST's own cache).
+    flag: e.g. "pneumoniamnist" (default: the file's stem). class_names: default MedMNIST's names for known
+    flags, else class_0..class_{K-1}. download: only if the file is absent, fetch it with the ``medmnist``
+    package (needs the network). Ids look like "pneumoniamnist-test-00042".
+    """
+    check_split(split)
+    file = _resolve_path(path, flag)
+    flag = flag or file.stem
+    if not file.is_file():
+        if not download:
+            raise FileNotFoundError(
+                f"MedMNIST file {file} does not exist; pass path=<a local {flag}.npz or its folder>, "
+                "or download=True to fetch it with the medmnist package"
+            )
+        _download(flag, file)
+    images, labels, n_classes = _read(file, split)
+    names = _class_names(flag, class_names, n_classes, file)
+    ids = [f"{flag}-{split}-{i:05d}" for i in range(len(labels))]
+    ds = MedMNISTDataset(images, labels, ids, names, split)
+    ds.flag = flag
+    ds.source = str(file)
+    return ds
+
+
+def _resolve_path(path: str | Path | None, flag: str | None) -> Path:
+    if path is None and flag is None:
+        raise ValueError("medmnist needs path=<file.npz or folder> and/or flag=<e.g. pneumoniamnist>")
+    p = Path(path if path is not None else DEFAULT_ROOT).expanduser()
+    if p.suffix.lower() == ".npz":
+        return p
+    if flag is None:
+        raise ValueError(f"path={str(p)!r} is a folder; pass flag=<e.g. pneumoniamnist> to pick {{flag}}.npz in it")
+    return p / f"{flag}.npz"
+
+
+def _download(flag: str, file: Path) -> None:
+    hint = f"pass path=<a local {flag}.npz> instead"
+    try:
+        import medmnist  # type: ignore[import-not-found]
+    except ImportError:
+        raise ImportError(f"download=True needs the medmnist package (pip install medmnist); or {hint}") from None
+    info = getattr(medmnist, "INFO", {}).get(flag)
+    if info is None:
+        raise ValueError(f"medmnist does not know flag={flag!r}; {hint}")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading MedMNIST %s into %s", flag, file.parent)
+    try:
+        getattr(medmnist, info["python_class"])(split="test", root=str(file.parent), download=True)
+    except Exception as err:  # network errors come in many types; all end the same way
+        raise RuntimeError(
+            f"downloading MedMNIST {flag!r} failed ({err}); the network may be unavailable, {hint}"
+        ) from None
+    if not file.is_file():
+        raise FileNotFoundError(f"the medmnist download did not produce {file}; {hint}")
+
+
+def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Images (N, C, H, W) uint8 (or float in [0, 1]), labels (N,), and the class count over all splits."""
+    try:
+        npz = np.load(file, allow_pickle=False)
+    except Exception as err:
+        raise ValueError(f"cannot read MedMNIST file {file}: {err}") from None
+    with npz:
+        keys = sorted(npz.files)
+        img_key, lab_key = f"{split}_images", f"{split}_labels"
+        for key in (img_key, lab_key):
+            if key not in keys:
+                raise KeyError(f"MedMNIST file {file} has no key {key!r}; keys present: {keys}")
+        images, labels = npz[img_key], npz[lab_key]
+        n_classes = 1 + max(int(npz[k].max()) for k in keys if k.endswith("_labels") and npz[k].size)
+
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise ValueError(
+            f"MedMNIST file {file}: {lab_key} has shape {labels.shape}, a multi-label task (e.g. ChestMNIST); "
+            "only single-label classification is supported"
+        )
+    labels = labels.reshape(-1)
+    if labels.size == 0 or images.shape[0] == 0:
+        raise ValueError(f"MedMNIST file {file}: split {split!r} is empty ({img_key} has shape {images.shape})")
+    if images.shape[0] != labels.size:
+        raise ValueError(
+            f"MedMNIST file {file}: {img_key} has {images.shape[0]} images but {lab_key} has {labels.size} labels"
+        )
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(
+            f"MedMNIST file {file}: {img_key} has shape {images.shape}; expected (N, H, W) or (N, H, W, 3) "
+            "(3D MedMNIST volumes are not supported by this 2D loader)"
+        )
+    if images.dtype != np.uint8:
+        if np.issubdtype(images.dtype, np.integer) and images.min() >= 0 and images.max() <= 255:
+            images = images.astype(np.uint8)
+        elif np.issubdtype(images.dtype, np.floating) and images.min() >= 0 and images.max() <= 1:
+            images = images.astype(np.float32)
+        else:
+            raise ValueError(
+                f"MedMNIST file {file}: {img_key} has dtype {images.dtype} with values "
+                f"{images.min()}..{images.max()}; expected uint8 0..255 or floats in [0, 1]"
+            )
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)), n_classes
+
+
+def _class_names(flag: str, given: Sequence[str] | None, n_classes: int, file: Path) -> list[str]:
+    if given is not None:
+        names = [str(c) for c in given]
+        if len(names) < n_classes:
+            raise ValueError(f"class_names={names} has {len(names)} names but {file} has labels up to {n_classes - 1}")
+        return names
+    known = CLASS_NAMES.get(flag)
+    if known is not None and len(known) >= n_classes:
+        return list(known)
+    return [f"class_{k}" for k in range(n_classes)]

@@ -1,0 +1,43 @@
+"""Pure metric functions on tensors: task scores, perturbation sizes, similarity, robustness scores."""
+
+from __future__ import annotations
+
+from medrobust.metrics.classification import (
+    accuracy,
+    auc_ovr,
+    balanced_accuracy,
+    confusion_matrix,
+    per_class_sensitivity,
+)
+from medrobust.metrics.perturbation import (
+    PERTURBATION_NORMS,
+    l0_norm,
+    l2_norm,
+    linf_norm,
+    perturbation_norm,
+    psnr,
+    ssim,
+)
+from medrobust.metrics.robustness import (
+    attack_success_rate,
+    empirical_robustness,
+    empirical_robustness_per_sample,
+)
+
+__all__ = [
+    "PERTURBATION_NORMS",
+    "accuracy",
+    "attack_success_rate",
+    "auc_ovr",
+    "balanced_accuracy",
+    "confusion_matrix",
+    "empirical_robustness",
+    "empirical_robustness_per_sample",
+    "l0_norm",
+    "l2_norm",
+    "linf_norm",
+    "per_class_sensitivity",
+    "perturbation_norm",
+    "psnr",
+    "ssim",
+]

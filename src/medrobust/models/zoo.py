@@ -1,0 +1,176 @@
+"""Registered network builders and ``module:function`` factories.
+
+Every builder is called as ``builder(in_channels=..., num_classes=..., spatial_dims=2, **kwargs)`` and returns
+a plain ``nn.Module`` mapping normalised inputs (N, C, *spatial) to logits (N, K). The MONAI networks are
+configured small so they train in minutes on a CPU at 28-64 px; pass kwargs to change that.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from medrobust.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (conv-BN-ReLU-pool) and a linear head on global average pooling."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, spatial_dims: int = 2) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims={spatial_dims!r} must be 2 or 3")
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for mult in (1, 2, 4):
+            layers += [conv(channels, width * mult, 3, padding=1), norm(width * mult), nn.ReLU(), pool(2)]
+            channels = width * mult
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+@MODELS.register("small-cnn")
+def small_cnn(in_channels: int, num_classes: int, spatial_dims: int = 2, width: int = 16) -> nn.Module:
+    return SmallCNN(in_channels, num_classes, width=width, spatial_dims=spatial_dims)
+
+
+@MODELS.register("densenet")
+def densenet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    init_features: int = 16,
+    growth_rate: int = 8,
+    block_config: tuple[int, ...] = (2, 4, 4),
+    dropout_prob: float = 0.0,
+) -> nn.Module:
+    """MONAI DenseNet (Huang et al. 2017), small configuration."""
+    from monai.networks.nets import DenseNet
+
+    return DenseNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        init_features=init_features,
+        growth_rate=growth_rate,
+        block_config=tuple(block_config),
+        dropout_prob=dropout_prob,
+    )
+
+
+@MODELS.register("resnet")
+def resnet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    layers: tuple[int, ...] = (1, 1, 1, 1),
+    block_inplanes: tuple[int, ...] = (16, 32, 64, 128),
+) -> nn.Module:
+    """MONAI ResNet with basic blocks (He et al. 2016), a 3x3 stem for small inputs."""
+    from monai.networks.nets import ResNet
+
+    return ResNet(
+        block="basic",
+        layers=list(layers),
+        block_inplanes=list(block_inplanes),
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_size=3,
+        conv1_t_stride=1,
+        no_max_pool=False,
+        num_classes=num_classes,
+    )
+
+
+@MODELS.register("efficientnet")
+def efficientnet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    width_coefficient: float = 0.5,
+    depth_coefficient: float = 0.5,
+    image_size: int = 64,
+    dropout_rate: float = 0.2,
+) -> nn.Module:
+    """MONAI EfficientNet (Tan & Le 2019) with the B0 block layout, scaled down by default."""
+    from monai.networks.nets import EfficientNet
+
+    blocks = [
+        "r1_k3_s11_e1_i32_o16_se0.25",
+        "r2_k3_s22_e6_i16_o24_se0.25",
+        "r2_k5_s22_e6_i24_o40_se0.25",
+        "r3_k3_s22_e6_i40_o80_se0.25",
+        "r3_k5_s11_e6_i80_o112_se0.25",
+        "r4_k5_s22_e6_i112_o192_se0.25",
+        "r1_k3_s11_e6_i192_o320_se0.25",
+    ]
+    return EfficientNet(
+        blocks,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        width_coefficient=width_coefficient,
+        depth_coefficient=depth_coefficient,
+        dropout_rate=dropout_rate,
+        image_size=image_size,
+        drop_connect_rate=0.0,
+    )
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    """Import ``module:function`` (e.g. ``torchvision.models:resnet18`` or ``mypkg.nets:build``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model factory {spec!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"model factory {spec!r}: cannot import module {module_name!r} ({err})") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ImportError(f"model factory {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise TypeError(f"model factory {spec!r} is not callable")
+    return obj
+
+
+def build_network(
+    architecture: str, *, in_channels: int, num_classes: int, spatial_dims: int = 2, **kwargs: Any
+) -> nn.Module:
+    """Build a network by registered name or ``module:function`` factory.
+
+    Registered builders receive ``in_channels``, ``num_classes``, ``spatial_dims`` and their own kwargs. A
+    factory (e.g. ``torchvision.models:resnet18``) receives its kwargs plus whichever of ``in_channels``,
+    ``num_classes``, ``spatial_dims`` its signature accepts and the kwargs do not already set.
+    """
+    shape_args = {"in_channels": in_channels, "num_classes": num_classes, "spatial_dims": spatial_dims}
+    if ":" in architecture:
+        factory = resolve_factory(architecture)
+        try:
+            params = inspect.signature(factory).parameters
+            accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):
+            params, accepts_all = {}, False
+        extra = {k: v for k, v in shape_args.items() if k not in kwargs and (accepts_all or k in params)}
+        net = factory(**extra, **kwargs)
+    else:
+        net = MODELS.build(architecture, **shape_args, **kwargs)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model {architecture!r} returned {type(net).__name__}, expected a torch.nn.Module")
+    return net

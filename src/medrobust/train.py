@@ -1,0 +1,188 @@
+"""Train a registered model on a dataset's train split; keep the checkpoint with the best validation score.
+
+Randomness (initial weights, shuffling, flips, dropout) comes from ``seed`` alone: training runs inside
+``torch.random.fork_rng`` so the caller's global generator state is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from medrobust.data import load_dataset
+from medrobust.data.base import ImageDataset, load_all
+from medrobust.models.card import ModelCard, build_model, save_checkpoint
+from medrobust.models.wrapper import Model
+from medrobust.metrics import accuracy, auc_ovr, balanced_accuracy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    architecture: str = "small-cnn"
+    dataset: str = "derm-synth"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    augment: bool = True
+    normalise: bool = True
+    select_metric: str = "balanced_accuracy"
+    device: str = "cpu"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs!r} must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} must be > 0")
+        if self.select_metric not in ("accuracy", "balanced_accuracy", "auc"):
+            raise ValueError(
+                f"select_metric={self.select_metric!r}; expected accuracy, balanced_accuracy or auc"
+            )
+
+
+def versions() -> dict[str, str]:
+    from medrobust import __version__
+
+    return {"medrobust": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def classification_scores(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+    pred = logits.argmax(1)
+    return {
+        "accuracy": float(accuracy(pred, y)),
+        "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
+        "auc": float(auc_ovr(logits.softmax(1), y, num_classes)),
+    }
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    dims = [0] + list(range(2, x.dim()))
+    return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-6).tolist()
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal and vertical flips (lesions and chest films are read in any such orientation)."""
+    n = x.shape[0]
+    flip_h = torch.rand(n, generator=generator) < 0.5
+    flip_v = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip_h.view(-1, 1, 1, 1), x.flip(-1), x)
+    return torch.where(flip_v.view(-1, 1, 1, 1), x.flip(-2), x)
+
+
+def train(
+    settings: TrainSettings,
+    out_dir: str | Path | None = None,
+    *,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[Model, ModelCard]:
+    """Train, select by validation ``select_metric``, evaluate on test, and save to ``out_dir`` if given."""
+    s = settings
+    started = time.perf_counter()
+    datasets: dict[str, ImageDataset] = {
+        split: load_dataset(s.dataset, split=split, **s.dataset_params) for split in ("train", "val", "test")
+    }
+    train_ds = datasets["train"]
+    if train_ds.task != "classification":
+        raise ValueError(f"dataset {s.dataset!r} is a {train_ds.task} dataset; this trainer is for classification")
+    data = {split: load_all(ds) for split, ds in datasets.items()}
+    x_train, y_train = data["train"].x, data["train"].y
+    in_channels, num_classes = x_train.shape[1], train_ds.num_classes
+    mean, std = channel_stats(x_train) if s.normalise else (None, None)
+    card = ModelCard(
+        name=s.name or f"{s.architecture.replace(':', '-')}-{s.dataset}-s{s.seed}",
+        architecture=s.architecture,
+        arch_kwargs=dict(s.arch_kwargs),
+        in_channels=in_channels,
+        num_classes=num_classes,
+        class_names=list(train_ds.class_names),
+        spatial_dims=x_train.dim() - 2,
+        input_shape=list(x_train.shape[1:]),
+        bounds=train_ds.bounds,
+        mean=mean,
+        std=std,
+        dataset={"name": s.dataset, "params": dict(s.dataset_params), "sizes": {k: len(v) for k, v in data.items()}},
+        seed=s.seed,
+        training={k: v for k, v in asdict(s).items() if k not in ("dataset", "dataset_params", "architecture")},
+        versions=versions(),
+    )
+    device = torch.device(s.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        model = build_model(card).to(device)
+        gen = torch.Generator().manual_seed(s.seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        steps_per_epoch = -(-len(x_train) // s.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.epochs * steps_per_epoch)
+        best_score, best_state, best_epoch, history = -1.0, None, 0, []
+        for epoch in range(1, s.epochs + 1):
+            model.train()
+            order = torch.randperm(len(x_train), generator=gen)
+            total = 0.0
+            for i in range(0, len(order), s.batch_size):
+                idx = order[i : i + s.batch_size]
+                xb = x_train[idx]
+                if s.augment:
+                    xb = _augment(xb, gen)
+                xb, yb = xb.to(device), y_train[idx].to(device)
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+            val = classification_scores(predict_logits(model, data["val"].x.to(device)).cpu(), data["val"].y, num_classes)
+            row = {"epoch": epoch, "train_loss": total / len(x_train), **{f"val_{k}": v for k, v in val.items()}}
+            history.append(row)
+            log.info("epoch %d: %s", epoch, row)
+            if progress is not None:
+                progress(epoch, row)
+            if val[s.select_metric] > best_score:
+                best_score, best_epoch = val[s.select_metric], epoch
+                best_state = copy.deepcopy(model.state_dict())
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    metrics = {
+        split: classification_scores(predict_logits(model, data[split].x.to(device)).cpu(), data[split].y, num_classes)
+        for split in ("val", "test")
+    }
+    card = card.model_copy(
+        update={
+            "metrics": metrics,
+            "training": {
+                **card.training,
+                "best_epoch": best_epoch,
+                "history": history,
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        }
+    )
+    if out_dir is not None:
+        save_checkpoint(model.cpu(), card, out_dir)
+        model.to(device)
+    return model, card

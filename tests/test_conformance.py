@@ -1,0 +1,77 @@
+"""One conformance test over every registered attack and corruption (as timm and scikit-learn do).
+
+Each must keep shape, dtype and device, stay inside bounds and budget, be deterministic given the generator,
+and lower the accuracy of a small trained model. A newly registered algorithm must get an entry below.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medrobust.attacks import ATTACKS
+from medrobust.attacks.base import flat_norm
+from medrobust.corruptions import CORRUPTIONS
+
+# Parameters that make each algorithm strong enough to hurt the toy model, and fast.
+ATTACK_CASES = {
+    "fgsm": ({}, 0.3),
+    "pgd": ({"steps": 10}, 0.3),
+    "deepfool": ({"steps": 30}, 2.0),
+    "jsma": ({"gamma": 0.3}, 0.3),
+    "cw": ({"steps": 40, "binary_search_steps": 3, "lr": 0.05, "initial_const": 1.0}, 3.0),
+}
+CORRUPTION_CASES = {
+    "gaussian_noise": {"sigma": 0.6},
+    "salt_pepper": {"amount": 0.6},
+    "gaussian_blur": {"sigma": 20.0},  # the toy classes differ only at low frequency
+    "contrast": {"factor": 0.0},
+    "matched_noise": {"reference": torch.full((30,), 8.0), "norm": "l2"},
+}
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_every_registered_algorithm_has_a_case():
+    assert set(ATTACKS.names()) == set(ATTACK_CASES)
+    assert set(CORRUPTIONS.names()) == set(CORRUPTION_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACK_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attack_conformance(name, dtype, toy_model, toy_batch):
+    params, eps = ATTACK_CASES[name]
+    model = toy_model.to(dtype)
+    x, y = toy_batch
+    x = x.to(dtype)
+    attack = ATTACKS.build(name, **params)
+    clean = accuracy(model, x, y)
+    runs = [attack(model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    model.float()
+    x_adv = runs[0]
+    assert x_adv.shape == x.shape and x_adv.dtype == dtype and x_adv.device == x.device
+    assert not x_adv.requires_grad
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    norm = attack.threat_norm
+    size = flat_norm(x_adv - x, norm)
+    budget = eps * x[0].numel() if norm == "l0" else eps
+    assert float(size.max()) <= budget + 1e-6, f"{name} exceeds its {norm} budget"
+    assert torch.equal(runs[0], runs[1]), f"{name} is not deterministic given the generator"
+    adv = accuracy(model.to(dtype), x_adv, y)
+    model.float()
+    assert adv < clean - 0.3, f"{name}: accuracy {clean:.2f} -> {adv:.2f}"
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTION_CASES))
+def test_corruption_conformance(name, toy_model, toy_batch):
+    x, y = toy_batch
+    corruption = CORRUPTIONS.build(name, **CORRUPTION_CASES[name])
+    a = corruption(x, generator=torch.Generator().manual_seed(3))
+    b = corruption(x, generator=torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and a.dtype == x.dtype and a.device == x.device
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+    assert accuracy(toy_model, a, y) < accuracy(toy_model, x, y) - 0.2
