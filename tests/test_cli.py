@@ -49,7 +49,7 @@ def test_evaluate_prints_table_and_json(checkpoint, tmp_path):
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 0, result.output
-    assert "fgsm(eps=0.02)" in result.output and "matched_noise[fgsm(eps=0.02)]" in result.output
+    assert "fgsm(eps=0.02)" in result.output and "noise acc" in result.output
     rows = {r["perturbation"]: r for r in json.loads(out.read_text())}
     assert rows["clean"]["n"] == 40 and rows["clean"]["l2"] == 0.0
     assert rows["fgsm(eps=0.02)"]["linf"] == pytest.approx(0.02, abs=1e-6)

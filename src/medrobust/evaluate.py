@@ -53,12 +53,17 @@ class Perturbation:
         if self.strength is not None:
             key = "eps" if self.kind == "attack" else CORRUPTIONS.get(self.name).strength_param or "strength"
             shown = {key: self.strength, **shown}
-        inner = ",".join(f"{k}={v}" for k, v in shown.items())
+        inner = ",".join(f"{k}={format_value(v)}" for k, v in shown.items())
         return f"{self.name}({inner})" if inner else self.name
 
     def build(self) -> Attack | Corruption:
         registry = ATTACKS if self.kind == "attack" else CORRUPTIONS
         return registry.build(self.name, **self.params)
+
+
+def format_value(value: Any) -> str:
+    """Short, exact-enough text for labels: 0.00784313725490196 -> 0.007843."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def parse_perturbation(kind: str, spec: str) -> Perturbation:
@@ -102,7 +107,15 @@ class Outcome:
     seconds: float = 0.0
 
     def summary(self, y: torch.Tensor, clean_pred: torch.Tensor, num_classes: int) -> dict[str, Any]:
+        # Sizes of attacks are taken over their successful adversarial examples (correct before, wrong
+        # after), as foolbox and the DeepFool paper report them; sizes of noise over all samples.
+        if self.kind == "attack":
+            keep = (clean_pred == y) & (self.pred != y)
+        else:
+            keep = torch.ones_like(y, dtype=torch.bool)
+
         def med(t: torch.Tensor) -> float:
+            t = t[keep]
             return float(t.median()) if t.numel() else math.nan
 
         return {
@@ -117,9 +130,9 @@ class Outcome:
             "l2": med(self.delta_l2),
             "linf": med(self.delta_linf),
             "l0": med(self.delta_l0),
-            "ssim": float(self.ssim.mean()) if self.ssim.numel() else math.nan,
+            "ssim": float(self.ssim[keep].mean()) if bool(keep.any()) else math.nan,
             "psnr": med(self.psnr),
-            "rho": float((self.delta_l2 / self.x_l2.clamp_min(1e-12)).mean()),
+            "rho": float((self.delta_l2 / self.x_l2.clamp_min(1e-12))[keep].mean()) if bool(keep.any()) else math.nan,
             "seconds": self.seconds,
             **{f"threat_{k}": v for k, v in self.threat.items()},
         }
