@@ -239,39 +239,109 @@ def evaluate(
         _consoles.out.print(f"wrote {json_out}")
 
 
+def robustness_table(
+    summary: list[dict[str, Any]], reference: dict[str, float], norms: dict[str, str], order: list[str] | None = None
+) -> Table:
+    """Generalizability vs robustness: clean accuracy next to accuracy under each perturbation at the
+    reference strength of its norm, and the per-sample worst case over attacks."""
+    value = {(r["model"], r["perturbation"], r["strength"], r["metric"]): r["value"] for r in summary}
+    models = order or list(dict.fromkeys(r["model"] for r in summary))
+    perts = [p for p in dict.fromkeys(r["perturbation"] for r in summary) if p != "clean" and not p.startswith("matched")]
+    labels = list(norms)
+    perts.sort(key=lambda p: (p.startswith("worst_case"), labels.index(p) if p in labels else -1))
+
+    def ref_strength(pert: str) -> float | None:
+        norm = norms.get(pert) or (pert[len("worst_case["):-1] if pert.startswith("worst_case[") else None)
+        attack_norms = {v for v in norms.values() if v}
+        if pert == "worst_case" and len(attack_norms) == 1:
+            norm = next(iter(attack_norms))
+        strengths = sorted({r["strength"] for r in summary if r["perturbation"] == pert})
+        if norm in reference:
+            return min(strengths, key=lambda s: abs(s - reference[norm]))
+        return strengths[len(strengths) // 2] if strengths else None
+
+    table = Table(title="Generalizability vs robustness (accuracy)", title_justify="left")
+    table.add_column("perturbation @ strength", overflow="fold")
+    for m in models:
+        table.add_column(m, justify="right", no_wrap=True)
+    table.add_row("clean", *(fmt(value.get((m, "clean", 0.0, "accuracy"))) for m in models))
+    for p in perts:
+        s = ref_strength(p)
+        cells = []
+        for m in models:
+            acc = value.get((m, p, s, "accuracy"))
+            noise = value.get((m, f"matched_noise[{p}]", s, "accuracy"))
+            cells.append(fmt(acc) + (f" ({fmt(noise)})" if noise is not None else ""))
+        table.add_row(escape(f"{p} @ {s:.4g}"), *cells)
+    table.caption = "(in brackets: accuracy under Gaussian noise of the attack's per-sample L2 size)"
+    table.caption_justify = "left"
+    return table
+
+
+def _print_run(result: Any, spec: Any) -> None:
+    from medrobust.attacks import ATTACKS
+    from medrobust.runner import perturbation_labels
+
+    norms = {
+        label: ATTACKS.build(p.name, **p.params).threat_norm if p.kind == "attack" else ""
+        for label, p in zip(perturbation_labels(spec), spec.perturbations)
+    }
+    table = robustness_table(result.summary, spec.reference_strength, norms, [m.name for m in spec.models])
+    _consoles.out.print(table)
+    _consoles.out.print(
+        f"{result.cells_run} cells run, {result.cells_skipped} reused, {result.seconds:.0f} s; "
+        f"results in {result.run_dir} (results.db, summary.csv, summary.json)",
+        highlight=False,
+    )
+
+
 @app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory"),
-    quick: bool = typer.Option(False, help="tiny models and data, for a smoke test"),
-    limit: int = typer.Option(100, help="test images evaluated per model"),
+def run(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="experiment spec (YAML)"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory; re-running resumes"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="logs only, no progress bars"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Train (or reuse) three architectures on derm-synth and compare clean vs robust accuracy."""
-    from medrobust.demo import DEMO_EPS_LINF, run_demo
+    """Run an experiment spec: every model x perturbation x strength; finished cells are skipped."""
+    from medrobust.config import load_config
+    from medrobust.runner import run_experiment
 
-    setup_logging(verbose)
+    setup_logging(verbose or quiet)
     with user_errors():
-        results = run_demo(out, quick=quick, limit=limit, notify=lambda m: _consoles.out.print(m, highlight=False))
-    for arch, rows in results.items():
-        _consoles.out.print(results_table(f"{arch} on derm-synth/test (n={rows[0]['n']})", rows))
-    table = Table(title=f"Generalizability vs robustness (Linf attacks at eps={DEMO_EPS_LINF:.4f} = 2/255)", title_justify="left")
-    for header in ("model", "clean", "FGSM", "PGD", "DF L2", "CW L2", "JSMA L0", "worst"):
-        table.add_column(header, justify="left" if header == "model" else "right", no_wrap=True)
-    for arch, rows in results.items():
-        by = {r["perturbation"].split("(")[0]: r for r in rows if not r["perturbation"].startswith("matched")}
-        attacks = [r for r in rows if r["kind"] == "attack" and r["threat_eps"] is not None]
-        worst = min(r["accuracy"] for r in attacks) if attacks else math.nan
-        table.add_row(
-            arch, fmt(by["clean"]["accuracy"]), fmt(by["fgsm"]["accuracy"]), fmt(by["pgd"]["accuracy"]),
-            fmt(by["deepfool"]["l2"], 3), fmt(by["cw"]["l2"], 3), fmt(by["jsma"]["l0"], 0), fmt(worst),
-        )
-    table.caption = (
-        "clean / FGSM / PGD / worst: test accuracy; DF, CW L2 and JSMA L0: median minimal perturbation "
-        "(input units; L0 in features)"
-    )
-    table.caption_justify = "left"
-    _consoles.out.print(table)
-    _consoles.out.print(f"results written to {out}/results.json")
+        spec = load_config(spec_path)
+        result = run_experiment(spec, out, quiet=quiet, notify=lambda m: _consoles.err.print(m, highlight=False))
+    _print_run(result, spec)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="run directory"),
+    format: str = typer.Option("csv", "--format", "-f", help="csv, json or parquet"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default: RUN/records.FORMAT)"),
+) -> None:
+    """Export every per-sample record of a run."""
+    from medrobust.export import export_records
+
+    with user_errors():
+        path = export_records(run_dir, format, out)
+    _consoles.out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory (models are cached here)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """The main job on built-in data: train three architectures on derm-synth, then clean vs noise vs attacks."""
+    from medrobust.config import load_config
+    from medrobust.runner import run_experiment
+
+    setup_logging(verbose or quiet)
+    with user_errors():
+        spec = load_config(Path(__file__).parent / "specs" / "derm-demo.yaml")
+        result = run_experiment(spec, out, quiet=quiet, notify=lambda m: _consoles.err.print(m, highlight=False))
+    _print_run(result, spec)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m medrobust`

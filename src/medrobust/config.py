@@ -1,0 +1,213 @@
+"""Experiment specs: YAML -> validated, frozen config objects.
+
+Unknown keys and bad values are errors that name the key path and the valid options ("did you mean").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medrobust.registry import unknown_name_message
+
+
+class SpecError(ValueError):
+    """A spec that does not validate; the message names every bad key path."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Frozen):
+    name: str = "derm-synth"
+    params: dict[str, Any] = Field(default_factory=dict)
+    split: str = "test"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from medrobust.data import DATASETS
+
+        if value not in DATASETS:
+            raise ValueError(unknown_name_message("dataset", value, DATASETS.names()))
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: str) -> str:
+        if value not in ("train", "val", "test"):
+            raise ValueError(f"split {value!r} is not one of train, val, test")
+        return value
+
+
+class TrainSpec(_Frozen):
+    """Train a registered architecture on the run's training dataset (cached per settings)."""
+
+    architecture: str
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int | None = None
+
+    @field_validator("architecture")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from medrobust.models.zoo import MODELS
+
+        if ":" not in value and value not in MODELS:
+            raise ValueError(unknown_name_message("model", value, MODELS.names()))
+        return value
+
+
+class ModelSpec(_Frozen):
+    name: str = Field(min_length=1)
+    checkpoint: Path | None = None
+    train: TrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError(f"model {self.name!r} needs exactly one of 'checkpoint' or 'train'")
+        return self
+
+
+class PerturbationSpec(_Frozen):
+    """An attack or a corruption, swept over ``strengths`` (eps in input units for attacks, the strength
+    parameter for corruptions)."""
+
+    attack: str | None = None
+    corruption: str | None = None
+    strengths: list[float] = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("strengths")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        bad = [v for v in value if not v >= 0]
+        if bad:
+            raise ValueError(f"strengths {bad} must be >= 0")
+        return sorted(set(float(v) for v in value))
+
+    @model_validator(mode="after")
+    def _check(self) -> "PerturbationSpec":
+        from medrobust.attacks import ATTACKS
+        from medrobust.corruptions import CORRUPTIONS
+
+        if (self.attack is None) == (self.corruption is None):
+            raise ValueError("each perturbation needs exactly one of 'attack' or 'corruption'")
+        registry, name = (ATTACKS, self.attack) if self.attack is not None else (CORRUPTIONS, self.corruption)
+        if name not in registry:
+            raise ValueError(unknown_name_message(registry.kind, str(name), registry.names()))
+        if self.corruption == "matched_noise":
+            raise ValueError("matched_noise is added per attack by the runner (set matched_noise: true)")
+        cls = registry.get(name)
+        valid = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        for key in self.params:
+            if valid and key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{name} has no parameter {key!r}{hint} Valid: {', '.join(valid)}")
+        registry.build(name, **self.params)  # validates parameter values now
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "attack" if self.attack is not None else "corruption"
+
+    @property
+    def name(self) -> str:
+        return str(self.attack if self.attack is not None else self.corruption)
+
+
+class ExperimentSpec(_Frozen):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = Field(64, ge=1)
+    limit: int | None = Field(None, ge=1)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    train_dataset: DatasetSpec | None = None
+    models: list[ModelSpec] = Field(min_length=1)
+    perturbations: list[PerturbationSpec] = Field(default_factory=list)
+    matched_noise: bool = True
+    reference_strength: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ExperimentSpec":
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique; repeated: {dup}")
+        return self
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at the parent of ``loc`` (for "did you mean" on unknown keys)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        for arg in args:
+            candidates += [a for a in getattr(arg, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return []
+        current = candidates[0]
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(ExperimentSpec, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msg = f"unknown key{hint} Valid keys: {', '.join(valid)}"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
+    """Validate a spec from a YAML file path or a dict. Raises SpecError naming each bad key path."""
+    if isinstance(source, dict):
+        data, label = source, "spec"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"spec file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise SpecError(f"{path}: not valid YAML: {err}") from None
+        label = str(path)
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: expected a mapping of keys at the top level")
+        base = path.parent
+        for model in data.get("models") or []:
+            if isinstance(model, dict) and model.get("checkpoint") and not Path(model["checkpoint"]).is_absolute():
+                model["checkpoint"] = str(base / model["checkpoint"])
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_errors(err, label)) from None

@@ -1,0 +1,41 @@
+"""Export a run's per-sample records (csv, json, parquet)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from medrobust.store import Store
+
+FORMATS = ("csv", "json", "parquet")
+
+
+def export_records(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    db = run_dir / "results.db"
+    if not db.exists():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} has no results.db; run `medrobust run` first")
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+    path = Path(out) if out is not None else run_dir / f"records.{fmt}"
+    store = Store(db)
+    try:
+        rows = store.records()
+    finally:
+        store.close()
+    if fmt == "json":
+        path.write_text(json.dumps(rows, indent=1))
+    elif fmt == "csv":
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["cell_key"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError("parquet export needs pyarrow: pip install pyarrow (or use --format csv|json)") from None
+        pq.write_table(pa.Table.from_pylist(rows), str(path))
+    return path

@@ -1,0 +1,104 @@
+"""Records -> the summary every run writes (``summary.csv``, ``summary.json``): a pure function of the store.
+
+summary.json is a stable contract: a list of objects with keys model, perturbation, strength, metric, value, n.
+Clean results have perturbation "clean" and strength 0. Attack sizes (l2, linf, l0, ssim, rho) are medians
+(ssim: mean) over the attack's successful adversarial examples; for noise and corruptions over all samples.
+"worst_case[NORM]" rows count a sample as robust at a strength only if it survives every attack of that norm at
+that strength (AutoAttack's per-sample worst case); with a single norm in the run the row is "worst_case".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medrobust.metrics import accuracy, attack_success_rate, auc_ovr, balanced_accuracy
+
+SUMMARY_KEYS = ("model", "perturbation", "strength", "metric", "value", "n")
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(torch.tensor(values, dtype=torch.float64).median()) if values else math.nan
+
+
+def _group_rows(model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]], num_classes: int) -> list[dict[str, Any]]:
+    recs = sorted(recs, key=lambda r: r["sample_index"])
+    y = torch.tensor([r["label"] for r in recs])
+    pred = torch.tensor([r["pred"] for r in recs])
+    clean = torch.tensor([r["clean_pred"] for r in recs])
+    probs = torch.tensor([json.loads(r["probs_json"]) for r in recs], dtype=torch.float64)
+    n = len(recs)
+    metrics: dict[str, float] = {
+        "accuracy": float(accuracy(pred, y)),
+        "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
+        "auc": float(auc_ovr(probs, y, num_classes)) if probs.numel() else math.nan,
+    }
+    if pert != "clean":
+        metrics["success_rate"] = float(attack_success_rate(clean, pred, y))
+        keep = [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]] if kind == "attack" else recs
+        for key in ("l2", "linf", "l0", "psnr", "rho"):
+            metrics[key] = _median([r[key] for r in keep])
+        ssims = [r["ssim"] for r in keep if r["ssim"] is not None]
+        metrics["ssim"] = float(sum(ssims) / len(ssims)) if ssims else math.nan
+    return [
+        {"model": model, "perturbation": pert, "strength": float(strength), "metric": m, "value": v, "n": n}
+        for m, v in metrics.items()
+    ]
+
+
+def summarise(records: list[dict[str, Any]], norms: dict[str, str], num_classes: dict[str, int]) -> list[dict[str, Any]]:
+    """Summary rows from store records. ``norms``: attack label -> threat norm; ``num_classes``: per model."""
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["model"], r["perturbation"], float(r["strength"]), r["kind"])].append(r)
+    rows: list[dict[str, Any]] = []
+    for (model, pert, strength, kind), recs in sorted(groups.items()):
+        rows += _group_rows(model, pert, strength, kind, recs, num_classes[model])
+    # Per-sample worst case over all attacks of the same norm at the same strength.
+    norm_groups = sorted({norms[p] for (_, p, _, k) in groups if k == "attack" and p in norms})
+    for norm in norm_groups:
+        label = "worst_case" if len(norm_groups) == 1 else f"worst_case[{norm}]"
+        by_ms: dict[tuple[str, float], dict[int, dict[str, Any]]] = defaultdict(dict)
+        for (model, pert, strength, kind), recs in groups.items():
+            if kind != "attack" or norms.get(pert) != norm:
+                continue
+            worst = by_ms[(model, strength)]
+            for r in recs:
+                cur = worst.get(r["sample_index"])
+                if cur is None or (cur["pred"] == cur["label"] and r["pred"] != r["label"]):
+                    worst[r["sample_index"]] = {**r, "perturbation": label}
+        for (model, strength), worst in sorted(by_ms.items()):
+            rows += _group_rows(model, label, strength, "attack", list(worst.values()), num_classes[model])
+    return rows
+
+
+def clean_json(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value
+
+
+def write_summary(rows: list[dict[str, Any]], run_dir: str | Path, fmt: str = "both") -> list[Path]:
+    """Write summary.csv and/or summary.json (NaN/inf as empty / null) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    written = []
+    if fmt in ("both", "json"):
+        path = run_dir / "summary.json"
+        path.write_text(json.dumps([{k: clean_json(r[k]) for k in SUMMARY_KEYS} for r in rows], indent=1))
+        written.append(path)
+    if fmt in ("both", "csv"):
+        path = run_dir / "summary.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_KEYS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: ("" if clean_json(r[k]) is None else r[k]) for k in SUMMARY_KEYS})
+        written.append(path)
+    return written

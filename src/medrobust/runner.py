@@ -1,0 +1,313 @@
+"""The experiment runner: expand models x perturbations x strengths into cells, run them, skip finished ones.
+
+Each cell derives its own generator from the seed and its key, so results do not depend on the order cells run
+in or on resuming. Minimal-norm attacks (DeepFool, C&W, JSMA) run once per model: one cell holds every
+strength, each evaluated by clipping the stored minimal perturbation (as foolbox does). Each attack cell also
+holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_noise[ATTACK]").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medrobust.attacks import ATTACKS, Attack
+from medrobust.attacks.base import clip_perturbation, flat_norm
+from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
+from medrobust.corruptions import CORRUPTIONS
+from medrobust.data import load_dataset
+from medrobust.data.base import ImageDataset, iterate_batches
+from medrobust.metrics import psnr, ssim
+from medrobust.models import Model, load_model
+from medrobust.models.card import ModelCard
+from medrobust.results import summarise, write_summary
+from medrobust.seeding import make_generator
+from medrobust.store import CellInfo, Store
+from medrobust.tasks import get_task
+from medrobust.train import TrainSettings, train, versions
+
+log = logging.getLogger(__name__)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def perturbation_labels(spec: ExperimentSpec) -> list[str]:
+    """The name of each perturbation, with its parameters only where a name appears more than once."""
+    names = [p.name for p in spec.perturbations]
+    labels = []
+    for p in spec.perturbations:
+        if names.count(p.name) > 1:
+            inner = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()))
+            labels.append(f"{p.name}({inner})")
+        else:
+            labels.append(p.name)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"perturbations repeat with the same parameters: {labels}")
+    return labels
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    model: str
+    label: str
+    pert: PerturbationSpec | None
+    strengths: tuple[float, ...]
+
+
+def expand(spec: ExperimentSpec, fingerprints: dict[str, str]) -> list[Cell]:
+    """All cells of the grid, in a fixed order. ``fingerprints``: model name -> identity of its weights."""
+    common = {
+        "dataset": spec.dataset.model_dump(mode="json"),
+        "limit": spec.limit,
+        "batch_size": spec.batch_size,
+        "seed": spec.seed,
+        "matched_noise": spec.matched_noise,
+    }
+    cells = []
+    labels = perturbation_labels(spec)
+    for m in spec.models:
+        base = {**common, "model": m.name, "weights": fingerprints[m.name]}
+        cells.append(Cell(_hash({**base, "perturbation": "clean"}), m.name, "clean", None, (0.0,)))
+        for label, p in zip(labels, spec.perturbations):
+            minimal = p.kind == "attack" and ATTACKS.get(p.name).minimal
+            groups = [tuple(p.strengths)] if minimal else [(s,) for s in p.strengths]
+            for strengths in groups:
+                ident = {**base, "kind": p.kind, "name": p.name, "params": p.params, "strengths": strengths}
+                cells.append(Cell(_hash(ident), m.name, label, p, strengths))
+    return cells
+
+
+class LoadedModel:
+    def __init__(self, model: Model, card: ModelCard, fingerprint: str) -> None:
+        self.model, self.card, self.fingerprint = model, card, fingerprint
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def prepare_model(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Callable[[str], None]) -> LoadedModel:
+    """Load a checkpoint, or train (once; cached under ``run_dir/models``) a registered architecture."""
+    if m.checkpoint is not None:
+        model, card = load_model(m.checkpoint, device=spec.device)
+        folder = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else Path(m.checkpoint).parent
+        return LoadedModel(model, card, _file_digest(folder / card.weights))
+    assert m.train is not None
+    data = spec.train_dataset or spec.dataset
+    settings = TrainSettings(
+        architecture=m.train.architecture,
+        dataset=data.name,
+        dataset_params=dict(data.params),
+        arch_kwargs=dict(m.train.arch_kwargs),
+        epochs=m.train.epochs,
+        batch_size=m.train.batch_size,
+        lr=m.train.lr,
+        seed=spec.seed if m.train.seed is None else m.train.seed,
+        device=spec.device,
+        name=m.name,
+    )
+    folder = run_dir / "models" / f"{m.name}-{_hash([m.train.model_dump(mode='json'), data.model_dump(mode='json'), settings.seed])}"
+    if (folder / "model.json").exists():
+        notify(f"reusing trained model {m.name} from {folder}")
+        model, card = load_model(folder, device=spec.device)
+    else:
+        notify(f"training {m.name} ({m.train.architecture}) on {data.name}")
+        model, card = train(settings, folder)
+        model = model.to(spec.device)
+    return LoadedModel(model, card, _file_digest(folder / card.weights))
+
+
+def _threat(p: PerturbationSpec | None, obj: Attack | None, bounds, strengths, seed: int) -> dict[str, Any]:
+    info: dict[str, Any] = {"bounds": list(bounds), "seed": seed}
+    if p is None:
+        return info
+    info["strengths"] = list(strengths)
+    if obj is not None:
+        info.update(norm=obj.threat_norm, eps=list(strengths), minimal=obj.minimal, params=p.params)
+        for key in ("steps", "restarts", "step_size", "random_start", "binary_search_steps", "gamma", "candidates"):
+            if hasattr(obj, key):
+                info[key] = getattr(obj, key)
+    else:
+        info.update(strength_param=CORRUPTIONS.get(p.name).strength_param, params=p.params)
+    return info
+
+
+def run_cell(
+    cell: Cell, lm: LoadedModel, dataset: ImageDataset, spec: ExperimentSpec, on_batch: Callable[[int], None] | None = None
+) -> tuple[list[tuple], dict[str, Any]]:
+    """Compute all records of one cell (nothing is written here)."""
+    device = torch.device(spec.device)
+    model, task = lm.model, get_task(dataset.task)
+    bounds = model.bounds
+    span = bounds[1] - bounds[0]
+    p = cell.pert
+    obj = p and (ATTACKS.build(p.name, **p.params) if p.kind == "attack" else CORRUPTIONS.build(p.name, **p.params))
+    attack = obj if isinstance(obj, Attack) else None
+    threat = _threat(p, attack, bounds, cell.strengths, spec.seed)
+    records: list[tuple] = []
+    offset = 0
+    for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
+        x, y = batch.x.to(device), batch.y.to(device)
+        with torch.no_grad():
+            clean_pred = model(x).argmax(1)
+        x_norm = flat_norm(x, "l2").clamp_min(1e-12)
+
+        def add(label: str, kind: str, strength: float, x_pert: torch.Tensor) -> None:
+            with torch.no_grad():
+                logits = model(x_pert)
+            delta = x_pert - x
+            cols = {
+                "pred": logits.argmax(1).tolist(),
+                "probs": logits.softmax(1).double().tolist(),
+                "l2": flat_norm(delta, "l2").tolist(),
+                "linf": flat_norm(delta, "linf").tolist(),
+                "l0": flat_norm(delta, "l0").tolist(),
+                "ssim": ssim(x, x_pert, data_range=span).tolist(),
+                "psnr": psnr(x, x_pert, data_range=span).tolist(),
+                "rho": (flat_norm(delta, "l2") / x_norm).tolist(),
+            }
+            for i in range(x.shape[0]):
+                records.append((
+                    cell.key, cell.model, label, kind, float(strength), offset + i, batch.ids[i], int(y[i]),
+                    int(clean_pred[i]), cols["pred"][i], json.dumps([round(v, 7) for v in cols["probs"][i]]),
+                    cols["l2"][i], cols["linf"][i], cols["l0"][i], cols["ssim"][i],
+                    None if cols["psnr"][i] == float("inf") else cols["psnr"][i], cols["rho"][i],
+                ))
+
+        def gen(*keys: Any) -> torch.Generator:
+            return make_generator(spec.seed, cell.model, cell.label, *keys, b, device=device)
+
+        if p is None:
+            add("clean", "clean", 0.0, x)
+        elif attack is not None:
+            x_min = attack(model, task, x, y, generator=gen("attack")) if attack.minimal else None
+            for s in cell.strengths:
+                if x_min is not None:
+                    x_adv = clip_perturbation(x, x_min, s, attack.threat_norm, bounds)
+                else:
+                    x_adv = attack(model, task, x, y, eps=s, generator=gen("attack", s))
+                add(cell.label, "attack", s, x_adv)
+                if spec.matched_noise:
+                    noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
+                    add(f"matched_noise[{cell.label}]", "corruption", s, noise(x, generator=gen("matched", s), bounds=bounds))
+        else:
+            for s in cell.strengths:
+                add(cell.label, "corruption", s, obj.with_strength(s)(x, generator=gen("corruption", s), bounds=bounds))
+        offset += x.shape[0]
+        if on_batch is not None:
+            on_batch(x.shape[0])
+    return records, threat
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: list[dict[str, Any]]
+    cells_total: int
+    cells_run: int
+    cells_skipped: int
+    seconds: float
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    run_dir: str | Path,
+    *,
+    quiet: bool = False,
+    notify: Callable[[str], None] = log.info,
+) -> RunResult:
+    """Run (or resume) ``spec`` in ``run_dir``; writes results.db, summary.csv and summary.json."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    dataset = load_dataset(spec.dataset.name, split=spec.dataset.split, **spec.dataset.params)
+    models = {m.name: prepare_model(spec, m, run_dir, notify) for m in spec.models}
+    for name, lm in models.items():
+        if lm.card.num_classes != dataset.num_classes:
+            raise ValueError(
+                f"model {name!r} has {lm.card.num_classes} classes but dataset {spec.dataset.name!r} has "
+                f"{dataset.num_classes}"
+            )
+    cells = expand(spec, {k: v.fingerprint for k, v in models.items()})
+    store = Store(run_dir / "results.db")
+    try:
+        run_id = store.start_run(spec.model_dump(mode="json"), spec.spec_hash(), versions(), spec.device, spec.seed)
+        done = store.done_keys()
+        todo = [c for c in cells if c.key not in done]
+        n_samples = min(len(dataset), spec.limit or len(dataset))
+        notify(f"{len(cells)} cells, {len(cells) - len(todo)} already in {run_dir / 'results.db'}, {len(todo)} to run")
+        with _progress(quiet, len(todo), n_samples) as advance:
+            for cell in todo:
+                t0 = time.time()
+                records, threat = run_cell(cell, models[cell.model], dataset, spec, advance.samples)
+                info = CellInfo(cell.key, cell.model, cell.label, cell.pert.kind if cell.pert else "clean",
+                                cell.pert.params if cell.pert else {}, list(cell.strengths), threat)
+                store.write_cell(info, records, run_id, t0)
+                advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
+        keys = [c.key for c in cells]
+        summary = summarise(
+            store.records(keys),
+            norms={c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm for c in cells if c.pert and c.pert.kind == "attack"},
+            num_classes={k: v.card.num_classes for k, v in models.items()},
+        )
+        write_summary(summary, run_dir)
+        store.finish_run(run_id)
+    finally:
+        store.close()
+    return RunResult(run_dir, summary, len(cells), len(todo), len(cells) - len(todo), time.perf_counter() - started)
+
+
+class _Advance:
+    def __init__(self, progress, cells_task, samples_task, n_samples: int) -> None:
+        self.progress, self.cells_task, self.samples_task, self.n = progress, cells_task, samples_task, n_samples
+
+    def samples(self, k: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.samples_task, k)
+
+    def cell(self, description: str) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.cells_task, 1)
+            self.progress.reset(self.samples_task, total=self.n)
+        log.info("cell done: %s", description)
+
+
+class _progress:
+    """Rich progress bars (cells, samples of the current cell, ETA), or logging only when quiet."""
+
+    def __init__(self, quiet: bool, n_cells: int, n_samples: int) -> None:
+        self.quiet, self.n_cells, self.n_samples = quiet, n_cells, n_samples
+        self.progress = None
+
+    def __enter__(self) -> _Advance:
+        if self.quiet:
+            return _Advance(None, None, None, self.n_samples)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
+        self.progress.start()
+        cells = self.progress.add_task("cells", total=self.n_cells)
+        samples = self.progress.add_task("samples", total=self.n_samples)
+        return _Advance(self.progress, cells, samples, self.n_samples)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,151 @@
+"""The run's SQLite database (``results.db``): one row per (cell, sample), written atomically per cell.
+
+A cell is in the store whole or not at all: its records and its "done" row are written in one transaction,
+so a run killed at any moment leaves only finished cells, and re-running skips exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec_json TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    versions_json TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    started REAL NOT NULL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    perturbation TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    strengths_json TEXT NOT NULL,
+    threat_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    run_id INTEGER,
+    started REAL,
+    finished REAL,
+    seconds REAL
+);
+CREATE TABLE IF NOT EXISTS records (
+    cell_key TEXT NOT NULL REFERENCES cells(key),
+    model TEXT NOT NULL,
+    perturbation TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    strength REAL NOT NULL,
+    sample_index INTEGER NOT NULL,
+    sample_id TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    clean_pred INTEGER NOT NULL,
+    pred INTEGER NOT NULL,
+    probs_json TEXT NOT NULL,
+    l2 REAL, linf REAL, l0 REAL, ssim REAL, psnr REAL, rho REAL,
+    PRIMARY KEY (cell_key, perturbation, strength, sample_index)
+);
+"""
+
+RECORD_COLUMNS = (
+    "cell_key", "model", "perturbation", "kind", "strength", "sample_index", "sample_id", "label", "clean_pred",
+    "pred", "probs_json", "l2", "linf", "l0", "ssim", "psnr", "rho",
+)
+
+
+@dataclass(frozen=True)
+class CellInfo:
+    key: str
+    model: str
+    perturbation: str
+    kind: str
+    params: dict[str, Any]
+    strengths: list[float]
+    threat: dict[str, Any]
+
+
+class Store:
+    """Open (or create) ``results.db`` in a run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def start_run(self, spec: dict[str, Any], spec_hash: str, versions: dict[str, str], device: str, seed: int) -> int:
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO runs (spec_json, spec_hash, versions_json, device, seed, started) VALUES (?,?,?,?,?,?)",
+                (json.dumps(spec, sort_keys=True), spec_hash, json.dumps(versions), device, seed, time.time()),
+            )
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET finished=? WHERE id=?", (time.time(), run_id))
+
+    def done_keys(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT key FROM cells WHERE status='done'")}
+
+    def write_cell(self, cell: CellInfo, records: Iterable[Sequence[Any]], run_id: int, started: float) -> None:
+        """Insert all records of a cell and mark it done, in one transaction."""
+        finished = time.time()
+        with self.conn:
+            self.conn.execute("DELETE FROM records WHERE cell_key=?", (cell.key,))
+            self.conn.executemany(
+                f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
+                records,
+            )
+            self.conn.execute(
+                "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    cell.key, cell.model, cell.perturbation, cell.kind, json.dumps(cell.params, sort_keys=True),
+                    json.dumps(cell.strengths), json.dumps(cell.threat, sort_keys=True), "done", run_id, started,
+                    finished, finished - started,
+                ),
+            )
+
+    def records(self, cell_keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        self.conn.row_factory = sqlite3.Row
+        try:
+            if cell_keys is None:
+                rows = self.conn.execute("SELECT * FROM records ORDER BY model, perturbation, strength, sample_index")
+            else:
+                keys = list(cell_keys)
+                marks = ",".join("?" * len(keys))
+                rows = self.conn.execute(
+                    f"SELECT * FROM records WHERE cell_key IN ({marks}) ORDER BY model, perturbation, strength, sample_index",
+                    keys,
+                )
+            return [dict(r) for r in rows]
+        finally:
+            self.conn.row_factory = None
+
+    def cells(self) -> list[dict[str, Any]]:
+        self.conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in self.conn.execute("SELECT * FROM cells ORDER BY model, perturbation")]
+        finally:
+            self.conn.row_factory = None
+
+    def runs(self) -> list[dict[str, Any]]:
+        self.conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
+        finally:
+            self.conn.row_factory = None
