@@ -1,0 +1,206 @@
+"""The experiment runner and store: grid expansion, resumption after SIGKILL, determinism, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medrobust.cli import app
+from medrobust.config import SpecError, load_config
+from medrobust.runner import run_experiment
+from medrobust.train import TrainSettings, train
+
+DATA = {"name": "derm-synth", "params": {"size": 16, "n": 60}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
+                        dataset_params=DATA["params"], epochs=2, seed=0), out)
+    return out
+
+
+def make_spec(checkpoint: Path, **overrides) -> dict:
+    spec = {
+        "name": "tiny",
+        "seed": 3,
+        "batch_size": 6,
+        "limit": 12,
+        "dataset": DATA,
+        "models": [{"name": "tiny", "checkpoint": str(checkpoint)}],
+        "perturbations": [
+            {"attack": "fgsm", "strengths": [0.01, 0.05]},
+            {"attack": "deepfool", "strengths": [0.05, 0.2, 1.0], "params": {"steps": 20}},
+            {"corruption": "gaussian_noise", "strengths": [0.05, 0.2]},
+        ],
+    }
+    spec.update(overrides)
+    return spec
+
+
+def summary(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def value(rows, pert, strength, metric):
+    (hit,) = [r["value"] for r in rows if r["perturbation"] == pert and r["strength"] == pytest.approx(strength) and r["metric"] == metric]
+    return hit
+
+
+def test_spec_errors_name_the_key_path():
+    with pytest.raises(SpecError, match=r"models\.0\.train\.epoch: unknown key; did you mean 'epochs'"):
+        load_config({"models": [{"name": "a", "train": {"architecture": "small-cnn", "epoch": 3}}]})
+    with pytest.raises(SpecError, match=r"modles: unknown key; did you mean 'models'"):
+        load_config({"modles": []})
+    with pytest.raises(SpecError, match=r"models\.0\.train\.epochs: Input should be greater than or equal to 1"):
+        load_config({"models": [{"name": "a", "train": {"architecture": "small-cnn", "epochs": 0}}]})
+    with pytest.raises(SpecError, match=r"perturbations\.0: unknown attack 'fgsn'; did you mean 'fgsm'"):
+        load_config({"models": [{"name": "a", "checkpoint": "x"}], "perturbations": [{"attack": "fgsn", "strengths": [0.1]}]})
+    with pytest.raises(SpecError, match=r"pgd has no parameter 'stepz'; did you mean 'steps'"):
+        load_config({"models": [{"name": "a", "checkpoint": "x"}],
+                     "perturbations": [{"attack": "pgd", "strengths": [0.1], "params": {"stepz": 3}}]})
+    with pytest.raises(SpecError, match="exactly one of 'checkpoint' or 'train'"):
+        load_config({"models": [{"name": "a"}]})
+    with pytest.raises(SpecError, match=r"dataset\.name: unknown dataset 'derm'"):
+        load_config({"models": [{"name": "a", "checkpoint": "x"}], "dataset": {"name": "derm"}})
+
+
+def test_shipped_specs_validate():
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "examples").glob("*.yaml")):
+        load_config(path)
+
+
+def test_run_summary_contract_and_numbers(checkpoint, tmp_path):
+    spec = load_config(make_spec(checkpoint))
+    result = run_experiment(spec, tmp_path / "run", quiet=True)
+    # 1 clean + 2 fgsm + 1 deepfool (all strengths in one cell) + 2 noise
+    assert (result.cells_total, result.cells_run) == (6, 6)
+    rows = summary(tmp_path / "run")
+    assert all(set(r) == {"model", "perturbation", "strength", "metric", "value", "n"} for r in rows)
+    assert {r["metric"] for r in rows} >= {"accuracy", "balanced_accuracy", "auc", "success_rate", "l2", "linf", "ssim"}
+    assert all(r["n"] == 12 for r in rows)
+    clean = value(rows, "clean", 0.0, "accuracy")
+    # FGSM perturbations have Linf exactly eps; its matched noise has the same median L2
+    assert value(rows, "fgsm", 0.05, "linf") == pytest.approx(0.05, abs=1e-6)
+    assert value(rows, "matched_noise[fgsm]", 0.05, "accuracy") >= value(rows, "fgsm", 0.05, "accuracy")
+    # DeepFool evaluated by clipping: accuracy can only fall as the L2 budget grows, sizes stay within it
+    accs = [value(rows, "deepfool", s, "accuracy") for s in (0.05, 0.2, 1.0)]
+    assert accs[0] <= clean and accs[1] <= accs[0] and accs[2] <= accs[1]
+    assert value(rows, "deepfool", 0.2, "l2") <= 0.2 + 1e-6
+    # worst case over the two attack norms exists and is no better than each attack
+    assert value(rows, "worst_case[linf]", 0.05, "accuracy") == value(rows, "fgsm", 0.05, "accuracy")
+    con = sqlite3.connect(tmp_path / "run" / "results.db")
+    n_records = con.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+    # clean 12 + fgsm 2x(12+12 matched) + deepfool 3x(12+12) + noise 2x12
+    assert n_records == 12 + 48 + 72 + 24
+    threat = json.loads(con.execute("SELECT threat_json FROM cells WHERE perturbation='fgsm' LIMIT 1").fetchone()[0])
+    assert threat["norm"] == "linf" and threat["bounds"] == [0.0, 1.0] and threat["seed"] == 3
+
+
+def test_same_spec_same_summary_and_resume(checkpoint, tmp_path):
+    spec = load_config(make_spec(checkpoint))
+    run_experiment(spec, tmp_path / "a", quiet=True)
+    run_experiment(spec, tmp_path / "b", quiet=True)
+    assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text()
+    again = run_experiment(spec, tmp_path / "a", quiet=True)
+    assert (again.cells_run, again.cells_skipped) == (0, 6)
+    changed = make_spec(checkpoint)
+    changed["perturbations"][0]["strengths"] = [0.01, 0.05, 0.1]
+    more = run_experiment(load_config(changed), tmp_path / "a", quiet=True)
+    assert (more.cells_run, more.cells_skipped) == (1, 6)
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(checkpoint, tmp_path):
+    spec = make_spec(checkpoint, perturbations=[
+        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 200}},
+    ])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_experiment(load_config(spec_path), tmp_path / "whole", quiet=True)
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medrobust", "run", str(spec_path), "--out", str(run_dir), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    db = run_dir / "results.db"
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                done = sqlite3.connect(db, timeout=1).execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 2:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make the spec slower"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    con = sqlite3.connect(db)
+    killed_cells = con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+    assert 2 <= killed_cells < 9
+    # every stored cell is whole: 12 attack + 12 matched-noise records (or 12 for clean)
+    per_cell = con.execute("SELECT perturbation, COUNT(*) FROM records GROUP BY cell_key").fetchall()
+    assert all(n == (12 if p == "clean" else 24) for p, n in per_cell)
+    con.close()
+
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "summary.json").read_text() == (tmp_path / "whole" / "summary.json").read_text()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 9
+    dupes = con.execute(
+        "SELECT COUNT(*) FROM (SELECT cell_key, perturbation, strength, sample_index, COUNT(*) c FROM records "
+        "GROUP BY 1, 2, 3, 4 HAVING c > 1)"
+    ).fetchone()[0]
+    assert dupes == 0
+    assert con.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 12 + 8 * 24
+
+
+def test_cli_errors_keep_stored_results(checkpoint, tmp_path):
+    runner = CliRunner()
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(make_spec(checkpoint)))
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(good), "--out", str(run_dir), "--quiet"]).exit_code == 0
+    before = (run_dir / "summary.json").read_text()
+    cases = {
+        "missing checkpoint": (make_spec(tmp_path / "nope"), "not found"),
+        "dataset path": (make_spec(checkpoint, dataset={"name": "medmnist", "params": {"path": "/no/such.npz"}}), "/no/such.npz"),
+        "unknown attack": (make_spec(checkpoint, perturbations=[{"attack": "deepfoo", "strengths": [1.0]}]), "did you mean 'deepfool'"),
+    }
+    for name, (spec, message) in cases.items():
+        bad = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        bad.write_text(yaml.safe_dump(spec))
+        result = runner.invoke(app, ["run", str(bad), "--out", str(run_dir), "--quiet"])
+        assert result.exit_code == 2, name
+        assert message in result.output, (name, result.output)
+        assert "Traceback" not in result.output
+    assert (run_dir / "summary.json").read_text() == before
+    assert sqlite3.connect(run_dir / "results.db").execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 6
+
+
+def test_export_formats(checkpoint, tmp_path):
+    spec = load_config(make_spec(checkpoint))
+    run_experiment(spec, tmp_path / "run", quiet=True)
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(tmp_path / "run"), "--format", "json"]).exit_code == 0
+    rows = json.loads((tmp_path / "run" / "records.json").read_text())
+    assert len(rows) == 156 and {"sample_id", "label", "clean_pred", "pred", "l2"} <= set(rows[0])
+    assert runner.invoke(app, ["export", str(tmp_path / "run"), "--format", "csv"]).exit_code == 0
+    assert len((tmp_path / "run" / "records.csv").read_text().splitlines()) == 157
+    bad = runner.invoke(app, ["export", str(tmp_path / "run"), "--format", "xls"])
+    assert bad.exit_code == 2 and "expected one of csv, json, parquet" in bad.output
