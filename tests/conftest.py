@@ -61,3 +61,53 @@ def toy_model() -> nn.Module:
 @pytest.fixture()
 def toy_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return make_toy(30, seed=2)
+
+
+def make_toy_segmentation(n: int, seed: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """1xSxS images with a bright square (class 1) and a mid-grey disk (class 2) on a dark noisy background."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    x = torch.full((n, 1, size, size), 0.2)
+    y = torch.zeros((n, size, size), dtype=torch.long)
+    for i in range(n):
+        r0, c0 = torch.randint(0, size // 2 - 2, (2,), generator=g).tolist()
+        square = (yy >= r0) & (yy < r0 + 5) & (xx >= c0) & (xx < c0 + 5)
+        cr, cc = torch.randint(size // 2 + 1, size - 3, (2,), generator=g).tolist()
+        disk = (yy - cr) ** 2 + (xx - cc) ** 2 <= 6
+        x[i, 0][square] = 0.8
+        x[i, 0][disk] = 0.5
+        y[i][square] = 1
+        y[i][disk] = 2
+    x += 0.05 * torch.randn(x.shape, generator=g)
+    return x.clamp(0, 1), y
+
+
+class ToySegNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(scope="session")
+def toy_segmenter() -> nn.Module:
+    """A ToySegNet trained to high Dice on the toy segmentation problem (deterministic, a few seconds)."""
+    torch.manual_seed(0)  # test-only: fixed initial weights
+    model = ToySegNet()
+    x, y = make_toy_segmentation(64, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture()
+def toy_seg_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return make_toy_segmentation(12, seed=2)

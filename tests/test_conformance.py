@@ -21,6 +21,13 @@ ATTACK_CASES = {
     "jsma": ({"gamma": 0.3}, 0.3),
     "cw": ({"steps": 40, "binary_search_steps": 3, "lr": 0.05, "initial_const": 1.0}, 3.0),
 }
+# Segmentation-only attacks, run on the toy segmenter (FGSM and PGD are also run there below).
+SEG_ATTACK_CASES = {
+    "fgsm": ({}, 0.3),
+    "pgd": ({"steps": 10}, 0.3),
+    "segpgd": ({"steps": 10}, 0.3),
+    "dag": ({"steps": 60}, 3.0),
+}
 CORRUPTION_CASES = {
     "gaussian_noise": {"sigma": 0.6},
     "salt_pepper": {"amount": 0.6},
@@ -36,11 +43,31 @@ def accuracy(model, x, y) -> float:
 
 
 def test_every_registered_algorithm_has_a_case():
-    assert set(ATTACKS.names()) == set(ATTACK_CASES)
+    assert set(ATTACKS.names()) == set(ATTACK_CASES) | set(SEG_ATTACK_CASES)
     assert set(CORRUPTIONS.names()) == set(CORRUPTION_CASES)
 
 
-@pytest.mark.parametrize("name", sorted(ATTACK_CASES))
+@pytest.mark.parametrize("name", sorted(SEG_ATTACK_CASES))
+def test_segmentation_attack_conformance(name, toy_segmenter, toy_seg_batch):
+    from medrobust.tasks import get_task
+
+    params, eps = SEG_ATTACK_CASES[name]
+    task = get_task("segmentation")
+    x, y = toy_seg_batch
+    attack = ATTACKS.build(name, **params)
+    runs = [attack(toy_segmenter, task, x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    x_adv = runs[0]
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert float(flat_norm(x_adv - x, attack.threat_norm).max()) <= eps + 1e-6
+    assert torch.equal(runs[0], runs[1])
+    with torch.no_grad():
+        clean = float(task.score(toy_segmenter(x), y).mean())
+        adv = float(task.score(toy_segmenter(x_adv), y).mean())
+    assert adv < clean - 0.3, f"{name}: Dice {clean:.2f} -> {adv:.2f}"
+
+
+@pytest.mark.parametrize("name", sorted(set(ATTACK_CASES)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_attack_conformance(name, dtype, toy_model, toy_batch):
     params, eps = ATTACK_CASES[name]

@@ -46,13 +46,17 @@ class PGD(Attack):
         """Step size in input units; default 2.5 * eps / steps (Madry et al.)."""
         return float(self.step_size) if self.step_size is not None else 2.5 * eps / self.steps
 
+    def gradient(self, model: Model, task: Task, x_adv: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """Gradient of the summed task loss w.r.t. the input; variants (SegPGD) change the loss here."""
+        return loss_and_grad(model, task, x_adv, y)[2]
+
     def _single(self, model: Model, task: Task, x, y, eps: float, generator) -> torch.Tensor:
         alpha = self.alpha(eps)
         x_adv = x.clone()
         if self.random_start:
             x_adv = clamp_bounds(x + random_in_ball(x, eps, self.norm, generator), model.bounds)
-        for _ in range(self.steps):
-            _, _, grad = loss_and_grad(model, task, x_adv, y)
+        for step in range(self.steps):
+            grad = self.gradient(model, task, x_adv, y, step)
             x_adv = x_adv + alpha * step_direction(grad, self.norm)
             x_adv = clamp_bounds(x + project(x_adv - x, eps, self.norm), model.bounds)
         return x_adv

@@ -174,3 +174,79 @@ def build_network(
     if not isinstance(net, nn.Module):
         raise TypeError(f"model {architecture!r} returned {type(net).__name__}, expected a torch.nn.Module")
     return net
+
+
+# Segmentation networks (per-pixel logits (N, K, *spatial)), small by default for 2-mm MRI slices on a CPU.
+
+
+@MODELS.register("unet")
+def unet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    channels: tuple[int, ...] = (16, 32, 64, 128),
+    strides: tuple[int, ...] = (2, 2, 2),
+    num_res_units: int = 1,
+) -> nn.Module:
+    """MONAI UNet (residual units, Kerfoot et al. 2018), the UNet family of the paper's brain experiments."""
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=num_res_units,
+    )
+
+
+@MODELS.register("basic-unet")
+def basic_unet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16),
+) -> nn.Module:
+    """MONAI BasicUNet (Ronneberger et al. 2015 layout)."""
+    from monai.networks.nets import BasicUNet
+
+    return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, features=tuple(features))
+
+
+@MODELS.register("attention-unet")
+def attention_unet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    channels: tuple[int, ...] = (16, 32, 64, 128),
+    strides: tuple[int, ...] = (2, 2, 2),
+) -> nn.Module:
+    """MONAI AttentionUnet (Oktay et al. 2018)."""
+    from monai.networks.nets import AttentionUnet
+
+    return AttentionUnet(
+        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, channels=tuple(channels), strides=tuple(strides)
+    )
+
+
+@MODELS.register("segresnet")
+def segresnet(
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    init_filters: int = 8,
+    blocks_down: tuple[int, ...] = (1, 2, 2),
+    blocks_up: tuple[int, ...] = (1, 1),
+) -> nn.Module:
+    """MONAI SegResNet (Myronenko 2018)."""
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        init_filters=init_filters,
+        blocks_down=tuple(blocks_down),
+        blocks_up=tuple(blocks_up),
+    )

@@ -1,0 +1,110 @@
+"""Dense Adversary Generation, DAG (Xie, Wang, Zhou, Zhou, Xie & Yuille, "Adversarial Examples for Semantic
+Segmentation and Object Detection", ICCV 2017): the attack Paschali et al. used on whole-brain segmentation.
+
+Each iteration takes the pixels to be changed (the foreground, or the grown rim for "dilate") still labelled
+correctly, sums
+(z_target - z_true) over them, and steps ``gamma * g / ||g||_2`` along its input gradient g (per sample), clamps
+to bounds, and stops for a sample when none remain (or after ``steps``). The perturbation is the accumulated
+steps, so DAG is a minimal-size attack in L2: the runner evaluates strengths by clipping it.
+
+Targets (per pixel): "permutation" - class k -> 1 + (k mod (K-1)) among the foreground classes (a fixed
+derangement, so every structure is swapped for another); "background" - every structure -> class 0;
+"swap" - ``classes=(a, b)`` exchanged, others kept as targets of the permutation; "dilate" - ``classes=(a,)``
+grown over its neighbours: pixels within ``radius`` of structure a take label a.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, flat_norm, per_sample
+from medrobust.models.wrapper import Model
+from medrobust.tasks import Task
+
+TARGETS = ("permutation", "background", "swap", "dilate")
+
+
+def dag_target(y: torch.Tensor, num_classes: int, kind: str, classes: tuple[int, ...] = (), radius: int = 2) -> torch.Tensor:
+    """Target label map for DAG, same shape as ``y`` (N, *spatial)."""
+    if kind == "background":
+        return torch.zeros_like(y)
+    perm = torch.arange(num_classes, device=y.device)
+    if num_classes > 2:
+        perm[1:] = 1 + (torch.arange(1, num_classes, device=y.device) % (num_classes - 1))
+    else:
+        perm = torch.tensor([1, 0], device=y.device)
+    if kind == "permutation":
+        return perm[y]
+    if kind == "swap":
+        a, b = classes
+        perm = torch.arange(num_classes, device=y.device)
+        perm[a], perm[b] = b, a
+        return perm[y]
+    if kind == "dilate":
+        (a,) = classes
+        mask = (y == a).float().unsqueeze(1)
+        size = 2 * radius + 1
+        pool = F.max_pool2d if y.dim() == 3 else F.max_pool3d
+        grown = pool(mask, size, stride=1, padding=radius).squeeze(1) > 0
+        return torch.where(grown, torch.full_like(y, a), y)
+    raise ValueError(f"target={kind!r}; expected one of {', '.join(TARGETS)}")
+
+
+@dataclass(frozen=True)
+class DAG(Attack):
+    minimal: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("segmentation",)
+
+    steps: int = 100
+    gamma: float = 0.05
+    target: str = "permutation"
+    classes: tuple[int, ...] = ()
+    radius: int = 2
+    norm: str = "l2"
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps)
+        check_positive("gamma", self.gamma)
+        check_int("radius", self.radius, minimum=0)
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}; expected one of {', '.join(TARGETS)}")
+        object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+        need = {"swap": 2, "dilate": 1}.get(self.target, 0)
+        if len(self.classes) != need:
+            raise ValueError(f"target={self.target!r} needs classes with {need} entries, got {self.classes!r}")
+        if self.norm != "l2":
+            raise ValueError(f"norm={self.norm!r}; DAG accumulates L2-normalised steps, expected 'l2'")
+
+    def run(self, model: Model, task: Task, x: torch.Tensor, y: torch.Tensor, *, eps, generator) -> torch.Tensor:
+        """x: (N, C, *spatial); y: (N, *spatial) true labels. Returns x + accumulated DAG steps, in bounds."""
+        with torch.no_grad():
+            logits = model(x)
+        task.check(logits, y)
+        k = logits.shape[1]
+        if any(c < 0 or c >= k for c in self.classes):
+            raise ValueError(f"classes={self.classes!r} outside the model's {k} classes")
+        target = dag_target(y, k, self.target, self.classes, self.radius)
+        # Pixels whose target differs from their label: the foreground for permutation, swap and background
+        # targets (background maps to itself), and the grown rim (often background) for dilate.
+        attackable = target != y
+        x_adv = x.clone()
+        active = torch.arange(x.shape[0], device=x.device)
+        for _ in range(self.steps):
+            xa = x_adv[active].detach().requires_grad_(True)
+            out = model(xa)
+            ya, ta = y[active], target[active]
+            live = attackable[active] & (out.argmax(1) == ya)
+            keep = live.flatten(1).any(1)
+            if not bool(keep.any()):
+                break
+            diff = out.gather(1, ta.unsqueeze(1)).squeeze(1) - out.gather(1, ya.unsqueeze(1)).squeeze(1)
+            (g,) = torch.autograd.grad((diff * live).sum(), xa)
+            step = self.gamma * g / per_sample(flat_norm(g, "l2").clamp_min(1e-12), g)
+            step = step * per_sample(keep.to(g.dtype), g)
+            x_adv[active] = clamp_bounds(x_adv[active] + step, model.bounds)
+            active = active[keep]
+        return x_adv
