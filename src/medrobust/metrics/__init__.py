@@ -18,6 +18,7 @@ from medrobust.metrics.perturbation import (
     psnr,
     ssim,
 )
+from medrobust.metrics.segmentation import flip_rate, hd95, mean_foreground_dice, per_structure_dice
 from medrobust.metrics.robustness import (
     attack_success_rate,
     empirical_robustness,
@@ -25,6 +26,10 @@ from medrobust.metrics.robustness import (
 )
 
 __all__ = [
+    "flip_rate",
+    "hd95",
+    "mean_foreground_dice",
+    "per_structure_dice",
     "PERTURBATION_NORMS",
     "accuracy",
     "attack_success_rate",

@@ -1,0 +1,56 @@
+"""Segmentation scores per sample and per structure (MONAI's metrics), and the DAG-style flip rate.
+
+Label maps are long tensors (N, *spatial) with class 0 = background; structures are classes 1..K-1.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+
+
+def per_structure_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dice per sample and structure, shape (N, K-1); NaN where the structure is absent from both masks."""
+    from monai.metrics import compute_dice
+
+    dice = compute_dice(_one_hot(pred, num_classes), _one_hot(y, num_classes), include_background=False, ignore_empty=False)
+    empty = (_one_hot(pred, num_classes) + _one_hot(y, num_classes))[:, 1:].flatten(2).sum(-1) == 0
+    return torch.where(empty, torch.full_like(dice, float("nan")), dice)
+
+
+def mean_foreground_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean Dice over the structures present in either mask, per sample (N,); 1 when both are empty."""
+    dice = per_structure_dice(pred, y, num_classes)
+    present = ~dice.isnan()
+    total = torch.where(present, dice, torch.zeros_like(dice)).sum(1)
+    count = present.sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
+
+
+def hd95(pred: torch.Tensor, y: torch.Tensor, num_classes: int, spacing: float | tuple[float, ...] | None = None) -> torch.Tensor:
+    """95th-percentile Hausdorff distance per sample and structure (N, K-1), in voxels or ``spacing`` units;
+    NaN where the structure is missing from either mask (undefined there)."""
+    from monai.metrics import compute_hausdorff_distance
+
+    p, t = _one_hot(pred, num_classes), _one_hot(y, num_classes)
+    with warnings.catch_warnings():
+        # empty masks are reported as NaN below; MONAI's own warning about them is noise here
+        warnings.simplefilter("ignore", UserWarning)
+        out = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=spacing)
+    missing = (p[:, 1:].flatten(2).sum(-1) == 0) | (t[:, 1:].flatten(2).sum(-1) == 0)
+    return torch.where(missing, torch.full_like(out, float("nan")), out.float())
+
+
+def flip_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample (N,): fraction of foreground units (y > 0) whose predicted label the perturbation changed;
+    NaN for a sample without foreground."""
+    fg = (y > 0).flatten(1)
+    changed = (clean_pred != adv_pred).flatten(1) & fg
+    n = fg.sum(1)
+    return torch.where(n > 0, changed.sum(1) / n.clamp_min(1), torch.full(n.shape, float("nan"), device=n.device))

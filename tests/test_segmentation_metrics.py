@@ -1,0 +1,48 @@
+"""Segmentation metrics on hand-computable masks (as MONAI's tests do)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medrobust.metrics import flip_rate, hd95, mean_foreground_dice, per_structure_dice
+from medrobust.tasks import get_task
+
+
+def test_dice_2x2_is_0_8_and_absent_structure_is_nan():
+    y = torch.tensor([[[1, 1], [1, 0]]])
+    pred = torch.tensor([[[1, 1], [0, 0]]])
+    d = per_structure_dice(pred, y, 3)
+    assert d[0, 0].item() == pytest.approx(0.8)
+    assert math.isnan(d[0, 1].item())
+    assert mean_foreground_dice(pred, y, 3).item() == pytest.approx(0.8)
+
+
+def test_mean_foreground_dice_agrees_with_task_score_where_all_present():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (3, 8, 8), generator=g)
+    pred = torch.randint(0, 4, (3, 8, 8), generator=g)
+    logits = F.one_hot(pred, 4).movedim(-1, 1).float()
+    torch.testing.assert_close(mean_foreground_dice(pred, y, 4), get_task("segmentation").score(logits, y).double().float())
+
+
+def test_hd95_of_a_shifted_square():
+    y = torch.zeros((1, 12, 12), dtype=torch.long)
+    y[0, 2:6, 2:6] = 1
+    pred = torch.zeros_like(y)
+    pred[0, 2:6, 5:9] = 1  # shifted by 3 columns
+    assert hd95(pred, y, 2)[0, 0].item() == pytest.approx(3.0)
+    assert hd95(y, y, 2)[0, 0].item() == pytest.approx(0.0)
+    assert math.isnan(hd95(torch.zeros_like(y), y, 2)[0, 0].item())
+
+
+def test_flip_rate_counts_foreground_only():
+    y = torch.tensor([[[0, 1, 1, 2]], [[0, 0, 0, 0]]])
+    clean = torch.tensor([[[0, 1, 1, 2]], [[0, 0, 0, 0]]])
+    adv = torch.tensor([[[1, 0, 1, 2]], [[1, 1, 1, 1]]])
+    rate = flip_rate(clean, adv, y)
+    assert rate[0].item() == pytest.approx(1 / 3)
+    assert math.isnan(rate[1].item())
