@@ -134,19 +134,12 @@ def train(
         )
 
         def show(epoch: int, row: dict[str, float]) -> None:
-            _consoles.out.print(
-                f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc {row['val_accuracy']:.3f}  "
-                f"val bal-acc {row['val_balanced_accuracy']:.3f}",
-                highlight=False,
-            )
+            vals = "  ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in row.items() if k.startswith("val_"))
+            _consoles.out.print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val: {vals}", highlight=False)
 
         _, card = run_train(settings, out, progress=show)
-    test = card.metrics["test"]
-    _consoles.out.print(
-        f"saved {out} (best epoch {card.training['best_epoch']}): test accuracy {test['accuracy']:.3f}, "
-        f"balanced accuracy {test['balanced_accuracy']:.3f}, AUC {test['auc']:.3f}",
-        highlight=False,
-    )
+    test = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics["test"].items())
+    _consoles.out.print(f"saved {out} (best epoch {card.training['best_epoch']}): test {test}", highlight=False)
 
 
 def fmt(value: Any, digits: int = 3) -> str:

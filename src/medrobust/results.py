@@ -53,14 +53,69 @@ def _group_rows(model: str, pert: str, strength: float, kind: str, recs: list[di
     ]
 
 
-def summarise(records: list[dict[str, Any]], norms: dict[str, str], num_classes: dict[str, int]) -> list[dict[str, Any]]:
-    """Summary rows from store records. ``norms``: attack label -> threat norm; ``num_classes``: per model."""
+def _score(r: dict[str, Any]) -> float:
+    """Per-sample score: stored Dice or correctness; records written before the score column get correctness."""
+    if r.get("score") is not None:
+        return float(r["score"])
+    return float(r["pred"] == r["label"])
+
+
+def _nanmean(values: list[float | None]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+def _segmentation_rows(
+    model: str, pert: str, strength: float, recs: list[dict[str, Any]], structures: list[str], clean: dict[int, float]
+) -> list[dict[str, Any]]:
+    """Dice (mean foreground), per-structure Dice and HD95, flip rate, Dice drop, sizes over all samples."""
+    recs = sorted(recs, key=lambda r: r["sample_index"])
+    details = [json.loads(r["detail_json"]) for r in recs]
+    metrics: dict[str, float] = {"dice": _nanmean([r["score"] for r in recs])}
+    for j, name in enumerate(structures):
+        metrics[f"dice:{name}"] = _nanmean([d["dice"][j] for d in details])
+        metrics[f"hd95:{name}"] = _median([v for d in details if (v := d["hd95"][j]) is not None])
+    if pert != "clean":
+        metrics["flip_rate"] = _nanmean([d["flip"] for d in details])
+        metrics["dice_drop"] = _nanmean([clean.get(r["sample_index"], math.nan) - r["score"] for r in recs])
+        for key in ("l2", "linf", "l0", "psnr", "rho"):
+            metrics[key] = _median([r[key] for r in recs])
+        metrics["ssim"] = _nanmean([r["ssim"] for r in recs])
+    return [
+        {"model": model, "perturbation": pert, "strength": float(strength), "metric": m, "value": v, "n": len(recs)}
+        for m, v in metrics.items()
+    ]
+
+
+def summarise(
+    records: list[dict[str, Any]],
+    norms: dict[str, str],
+    num_classes: dict[str, int],
+    class_names: dict[str, list[str]] | None = None,
+    tasks: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Summary rows from store records. ``norms``: attack label -> threat norm; ``num_classes``,
+    ``class_names`` and ``tasks`` ("classification" or "segmentation"): per model."""
+    tasks = tasks or {}
+    class_names = class_names or {}
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["model"], r["perturbation"], float(r["strength"]), r["kind"])].append(r)
+    clean_scores = {
+        model: {r["sample_index"]: r["score"] for r in recs}
+        for (model, pert, _, _), recs in groups.items()
+        if pert == "clean"
+    }
+
+    def rows_for(model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if tasks.get(model) == "segmentation":
+            names = class_names.get(model) or [f"class{k}" for k in range(num_classes[model])]
+            return _segmentation_rows(model, pert, strength, recs, names[1:], clean_scores.get(model, {}))
+        return _group_rows(model, pert, strength, kind, recs, num_classes[model])
+
     rows: list[dict[str, Any]] = []
     for (model, pert, strength, kind), recs in sorted(groups.items()):
-        rows += _group_rows(model, pert, strength, kind, recs, num_classes[model])
+        rows += rows_for(model, pert, strength, kind, recs)
     # Per-sample worst case over all attacks of the same norm at the same strength.
     norm_groups = sorted({norms[p] for (_, p, _, k) in groups if k == "attack" and p in norms})
     for norm in norm_groups:
@@ -72,10 +127,11 @@ def summarise(records: list[dict[str, Any]], norms: dict[str, str], num_classes:
             worst = by_ms[(model, strength)]
             for r in recs:
                 cur = worst.get(r["sample_index"])
-                if cur is None or (cur["pred"] == cur["label"] and r["pred"] != r["label"]):
+                # the lower score is the worse outcome (0/1 correctness, or Dice)
+                if cur is None or _score(r) < _score(cur):
                     worst[r["sample_index"]] = {**r, "perturbation": label}
         for (model, strength), worst in sorted(by_ms.items()):
-            rows += _group_rows(model, label, strength, "attack", list(worst.values()), num_classes[model])
+            rows += rows_for(model, label, strength, "attack", list(worst.values()))
     return rows
 
 

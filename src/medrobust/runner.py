@@ -25,7 +25,7 @@ from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.metrics import psnr, ssim
+from medrobust.metrics import flip_rate, hd95, mean_foreground_dice, per_structure_dice, psnr, ssim
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
 from medrobust.results import summarise, write_summary
@@ -132,6 +132,15 @@ def prepare_model(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Cal
     return LoadedModel(model, card, _file_digest(folder / card.weights))
 
 
+def _finite(value: Any) -> Any:
+    """NaN and inf -> None, recursively, so details are valid JSON."""
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
 def _threat(p: PerturbationSpec | None, obj: Attack | None, bounds, strengths, seed: int) -> dict[str, Any]:
     info: dict[str, Any] = {"bounds": list(bounds), "seed": seed}
     if p is None:
@@ -166,14 +175,14 @@ def run_cell(
         with torch.no_grad():
             clean_pred = model(x).argmax(1)
         x_norm = flat_norm(x, "l2").clamp_min(1e-12)
+        segmentation = task.name == "segmentation"
 
         def add(label: str, kind: str, strength: float, x_pert: torch.Tensor) -> None:
             with torch.no_grad():
                 logits = model(x_pert)
+            pred = logits.argmax(1)
             delta = x_pert - x
             cols = {
-                "pred": logits.argmax(1).tolist(),
-                "probs": logits.softmax(1).double().tolist(),
                 "l2": flat_norm(delta, "l2").tolist(),
                 "linf": flat_norm(delta, "linf").tolist(),
                 "l0": flat_norm(delta, "l0").tolist(),
@@ -181,12 +190,29 @@ def run_cell(
                 "psnr": psnr(x, x_pert, data_range=span).tolist(),
                 "rho": (flat_norm(delta, "l2") / x_norm).tolist(),
             }
+            if segmentation:
+                k = logits.shape[1]
+                dice = per_structure_dice(pred, y, k)
+                details = {
+                    "dice": dice.tolist(),
+                    "hd95": hd95(pred, y, k).tolist(),
+                    "flip": flip_rate(clean_pred, pred, y).tolist(),
+                }
+                score = mean_foreground_dice(pred, y, k).tolist()
+            else:
+                probs = logits.softmax(1).double().tolist()
+                score = (pred == y).double().tolist()
             for i in range(x.shape[0]):
+                if segmentation:
+                    ints = (-1, -1, -1, "[]")
+                    detail = json.dumps({key: _finite(v[i]) for key, v in details.items()})
+                else:
+                    ints = (int(y[i]), int(clean_pred[i]), int(pred[i]), json.dumps([round(v, 7) for v in probs[i]]))
+                    detail = None
                 records.append((
-                    cell.key, cell.model, label, kind, float(strength), offset + i, batch.ids[i], int(y[i]),
-                    int(clean_pred[i]), cols["pred"][i], json.dumps([round(v, 7) for v in cols["probs"][i]]),
+                    cell.key, cell.model, label, kind, float(strength), offset + i, batch.ids[i], *ints,
                     cols["l2"][i], cols["linf"][i], cols["l0"][i], cols["ssim"][i],
-                    None if cols["psnr"][i] == float("inf") else cols["psnr"][i], cols["rho"][i],
+                    None if cols["psnr"][i] == float("inf") else cols["psnr"][i], cols["rho"][i], score[i], detail,
                 ))
 
         def gen(*keys: Any) -> torch.Generator:
@@ -265,6 +291,8 @@ def run_experiment(
             store.records(keys),
             norms={c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm for c in cells if c.pert and c.pert.kind == "attack"},
             num_classes={k: v.card.num_classes for k, v in models.items()},
+            class_names={k: list(v.card.class_names) for k, v in models.items()},
+            tasks={k: v.card.task for k, v in models.items()},
         )
         write_summary(summary, run_dir)
         store.finish_run(run_id)

@@ -1,5 +1,9 @@
 """The run's SQLite database (``results.db``): one row per (cell, sample), written atomically per cell.
 
+Classification records carry label, predictions and class probabilities; ``score`` is 1/0 (correct or not).
+Segmentation records have label = clean_pred = pred = -1 and probs_json "[]"; ``score`` is the mean foreground
+Dice and ``detail_json`` holds per-structure Dice, per-structure HD95 and the foreground flip rate.
+
 A cell is in the store whole or not at all: its records and its "done" row are written in one transaction,
 so a run killed at any moment leaves only finished cells, and re-running skips exactly those.
 """
@@ -52,14 +56,18 @@ CREATE TABLE IF NOT EXISTS records (
     pred INTEGER NOT NULL,
     probs_json TEXT NOT NULL,
     l2 REAL, linf REAL, l0 REAL, ssim REAL, psnr REAL, rho REAL,
+    score REAL,
+    detail_json TEXT,
     PRIMARY KEY (cell_key, perturbation, strength, sample_index)
 );
 """
 
 RECORD_COLUMNS = (
     "cell_key", "model", "perturbation", "kind", "strength", "sample_index", "sample_id", "label", "clean_pred",
-    "pred", "probs_json", "l2", "linf", "l0", "ssim", "psnr", "rho",
+    "pred", "probs_json", "l2", "linf", "l0", "ssim", "psnr", "rho", "score", "detail_json",
 )
+# Columns added after the first release of the schema: (name, type), added to older databases on open.
+ADDED_COLUMNS = (("score", "REAL"), ("detail_json", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,11 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        present = {row[1] for row in self.conn.execute("PRAGMA table_info(records)")}
+        with self.conn:
+            for name, kind in ADDED_COLUMNS:
+                if name not in present:
+                    self.conn.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.conn.close()

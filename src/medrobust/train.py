@@ -21,7 +21,7 @@ from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, load_all
 from medrobust.models.card import ModelCard, build_model, save_checkpoint
 from medrobust.models.wrapper import Model
-from medrobust.metrics import accuracy, auc_ovr, balanced_accuracy
+from medrobust.metrics import accuracy, auc_ovr, balanced_accuracy, mean_foreground_dice
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class TrainSettings:
     seed: int = 0
     augment: bool = True
     normalise: bool = True
-    select_metric: str = "balanced_accuracy"
+    select_metric: str | None = None  # default: balanced_accuracy (classification), dice (segmentation)
     device: str = "cpu"
     name: str | None = None
 
@@ -50,9 +50,10 @@ class TrainSettings:
             raise ValueError(f"batch_size={self.batch_size!r} must be >= 1")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} must be > 0")
-        if self.select_metric not in ("accuracy", "balanced_accuracy", "auc"):
+        if self.select_metric not in (None, "accuracy", "balanced_accuracy", "auc", "dice", "pixel_accuracy"):
             raise ValueError(
-                f"select_metric={self.select_metric!r}; expected accuracy, balanced_accuracy or auc"
+                f"select_metric={self.select_metric!r}; expected accuracy, balanced_accuracy or auc "
+                "(classification) or dice, pixel_accuracy (segmentation)"
             )
 
 
@@ -80,18 +81,33 @@ def classification_scores(logits: torch.Tensor, y: torch.Tensor, num_classes: in
     }
 
 
+def segmentation_scores(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+    pred = logits.argmax(1)
+    return {
+        "dice": float(mean_foreground_dice(pred, y, num_classes).mean()),
+        "pixel_accuracy": float((pred == y).float().mean()),
+    }
+
+
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     dims = [0] + list(range(2, x.dim()))
     return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-6).tolist()
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal and vertical flips (lesions and chest films are read in any such orientation)."""
+def _augment(
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, segmentation: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips. Classification: horizontal and vertical (lesions and chest films are read in any such
+    orientation). Segmentation: left-right only (the last axis), applied to the mask as well."""
     n = x.shape[0]
     flip_h = torch.rand(n, generator=generator) < 0.5
     flip_v = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip_h.view(-1, 1, 1, 1), x.flip(-1), x)
-    return torch.where(flip_v.view(-1, 1, 1, 1), x.flip(-2), x)
+    shape_x = (-1,) + (1,) * (x.dim() - 1)
+    x = torch.where(flip_h.view(shape_x), x.flip(-1), x)
+    if segmentation:
+        y = torch.where(flip_h.view((-1,) + (1,) * (y.dim() - 1)), y.flip(-1), y)
+        return x, y
+    return torch.where(flip_v.view(shape_x), x.flip(-2), x), y
 
 
 def train(
@@ -107,8 +123,20 @@ def train(
         split: load_dataset(s.dataset, split=split, **s.dataset_params) for split in ("train", "val", "test")
     }
     train_ds = datasets["train"]
-    if train_ds.task != "classification":
-        raise ValueError(f"dataset {s.dataset!r} is a {train_ds.task} dataset; this trainer is for classification")
+    segmentation = train_ds.task == "segmentation"
+    select = s.select_metric or ("dice" if segmentation else "balanced_accuracy")
+    scores = segmentation_scores if segmentation else classification_scores
+    if select not in (("dice", "pixel_accuracy") if segmentation else ("accuracy", "balanced_accuracy", "auc")):
+        raise ValueError(f"select_metric={select!r} does not apply to a {train_ds.task} dataset")
+    if segmentation:
+        from monai.losses import DiceCELoss
+
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return dice_ce(logits, target.unsqueeze(1))
+    else:
+        loss_fn = F.cross_entropy
     data = {split: load_all(ds) for split, ds in datasets.items()}
     x_train, y_train = data["train"].x, data["train"].y
     in_channels, num_classes = x_train.shape[1], train_ds.num_classes
@@ -117,6 +145,7 @@ def train(
         name=s.name or f"{s.architecture.replace(':', '-')}-{s.dataset}-s{s.seed}",
         architecture=s.architecture,
         arch_kwargs=dict(s.arch_kwargs),
+        task=train_ds.task,
         in_channels=in_channels,
         num_classes=num_classes,
         class_names=list(train_ds.class_names),
@@ -145,30 +174,30 @@ def train(
             total = 0.0
             for i in range(0, len(order), s.batch_size):
                 idx = order[i : i + s.batch_size]
-                xb = x_train[idx]
+                xb, yb = x_train[idx], y_train[idx]
                 if s.augment:
-                    xb = _augment(xb, gen)
-                xb, yb = xb.to(device), y_train[idx].to(device)
+                    xb, yb = _augment(xb, yb, gen, segmentation)
+                xb, yb = xb.to(device), yb.to(device)
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb), yb)
+                loss = loss_fn(model(xb), yb)
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += float(loss.detach()) * len(idx)
-            val = classification_scores(predict_logits(model, data["val"].x.to(device)).cpu(), data["val"].y, num_classes)
+            val = scores(predict_logits(model, data["val"].x.to(device)).cpu(), data["val"].y, num_classes)
             row = {"epoch": epoch, "train_loss": total / len(x_train), **{f"val_{k}": v for k, v in val.items()}}
             history.append(row)
             log.info("epoch %d: %s", epoch, row)
             if progress is not None:
                 progress(epoch, row)
-            if val[s.select_metric] > best_score:
-                best_score, best_epoch = val[s.select_metric], epoch
+            if val[select] > best_score:
+                best_score, best_epoch = val[select], epoch
                 best_state = copy.deepcopy(model.state_dict())
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
     metrics = {
-        split: classification_scores(predict_logits(model, data[split].x.to(device)).cpu(), data[split].y, num_classes)
+        split: scores(predict_logits(model, data[split].x.to(device)).cpu(), data[split].y, num_classes)
         for split in ("val", "test")
     }
     card = card.model_copy(
