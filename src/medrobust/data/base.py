@@ -2,7 +2,8 @@
 
 Every dataset builder is registered by name and called as ``builder(split=..., **params)``; it returns an
 ``ImageDataset`` whose items are ``(x, y, id)``: x a float32 tensor (C, H, W) inside ``bounds`` (default [0, 1]),
-y an int class index into ``class_names``, id a stable string.
+y an int class index into ``class_names``, id a stable string. Segmentation datasets (data/segmentation.py) give
+y as a long mask (*spatial) instead; ``iterate_batches`` stacks those.
 """
 
 from __future__ import annotations
@@ -108,9 +109,22 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, limit: int | None = 
     for start in range(0, n, batch_size):
         idx = range(start, min(start + batch_size, n))
         items = [dataset[i] for i in idx]
-        x = torch.stack([it[0] for it in items])
-        y = torch.tensor([it[1] for it in items], dtype=torch.long)
+        x = _stack([it[0] for it in items], items)
+        if isinstance(items[0][1], torch.Tensor):  # segmentation masks
+            y = _stack([it[1] for it in items], items).long()
+        else:
+            y = torch.tensor([it[1] for it in items], dtype=torch.long)
         yield Batch(x, y, [it[2] for it in items])
+
+
+def _stack(tensors: list[torch.Tensor], items: list[tuple[Any, ...]]) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"samples {items[0][2]!r}..{items[-1][2]!r} have different shapes {sorted(shapes)}; they cannot "
+            "share a batch, use batch_size=1"
+        )
+    return torch.stack(tensors)
 
 
 def load_all(dataset: ImageDataset, limit: int | None = None) -> Batch:
