@@ -34,7 +34,14 @@ CORRUPTION_CASES = {
     "gaussian_blur": {"sigma": 20.0},  # the toy classes differ only at low frequency
     "contrast": {"factor": 0.0},
     "matched_noise": {"reference": torch.full((30,), 8.0), "norm": "l2"},
+    "rician_noise": {"sigma": 0.6},
+    "spike": {"intensity": 5.0},
+    "gibbs": {"alpha": 0.9},
 }
+# MRI artifacts act on whole slices and volumes; some (ghosting, motion, bias field, downsampling) cannot fool the toy
+# 8x8 model, so tests/test_mri_artifacts.py checks each of them (shape, dtype, bounds, determinism, replay, graded
+# severity, physics). Those that do hurt the toy model also have a case above.
+MRI_ARTIFACTS = {"rician_noise", "bias_field", "ghosting", "motion", "spike", "gibbs", "downsample"}
 
 
 def accuracy(model, x, y) -> float:
@@ -44,7 +51,7 @@ def accuracy(model, x, y) -> float:
 
 def test_every_registered_algorithm_has_a_case():
     assert set(ATTACKS.names()) == set(ATTACK_CASES) | set(SEG_ATTACK_CASES)
-    assert set(CORRUPTIONS.names()) == set(CORRUPTION_CASES)
+    assert set(CORRUPTIONS.names()) == set(CORRUPTION_CASES) | MRI_ARTIFACTS
 
 
 @pytest.mark.parametrize("name", sorted(SEG_ATTACK_CASES))

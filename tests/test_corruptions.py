@@ -35,8 +35,12 @@ def grey(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.full(shape, 0.5, dtype=dtype)
 
 
+# Registered too, and covered by tests/test_mri_artifacts.py.
+MRI_ARTIFACTS = ("bias_field", "downsample", "ghosting", "gibbs", "motion", "rician_noise", "spike")
+
+
 def test_registry_lists_every_family() -> None:
-    assert list_corruptions() == sorted(ALL)
+    assert list_corruptions() == sorted([*ALL, *MRI_ARTIFACTS])
     for name in list_corruptions():
         assert issubclass(CORRUPTIONS.get(name), Corruption)
     with pytest.raises(KeyError, match="did you mean 'gaussian_noise'"):

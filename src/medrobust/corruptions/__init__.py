@@ -1,4 +1,5 @@
-"""Corruptions: realistic noise, outliers, blur and contrast changes, plus noise matched to an attack's size.
+"""Corruptions: realistic noise, outliers, blur and contrast changes, MRI artifacts, plus noise matched to an
+attack's size.
 
 Each is a frozen dataclass of parameters called as ``corruption(x, *, generator=None, bounds=(0, 1))`` (see
 ``base.Corruption``), registered by name in ``CORRUPTIONS``.
@@ -14,6 +15,10 @@ from medrobust.corruptions.base import Corruption
 from medrobust.corruptions.blur import GaussianBlur
 from medrobust.corruptions.contrast import Contrast
 from medrobust.corruptions.matched_noise import MatchedNoise
+from medrobust.corruptions.mri import MRIArtifact
+from medrobust.corruptions.mri_kspace import GibbsRinging, Ghosting, Spike
+from medrobust.corruptions.mri_motion import Downsample, Motion
+from medrobust.corruptions.mri_noise import BiasField, RicianNoise
 from medrobust.corruptions.noise import GaussianNoise
 from medrobust.corruptions.salt_pepper import SaltPepper
 from medrobust.registry import Registry
@@ -25,6 +30,13 @@ CORRUPTIONS.register("salt_pepper")(SaltPepper)
 CORRUPTIONS.register("gaussian_blur")(GaussianBlur)
 CORRUPTIONS.register("contrast")(Contrast)
 CORRUPTIONS.register("matched_noise")(MatchedNoise)
+CORRUPTIONS.register("rician_noise")(RicianNoise)
+CORRUPTIONS.register("bias_field")(BiasField)
+CORRUPTIONS.register("ghosting")(Ghosting)
+CORRUPTIONS.register("motion")(Motion)
+CORRUPTIONS.register("spike")(Spike)
+CORRUPTIONS.register("gibbs")(GibbsRinging)
+CORRUPTIONS.register("downsample")(Downsample)
 
 
 def list_corruptions() -> list[str]:
@@ -50,12 +62,20 @@ def corrupt(
 
 __all__ = [
     "CORRUPTIONS",
+    "BiasField",
     "Contrast",
     "Corruption",
+    "Downsample",
     "GaussianBlur",
     "GaussianNoise",
+    "Ghosting",
+    "GibbsRinging",
+    "MRIArtifact",
     "MatchedNoise",
+    "Motion",
+    "RicianNoise",
     "SaltPepper",
+    "Spike",
     "corrupt",
     "list_corruptions",
 ]
