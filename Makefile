@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all test-browser chromium bench clean
 
 setup: $(STAMP)
 
@@ -16,12 +16,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/medrobust demo
+	$(VENV)/bin/medrobust demo --task segmentation
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -m ""
+
+# The report's browser test opens report.html in Debian's headless Chromium; it skips when chromium is absent.
+# `make test` never installs anything; these targets install chromium when missing (best effort: needs apt).
+chromium:
+	@test -x /usr/bin/chromium || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium) \
+	  || echo "chromium could not be installed; the browser test will skip"; }
+
+test-browser: $(STAMP) chromium
+	$(PY) -m pytest -q -m browser tests/test_report.py
 
 bench: $(STAMP)
 	$(PY) bench/attacks.py

@@ -233,7 +233,11 @@ def evaluate(
 
 
 def robustness_table(
-    summary: list[dict[str, Any]], reference: dict[str, float], norms: dict[str, str], order: list[str] | None = None
+    summary: list[dict[str, Any]],
+    reference: dict[str, float],
+    norms: dict[str, str],
+    order: list[str] | None = None,
+    metric: str = "accuracy",
 ) -> Table:
     """Generalizability vs robustness: clean accuracy next to accuracy under each perturbation at the
     reference strength of its norm, and the per-sample worst case over attacks."""
@@ -253,20 +257,20 @@ def robustness_table(
             return min(strengths, key=lambda s: abs(s - reference[norm]))
         return strengths[len(strengths) // 2] if strengths else None
 
-    table = Table(title="Generalizability vs robustness (accuracy)", title_justify="left")
+    table = Table(title=f"Generalizability vs robustness ({metric})", title_justify="left")
     table.add_column("perturbation @ strength", overflow="fold")
     for m in models:
         table.add_column(m, justify="right", no_wrap=True)
-    table.add_row("clean", *(fmt(value.get((m, "clean", 0.0, "accuracy"))) for m in models))
+    table.add_row("clean", *(fmt(value.get((m, "clean", 0.0, metric))) for m in models))
     for p in perts:
         s = ref_strength(p)
         cells = []
         for m in models:
-            acc = value.get((m, p, s, "accuracy"))
-            noise = value.get((m, f"matched_noise[{p}]", s, "accuracy"))
+            acc = value.get((m, p, s, metric))
+            noise = value.get((m, f"matched_noise[{p}]", s, metric))
             cells.append(fmt(acc) + (f" ({fmt(noise)})" if noise is not None else ""))
         table.add_row(escape(f"{p} @ {s:.4g}"), *cells)
-    table.caption = "(in brackets: accuracy under Gaussian noise of the attack's per-sample L2 size)"
+    table.caption = f"(in brackets: {metric} under Gaussian noise of the attack's per-sample L2 size)"
     table.caption_justify = "left"
     return table
 
@@ -279,13 +283,26 @@ def _print_run(result: Any, spec: Any) -> None:
         label: ATTACKS.build(p.name, **p.params).threat_norm if p.kind == "attack" else ""
         for label, p in zip(perturbation_labels(spec), spec.perturbations)
     }
-    table = robustness_table(result.summary, spec.reference_strength, norms, [m.name for m in spec.models])
+    metric = "dice" if any(r["metric"] == "dice" for r in result.summary) else "accuracy"
+    table = robustness_table(result.summary, spec.reference_strength, norms, [m.name for m in spec.models], metric)
     _consoles.out.print(table)
     _consoles.out.print(
         f"{result.cells_run} cells run, {result.cells_skipped} reused, {result.seconds:.0f} s; "
         f"results in {result.run_dir} (results.db, summary.csv, summary.json)",
         highlight=False,
     )
+    _write_report(result.run_dir)
+
+
+def _write_report(run_dir: Path, **options: Any) -> None:
+    import time
+
+    from medrobust.report import build_report
+
+    t0 = time.perf_counter()
+    with user_errors():
+        html, md = build_report(run_dir, **options)
+    _consoles.out.print(f"report: {html} and {md} ({time.perf_counter() - t0:.1f} s)", highlight=False)
 
 
 @app.command()
@@ -321,18 +338,37 @@ def export(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory (with results.db)"),
+    reference: list[str] = typer.Option(None, "--reference", help="headline strength per norm, e.g. linf=0.0078"),
+    malignant: list[str] = typer.Option(None, "--malignant", help="class counted as malignant (repeatable; default: melanoma, mel, bcc, akiec)"),
+) -> None:
+    """Write RUN_DIR/report.html (self-contained) and summary.md from the stored results; runs no attack."""
+    with user_errors():
+        ref = {k: float(v) for k, v in parse_pairs(reference, "--reference").items()}
+    _write_report(run_dir, reference_strength=ref or None, malignant=malignant or None)
+
+
+@app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory (models are cached here)"),
+    task: str = typer.Option("classification", help="classification (derm-synth) or segmentation (mni152-tissue)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (models are cached here)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """The main job on built-in data: train three architectures on derm-synth, then clean vs noise vs attacks."""
+    """The main job on built-in data: several models, clean vs noise, artifacts and attacks (--task picks the demo)."""
     from medrobust.config import load_config
     from medrobust.runner import run_experiment
 
     setup_logging(verbose or quiet)
     with user_errors():
-        spec = load_config(Path(__file__).parent / "specs" / "derm-demo.yaml")
+        specs = {"classification": "derm-demo.yaml", "segmentation": "mni-demo.yaml"}
+        if task not in specs:
+            from medrobust.registry import unknown_name_message
+
+            raise ValueError(unknown_name_message("demo task", task, list(specs)))
+        spec = load_config(Path(__file__).parent / "specs" / specs[task])
+        out = out or Path("runs/demo" if task == "classification" else "runs/demo-segmentation")
         result = run_experiment(spec, out, quiet=quiet, notify=lambda m: _consoles.err.print(m, highlight=False))
     _print_run(result, spec)
 

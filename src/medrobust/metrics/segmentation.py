@@ -42,6 +42,7 @@ def hd95(pred: torch.Tensor, y: torch.Tensor, num_classes: int, spacing: float |
     with warnings.catch_warnings():
         # empty masks are reported as NaN below; MONAI's own warning about them is noise here
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # a deprecated argument MONAI passes to itself
         out = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=spacing)
     missing = (p[:, 1:].flatten(2).sum(-1) == 0) | (t[:, 1:].flatten(2).sum(-1) == 0)
     return torch.where(missing, torch.full_like(out, float("nan")), out.float())

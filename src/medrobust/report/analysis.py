@@ -1,0 +1,407 @@
+"""Numbers behind each report section, computed from the run's records and summary rows (no model is run).
+
+Scores are accuracies in [0, 1]; strengths are in the units of the input (eps for attacks, the corruption's
+strength parameter for corruptions); perturbation sizes are per-sample norms of x_adv - x in input units.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from medrobust.report.data import PerturbationInfo, RunData
+
+DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
+NORM_NAMES = {"linf": "Linf", "l2": "L2", "l0": "L0"}
+METRIC_NAMES = {"accuracy": "accuracy", "dice": "Dice"}
+METRIC_AXES = {"accuracy": "accuracy (fraction correct)", "dice": "mean foreground Dice"}
+
+
+class Values:
+    """Summary rows indexed by (model, perturbation, strength, metric); ``metric`` is the run's score."""
+
+    def __init__(self, summary: list[dict[str, Any]], metric: str = "accuracy") -> None:
+        self.metric = metric
+        self.rows = {(r["model"], r["perturbation"], float(r["strength"]), r["metric"]): r for r in summary}
+        self.strengths: dict[str, list[float]] = defaultdict(list)
+        for model, pert, strength, _ in self.rows:
+            if strength not in self.strengths[pert]:
+                self.strengths[pert].append(strength)
+        for pert in self.strengths:
+            self.strengths[pert].sort()
+
+    def get(self, model: str, pert: str, strength: float, metric: str | None = None) -> float | None:
+        row = self.rows.get((model, pert, float(strength), metric or self.metric))
+        if row is None or row["value"] is None or (isinstance(row["value"], float) and math.isnan(row["value"])):
+            return None
+        return row["value"]
+
+    def clean(self, model: str, metric: str | None = None) -> float | None:
+        return self.get(model, "clean", 0.0, metric)
+
+
+def worst_label(norm: str, norms: list[str]) -> str:
+    """The summary's name for the per-sample worst case over attacks of ``norm`` (see results.summarise)."""
+    return "worst_case" if len(norms) == 1 else f"worst_case[{norm}]"
+
+
+def pick_strength(strengths: list[float], norm: str | None, reference: dict[str, float]) -> float | None:
+    """The strength nearest to ``reference[norm]``; without a reference, the middle strength."""
+    if not strengths:
+        return None
+    strengths = sorted(strengths)
+    if norm in reference:
+        return min(strengths, key=lambda s: abs(s - reference[norm]))
+    return strengths[len(strengths) // 2]
+
+
+# --- 2. headline -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Headline:
+    norm: str
+    label: str  # worst-case label in the summary
+    strength: float
+    attacks: list[str]
+    rows: list[dict[str, Any]]  # model, clean, worst, attacks: {label: (acc, matched-noise acc)}
+    reference_given: bool
+
+
+def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[Headline]:
+    out = []
+    for norm in run.norms:
+        label = worst_label(norm, run.norms)
+        strength = pick_strength(values.strengths.get(label, []), norm, reference)
+        if strength is None:
+            continue
+        attacks = [p.label for p in run.attacks if p.norm == norm and any(math.isclose(s, strength) for s in p.strengths)]
+        rows = []
+        for m in run.models:
+            rows.append({
+                "model": m.name,
+                "clean": values.clean(m.name),
+                "worst": values.get(m.name, label, strength),
+                "attacks": {a: (values.get(m.name, a, strength), values.get(m.name, f"matched_noise[{a}]", strength)) for a in attacks},
+            })
+        out.append(Headline(norm, label, strength, attacks, rows, norm in reference))
+    return out
+
+
+def headline_sentence(heads: list[Headline], metric: str = "accuracy") -> str:
+    """One plain sentence of the paper's point: clean scores close, robust scores apart (or not)."""
+    if not heads:
+        return "This run has no attacks, so there is no robustness headline; see the corruption curves below."
+    h = heads[0]
+    pairs = [(r["model"], r["clean"], r["worst"]) for r in h.rows if r["clean"] is not None and r["worst"] is not None]
+    if not pairs:
+        return ""
+    cleans = [c for _, c, _ in pairs]
+    worsts = [w for _, _, w in pairs]
+    where = f"{NORM_NAMES.get(h.norm, h.norm)} eps = {h.strength:.4g}"
+    name = METRIC_NAMES.get(metric, metric)
+    if len(pairs) == 1:
+        return (f"{pairs[0][0]} scores {cleans[0]:.3f} {name} on clean data and {worsts[0]:.3f} under the "
+                f"per-sample worst case of the {NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g}.")
+    best = max(pairs, key=lambda p: p[2])[0]
+    return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models; worst-case "
+            f"{name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f} "
+            f"(most robust: {best}).")
+
+
+# --- 3. curves -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    label: str
+    kind: str
+    norm: str | None
+    axis: str  # x-axis label with units
+    series: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)  # model -> {main, noise}
+
+
+def strength_axis(p: PerturbationInfo | None, norm: str | None = None) -> str:
+    if p is not None and p.kind == "corruption":
+        param = p.threat.get("strength_param") or "strength"
+        return f"{param} (input units)" if param != "amount" else "amount (fraction of pixels)"
+    norm = norm or (p.norm if p else None)
+    if norm == "l0":
+        return "eps (L0 budget, fraction of input features)"
+    return f"eps ({'Linf' if norm == 'linf' else 'L2'} budget, input units)"
+
+
+def curves(run: RunData, values: Values) -> list[Curve]:
+    out = []
+    items: list[tuple[str, PerturbationInfo | None, str | None]] = [(p.label, p, p.norm) for p in run.perturbations]
+    items += [(worst_label(n, run.norms), None, n) for n in run.norms]
+    for label, p, norm in items:
+        curve = Curve(label, p.kind if p else "worst_case", norm, strength_axis(p, norm))
+        for m in run.models:
+            clean = values.clean(m.name)
+            start = [(0.0, clean)] if clean is not None else []
+            main = [(s, values.get(m.name, label, s)) for s in values.strengths.get(label, [])]
+            noise_label = f"matched_noise[{label}]"
+            noise = [(s, values.get(m.name, noise_label, s)) for s in values.strengths.get(noise_label, [])]
+            curve.series[m.name] = {
+                "main": start + [(s, v) for s, v in main if v is not None],
+                "noise": (start + [(s, v) for s, v in noise if v is not None]) if noise else [],
+            }
+        out.append(curve)
+    return out
+
+
+# --- 4. perceptibility -----------------------------------------------------------------------------------
+
+SIZE_KEYS = ("l2", "linf", "l0", "ssim", "psnr", "rho")
+
+
+def _records_by(run: RunData) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in run.records:
+        groups[(r["model"], r["perturbation"], float(r["strength"]))].append(r)
+    return groups
+
+
+def _successful(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]]
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.median(xs) if xs else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.fmean(xs) if xs else None
+
+
+@dataclass
+class SizeGroup:
+    model: str
+    attack: str
+    norm: str | None
+    strength: float
+    n_correct: int  # clean-correct samples (the attack's targets)
+    values: dict[str, list[float]]  # per-sample sizes of the successful adversarial examples
+
+    @property
+    def n_success(self) -> int:
+        return len(self.values["l2"])
+
+    def median(self, key: str) -> float | None:
+        return _median(self.values[key])
+
+    def mean(self, key: str) -> float | None:
+        return _mean(self.values[key])
+
+
+def _size_group(model: str, p: PerturbationInfo, strength: float, recs: list[dict[str, Any]], task: str) -> SizeGroup:
+    """Classification: sizes of the successful examples; segmentation (no single decision): of every sample."""
+    ok = _successful(recs) if task == "classification" else recs
+    vals = {k: [r[k] for r in ok if r[k] is not None] for k in SIZE_KEYS}
+    targets = sum(r["clean_pred"] == r["label"] for r in recs) if task == "classification" else len(recs)
+    return SizeGroup(model, p.label, p.norm, strength, targets, vals)
+
+
+def perceptibility(run: RunData, reference: dict[str, float]) -> tuple[list[SizeGroup], list[SizeGroup]]:
+    """(successful attacks at each attack's reference strength, minimal attacks at their largest budget).
+
+    A minimal attack's perturbation is stored clipped to each budget, so at the largest budget the sizes of
+    its successful examples are the minimal perturbations found (those larger than the budget are cut off).
+    """
+    groups = _records_by(run)
+    at_ref, minimal = [], []
+    for p in run.attacks:
+        s = pick_strength(list(p.strengths), p.norm, reference)
+        top = max(p.strengths)
+        for m in run.models:
+            at_ref.append(_size_group(m.name, p, s, groups.get((m.name, p.label, s), []), m.task))
+            if p.minimal:
+                minimal.append(_size_group(m.name, p, top, groups.get((m.name, p.label, top), []), m.task))
+    return at_ref, minimal
+
+
+# --- 5. clinical -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassTable:
+    """Per model: one row per perturbation (clean first) with per-class recall and malignant-to-benign flips."""
+
+    model: str
+    class_names: tuple[str, ...]
+    malignant: list[int]  # class indices in the malignant group
+    support: list[int]  # clean samples per class
+    rows: list[dict[str, Any]]  # name, perturbation, strength, recall [per class], flips, eligible, noise_flips
+
+
+def _worst_records(groups, model: str, attacks: list[str], strength: float) -> list[dict[str, Any]]:
+    """Per sample: the first record of ``attacks`` (at ``strength``) the model gets wrong, else any."""
+    worst: dict[int, dict[str, Any]] = {}
+    for a in attacks:
+        for r in groups.get((model, a, strength), []):
+            cur = worst.get(r["sample_index"])
+            if cur is None or (cur["pred"] == cur["label"] and r["pred"] != r["label"]):
+                worst[r["sample_index"]] = r
+    return list(worst.values())
+
+
+def _recall(recs: list[dict[str, Any]], k: int) -> float | None:
+    of_k = [r for r in recs if r["label"] == k]
+    return sum(r["pred"] == k for r in of_k) / len(of_k) if of_k else None
+
+
+def _flips(recs_by_sample: dict[int, list[dict[str, Any]]], malignant: set[int]) -> tuple[int, int]:
+    """(malignant-to-benign flips, eligible): eligible samples are malignant and called malignant when clean; a
+    flip is any of the sample's perturbed predictions falling in the benign group."""
+    eligible = flips = 0
+    for recs in recs_by_sample.values():
+        r0 = recs[0]
+        if r0["label"] in malignant and r0["clean_pred"] in malignant:
+            eligible += 1
+            flips += any(r["pred"] not in malignant for r in recs)
+    return flips, eligible
+
+
+def _by_sample(recs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in recs:
+        out[r["sample_index"]].append(r)
+    return out
+
+
+def malignant_indices(class_names: tuple[str, ...], malignant: list[str] | tuple[str, ...]) -> list[int]:
+    wanted = {m.strip().lower() for m in malignant}
+    return [k for k, name in enumerate(class_names) if name.strip().lower() in wanted]
+
+
+def clinical(run: RunData, reference: dict[str, float], malignant: list[str] | tuple[str, ...]) -> list[ClassTable]:
+    groups = _records_by(run)
+    out = []
+    for m in run.models:
+        if m.task != "classification":
+            continue
+        mal = set(malignant_indices(m.class_names, malignant))
+        k_range = range(len(m.class_names))
+        clean = groups.get((m.name, "clean", 0.0), [])
+
+        def row(name: str, label: str, s: float, recs: list[dict[str, Any]], flip_recs, noise=None) -> dict[str, Any]:
+            flips, eligible = _flips(_by_sample(flip_recs), mal) if flip_recs is not None and mal else (None, None)
+            noise_flips = _flips(_by_sample(noise), mal)[0] if noise and mal else None
+            return {"name": name, "perturbation": label, "strength": s, "recall": [_recall(recs, k) for k in k_range],
+                    "flips": flips, "eligible": eligible, "noise_flips": noise_flips}
+
+        rows = [row("clean", "clean", 0.0, clean, None)]
+        for p in run.attacks:
+            s = pick_strength(list(p.strengths), p.norm, reference)
+            recs = groups.get((m.name, p.label, s), [])
+            noise = groups.get((m.name, f"matched_noise[{p.label}]", s), [])
+            rows.append(row(f"{p.label} @ {s:.4g}", p.label, s, recs, recs, noise))
+        for norm in run.norms:
+            label = worst_label(norm, run.norms)
+            attacks = [p for p in run.attacks if p.norm == norm]
+            s = pick_strength(sorted({x for p in attacks for x in p.strengths}), norm, reference)
+            names = [p.label for p in attacks if any(math.isclose(x, s) for x in p.strengths)]
+            every = [r for a in names for r in groups.get((m.name, a, s), [])]
+            rows.append(row(f"{label} @ {s:.4g}", label, s, _worst_records(groups, m.name, names, s), every))
+        support = [sum(r["label"] == k for r in clean) for k in k_range]
+        out.append(ClassTable(m.name, m.class_names, sorted(mal), support, rows))
+    return out
+
+
+@dataclass
+class StructureTable:
+    """Per segmentation model: one row per perturbation (clean first), per structure Dice and HD95."""
+
+    model: str
+    structures: tuple[str, ...]
+    rows: list[dict[str, Any]]  # name, dice [per structure], hd95 [per structure]
+
+
+def structures(run: RunData, values: Values, reference: dict[str, float]) -> list[StructureTable]:
+    out = []
+    for m in run.models:
+        if m.task != "segmentation":
+            continue
+        names = tuple(m.class_names[1:])  # class 0 is background
+        items = [("clean", "clean", 0.0)]
+        for p in run.attacks:
+            s = pick_strength(list(p.strengths), p.norm, reference)
+            items.append((f"{p.label} @ {s:.4g}", p.label, s))
+        for norm in run.norms:
+            label = worst_label(norm, run.norms)
+            s = pick_strength(values.strengths.get(label, []), norm, reference)
+            if s is not None:
+                items.append((f"{label} @ {s:.4g}", label, s))
+        rows = [{"name": title,
+                 "dice": [values.get(m.name, pert, s, f"dice:{k}") for k in names],
+                 "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names]} for title, pert, s in items]
+        out.append(StructureTable(m.name, names, rows))
+    return out
+
+
+# --- 7. warnings -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    message: str
+
+
+CHECKS = (
+    "an attack must hurt at least as much as Gaussian noise of the same per-sample L2 size",
+    "the score must not rise with attack strength (the clean score counts as strength 0)",
+    "a minimal-norm attack must fool most clean-correct samples at its largest budget",
+    "every cell of the spec is in the store",
+)
+
+
+def warnings(run: RunData, values: Values, tol: float = 0.02, min_success: float = 0.5) -> list[Finding]:
+    """Sanity checks on the stored results. ``tol``: slack in the score (at least one sample more than 1/n)."""
+    out = []
+    n = max(run.n_samples, 1)
+    slack = max(tol, 1.0 / n)
+    name = METRIC_NAMES.get(values.metric, values.metric)
+    for p in run.attacks:
+        for m in run.models:
+            clean = values.clean(m.name)
+            weaker = []
+            for s in p.strengths:
+                acc = values.get(m.name, p.label, s)
+                noise = values.get(m.name, f"matched_noise[{p.label}]", s)
+                if acc is not None and noise is not None and acc > noise + slack:
+                    weaker.append(f"eps={s:.4g}: {acc:.3f} vs noise {noise:.3f}")
+            if weaker:
+                out.append(Finding("attack weaker than noise", (
+                    f"{p.label} on {m.name} leaves a higher {name} than Gaussian noise of the same L2 size ("
+                    + "; ".join(weaker) + "). The attack may be broken or the gradients masked.")))
+            accs = [(0.0, clean)] + [(s, values.get(m.name, p.label, s)) for s in p.strengths]
+            accs = [(s, a) for s, a in accs if a is not None]
+            rises = [f"{a0:.3f} at {s0:.4g} -> {a1:.3f} at {s1:.4g}" for (s0, a0), (s1, a1) in zip(accs, accs[1:]) if a1 > a0 + slack]
+            if rises:
+                out.append(Finding("non-monotone curve", (
+                    f"{name} under {p.label} on {m.name} rises with strength (" + "; ".join(rises)
+                    + "). A stronger attack should never do less harm; try more steps or restarts.")))
+            if p.minimal and p.strengths:
+                top = max(p.strengths)
+                rate = values.get(m.name, p.label, top, "success_rate")
+                if rate is not None and rate < min_success:
+                    out.append(Finding("minimal attack rarely succeeds", (
+                        f"{p.label} on {m.name} fooled only {rate:.0%} of the clean-correct samples within its "
+                        f"largest budget eps={top:.4g}. Either that budget is small for this model or the attack "
+                        "stopped early (raise steps).")))
+    if run.missing_cells:
+        out.append(Finding("incomplete run", (
+            f"{run.missing_cells} (model, perturbation, strength) cells of the spec are not in results.db; re-run "
+            "the same spec in this directory to finish them.")))
+    return out
+
+
+def is_nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))

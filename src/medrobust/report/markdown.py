@@ -1,0 +1,104 @@
+"""summary.md: the report's tables in Markdown, to paste into a paper or an issue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from medrobust.report.analysis import is_nan
+
+
+def cell(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float) or value is None:
+        return "-" if is_nan(value) else f"{value:.{digits}f}"
+    s = str(value).replace("\n", " ").replace("|", "\\|")
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _int(value: float | None) -> str:
+    return "-" if is_nan(value) else f"{value:.0f}"
+
+
+def _acc(pair: tuple[float | None, float | None]) -> str:
+    acc, noise = pair
+    return cell(acc) + ("" if noise is None else f" ({cell(noise)})")
+
+
+def summary_markdown(ctx: dict[str, Any]) -> str:
+    prov, run = ctx["prov"], ctx["run"]
+    models = [m.name for m in run.models]
+    out = [f"# medrobust report: {cell(prov['name'])}", ""]
+    out += [
+        f"- dataset: {cell(prov['dataset'])} ({cell(prov['split'])} split, params {cell(prov['dataset_params'])}), "
+        f"{prov['n_samples']} samples per cell, seed {prov['seed']}",
+        f"- models: {', '.join(cell(m) for m in models)}",
+        f"- run: {prov['first_start']} to {prov['last_finish']}, wall time {prov['wall']:.1f} s "
+        f"({prov['compute']:.1f} s in cells); medrobust {prov['version']}",
+        "",
+    ]
+    if ctx["sentence"]:
+        out += [cell(ctx["sentence"]), ""]
+    out += ["## Threat model", ""]
+    out += table(
+        ["perturbation", "kind", "norm", "strengths (input units)", "bounds", "settings", "seed"],
+        [[t["label"], t["kind"], t["norm"], t["strengths"], t["bounds"], t["settings"] or "-", str(t["seed"])] for t in ctx["threats"]],
+    )
+    score = ctx["score"]
+    out += [f"## Generalizability vs robustness ({score})", ""]
+    if not ctx["heads"]:
+        out += ["No attacks in this run.", ""]
+    for h in ctx["heads"]:
+        out += [f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} (in brackets: matched Gaussian noise).", ""]
+        out += table(
+            ["model", "clean", f"{h.label} @ {h.strength:.4g}", *h.attacks],
+            [[r["model"], r["clean"], r["worst"], *[_acc(r["attacks"][a]) for a in h.attacks]] for r in h.rows],
+        )
+    out += [f"## Robustness curves ({score}; in brackets: matched Gaussian noise)", ""]
+    out += table(
+        ["perturbation", "strength", *models],
+        [[r["perturbation"], f"{r['strength']:.4g}", *[_acc(c) for c in r["cells"]]] for r in ctx["curve_table"]],
+    )
+    out += ["## Perturbation size of " + ("successful attacks" if not ctx["segmentation"] else "attacks (all samples)"), ""]
+    out += table(
+        ["model", "attack", "eps", "samples" if ctx["segmentation"] else "successful", "median L2", "median Linf",
+         "median L0", "mean SSIM", "median PSNR (dB)"],
+        [[g.model, g.attack, f"{g.strength:.4g}", f"{g.n_success}/{g.n_correct}", g.median("l2"), g.median("linf"),
+          _int(g.median("l0")), g.mean("ssim"), g.median("psnr")] for g in ctx["at_ref"]],
+    )
+    if ctx["minimal"]:
+        out += ["## Minimal perturbations (largest budget) and empirical robustness rho = ||r||2 / ||x||2", ""]
+        out += table(
+            ["model", "attack", "budget", "samples" if ctx["segmentation"] else "successful", "median size", "mean rho", "median rho"],
+            [[g.model, g.attack, f"{g.strength:.4g}", f"{g.n_success}/{g.n_correct}",
+              _int(g.median("l0")) if g.norm == "l0" else g.median(g.norm if g.norm in ("l2", "linf") else "l2"),
+              g.mean("rho"), g.median("rho")]
+             for g in ctx["minimal"]],
+        )
+    out += ["## Clinically relevant breakdown", ""]
+    for ct in ctx["clinical"]:
+        names = [n + (" (malignant)" if k in ct.malignant else "") + f" n={ct.support[k]}" for k, n in enumerate(ct.class_names)]
+        out += [f"### {cell(ct.model)}: per-class sensitivity (recall) and malignant-to-benign flips", ""]
+        flips = ["malignant to benign", "matched noise"] if ct.malignant else []
+        out += table(
+            ["perturbation", *names, *flips],
+            [[r["name"], *r["recall"], *([("-" if r["flips"] is None else f"{r['flips']}/{r['eligible']}"),
+                                          ("-" if r["noise_flips"] is None else str(r["noise_flips"]))] if ct.malignant else [])]
+             for r in ct.rows],
+        )
+        if not ct.malignant:
+            out += [f"No class of {cell(ct.model)} is in the malignant group ({', '.join(ctx['malignant'])}).", ""]
+    for st in ctx["structures"]:
+        out += [f"### {cell(st.model)}: per-structure Dice / HD95", ""]
+        out += table(
+            ["perturbation", *[f"{n} Dice / HD95" for n in st.structures]],
+            [[r["name"], *[f"{cell(d)} / {cell(h, 1)}" for d, h in zip(r["dice"], r["hd95"])]] for r in st.rows],
+        )
+    out += ["## Warnings", ""]
+    out += [f"- **{cell(w.check)}**: {cell(w.message)}" for w in ctx["findings"]] or ["No warnings."]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,352 @@
+"""The HTML report: self-contained, every section, numbers equal to summary.json, escaped user strings, checks
+that fire on broken results, a single-model run, and a look in a real (headless) browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medrobust.cli import app
+from medrobust.config import load_config
+from medrobust.report import build_report
+from medrobust.runner import run_experiment
+from medrobust.train import TrainSettings, train
+
+DATA = {"name": "derm-synth", "params": {"size": 16, "n": 60}}
+EVIL = 'evil<script>alert("x")</script>'
+SECTIONS = [
+    "1. Threat model and provenance",
+    "2. Generalizability vs robustness",
+    "3. Robustness curves",
+    "4. Perturbation size and perceptibility",
+    "5. Clinically relevant breakdown",
+    "6. Gallery",
+    "7. Warnings",
+]
+MELANOMA = 1  # derm-synth classes: nevus, melanoma, seborrheic_keratosis
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[Path]:
+    out = []
+    for seed in (0, 1):
+        folder = tmp_path_factory.mktemp("ckpt") / f"tiny{seed}"
+        train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
+                            dataset_params=DATA["params"], epochs=2, seed=seed), folder)
+        out.append(folder)
+    return out
+
+
+def make_spec(models: list[dict], perturbations: list[dict], **extra) -> dict:
+    return {"name": "report-test", "seed": 1, "batch_size": 12, "limit": 24, "dataset": DATA, "models": models,
+            "perturbations": perturbations, **extra}
+
+
+@pytest.fixture(scope="module")
+def run_dir(checkpoints, tmp_path_factory) -> Path:
+    spec = make_spec(
+        [{"name": "tiny", "checkpoint": str(checkpoints[0])}, {"name": EVIL, "checkpoint": str(checkpoints[1])}],
+        [
+            {"corruption": "gaussian_noise", "strengths": [0.05, 0.2]},
+            {"attack": "fgsm", "strengths": [0.01, 0.05]},
+            {"attack": "pgd", "strengths": [0.01, 0.05], "params": {"steps": 5}},
+            {"attack": "deepfool", "strengths": [0.05, 0.2, 1.0], "params": {"steps": 20}},
+        ],
+        reference_strength={"linf": 0.04},
+    )
+    out = tmp_path_factory.mktemp("run") / "run"
+    run_experiment(load_config(spec), out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(run_dir) -> tuple[Path, Path, str]:
+    html_path, md_path = build_report(run_dir)
+    return html_path, md_path, html_path.read_text()
+
+
+class Cells(HTMLParser):
+    """Collects h2 texts, img srcs, and the attributes of every element with data-value or data-flips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h2: list[str] = []
+        self.imgs: list[str] = []
+        self.values: list[dict[str, str]] = []
+        self.flips: list[dict[str, str]] = []
+        self._in_h2 = False
+        self._table_model: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "h2":
+            self._in_h2 = True
+            self.h2.append("")
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+        if tag == "table" and "clinical" in (a.get("class") or ""):
+            self._table_model = a.get("data-model")
+        if "data-value" in a:
+            self.values.append(a)
+        if "data-flips" in a:
+            self.flips.append({**a, "model": self._table_model})
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2[-1] += data
+
+
+def parse(html: str) -> Cells:
+    p = Cells()
+    p.feed(html)
+    return p
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("report.html", "summary.md"))
+    return dst
+
+
+def test_report_is_self_contained_with_every_section(report):
+    html_path, md_path, html = report
+    assert html_path.name == "report.html" and md_path.name == "summary.md"
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I), "network asset in report"
+    assert "<link" not in html and "<script" not in html and "@import" not in html
+    cells = parse(html)
+    assert [h.strip() for h in cells.h2] == SECTIONS
+    assert len(cells.imgs) >= 4  # headline, curves, perceptibility, minimal perturbations
+    for src in cells.imgs:
+        assert src.startswith("data:image/png;base64,")
+        png = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        png.load()
+        assert png.width > 300 and png.height > 200
+    md = md_path.read_text()
+    for heading in ("## Threat model", "## Generalizability vs robustness", "## Robustness curves", "## Warnings"):
+        assert heading in md
+
+
+def test_headline_numbers_equal_summary_json(report, run_dir):
+    _, _, html = report
+    summary = json.loads((run_dir / "summary.json").read_text())
+    index = {(r["model"], r["perturbation"], r["strength"], r["metric"]): r["value"] for r in summary}
+    cells = parse(html).values
+    # per model: linf table (clean, worst case, fgsm, pgd) + l2 table (clean, worst case, deepfool)
+    assert len(cells) == 2 * 7
+    for c in cells:
+        key = (c["data-model"], c["data-perturbation"], float(c["data-strength"]), c["data-metric"])
+        assert key in index, key
+        assert float(c["data-value"]) == index[key]
+    linf = {float(c["data-strength"]) for c in cells if c["data-perturbation"] in ("fgsm", "pgd", "worst_case[linf]")}
+    l2 = {float(c["data-strength"]) for c in cells if c["data-perturbation"] in ("deepfool", "worst_case[l2]")}
+    assert linf == {0.05}  # nearest to the spec's reference_strength linf=0.04
+    assert l2 == {0.2}  # no reference for l2: the middle strength
+    # the shown text is the same number rounded
+    worst = index[("tiny", "worst_case[linf]", 0.05, "accuracy")]
+    assert f'data-value="{worst!r}"><strong>{worst:.3f}</strong>' in html
+
+
+def test_user_strings_are_escaped(report):
+    _, md_path, html = report
+    assert EVIL not in html and "<script" not in html
+    assert "evil&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert EVIL in {c["data-model"] for c in parse(html).values}  # the parser unescapes it back
+    assert "<script" not in md_path.read_text()
+
+
+def test_malignant_to_benign_flips_match_the_records(report, run_dir, tmp_path):
+    _, _, html = report
+    con = sqlite3.connect(run_dir / "results.db")
+
+    def flips(model: str, pert: str, strength: float, malignant: set[int]) -> tuple[int, int]:
+        rows = con.execute("SELECT label, clean_pred, pred FROM records WHERE model=? AND perturbation=? AND "
+                           "abs(strength - ?) < 1e-9", (model, pert, strength)).fetchall()
+        eligible = [r for r in rows if r[0] in malignant and r[1] in malignant]
+        return sum(r[2] not in malignant for r in eligible), len(eligible)
+
+    shown = {(f["model"], f["data-perturbation"]): (int(f["data-flips"]), int(f["data-eligible"]))
+             for f in parse(html).flips}
+    for model in ("tiny", EVIL):
+        assert shown[(model, "fgsm")] == flips(model, "fgsm", 0.05, {MELANOMA})
+        assert shown[(model, "deepfool")] == flips(model, "deepfool", 0.2, {MELANOMA})
+    # configurable groups: call nevus and seborrheic keratosis "malignant" instead
+    copy = copy_run(run_dir, tmp_path)
+    html2 = build_report(copy, malignant=["Nevus", "seborrheic_keratosis"])[0].read_text()
+    shown2 = {(f["model"], f["data-perturbation"]): (int(f["data-flips"]), int(f["data-eligible"]))
+              for f in parse(html2).flips}
+    assert shown2[("tiny", "pgd")] == flips("tiny", "pgd", 0.05, {0, 2})
+
+
+def test_warnings_fire_on_broken_results(run_dir, tmp_path):
+    copy = copy_run(run_dir, tmp_path)
+    con = sqlite3.connect(copy / "results.db")
+    with con:
+        # fgsm on "tiny" at eps=0.05 now leaves every sample correct: weaker than noise and non-monotone
+        con.execute("UPDATE records SET pred=label WHERE model='tiny' AND perturbation='fgsm' AND strength > 0.04")
+        # deepfool never changes a prediction: a minimal attack that fails
+        con.execute("UPDATE records SET pred=clean_pred WHERE perturbation='deepfool'")
+    con.close()
+    html = build_report(copy)[0].read_text()
+    section = html[html.index('id="warnings"'):]
+    assert "No warnings." not in section
+    assert re.search(r"attack weaker than noise</span>fgsm on tiny", section)
+    assert re.search(r"non-monotone curve</span>accuracy under fgsm on tiny rises", section)
+    assert re.search(r"minimal attack rarely succeeds</span>deepfool on tiny fooled only 0%", section)
+    assert "1.000" in html[html.index('id="headline-linf"'):html.index('id="curves"')]  # fgsm row, from the store
+
+
+def test_incomplete_run_and_missing_model_cards_degrade_gracefully(run_dir, tmp_path, monkeypatch):
+    from medrobust.attacks.base import Attack
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report ran an attack")
+
+    monkeypatch.setattr(Attack, "__call__", refuse)
+    copy = copy_run(run_dir, tmp_path)
+    spec = json.loads((copy / "spec.json").read_text())
+    for m in spec["models"]:
+        m["checkpoint"] = str(tmp_path / "gone")
+    (copy / "spec.json").write_text(json.dumps(spec))
+    con = sqlite3.connect(copy / "results.db")
+    with con:
+        key = con.execute("SELECT key FROM cells WHERE perturbation='pgd' AND model='tiny' AND strengths_json='[0.01]'").fetchone()[0]
+        con.execute("DELETE FROM records WHERE cell_key=?", (key,))
+        con.execute("DELETE FROM cells WHERE key=?", (key,))
+    con.close()
+    html = build_report(copy)[0].read_text()
+    assert "incomplete run</span>1 (model, perturbation, strength) cells" in html
+    assert "class 0, class 1, class 2" in html and "model card not found" in html
+    assert "is in the malignant group, so malignant-to-benign flips are not counted" in html
+
+
+def test_single_model_run_and_cli(checkpoints, tmp_path):
+    spec = make_spec([{"name": "solo", "checkpoint": str(checkpoints[0])}],
+                     [{"attack": "fgsm", "strengths": [0.01, 0.03, 0.05]}, {"corruption": "salt_pepper", "strengths": [0.02]}])
+    run_experiment(load_config(spec), tmp_path / "solo", quiet=True)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "solo"), "--reference", "linf=0.01"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "solo" / "report.html").read_text()
+    cells = parse(html)
+    assert [h.strip() for h in cells.h2] == SECTIONS
+    assert {(c["data-perturbation"], float(c["data-strength"])) for c in cells.values} == {
+        ("clean", 0.0), ("worst_case", 0.01), ("fgsm", 0.01)}
+    assert "solo scores" in html  # the one-model headline sentence
+    assert "| solo |" in (tmp_path / "solo" / "summary.md").read_text()
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "has no results.db" in bad.output
+
+
+def test_segmentation_run_reports_dice_and_structures(tmp_path):
+    """A segmentation store (label = pred = -1, Dice in score, per-structure values in detail_json), written by
+    hand and without spec or model cards: the report scores by Dice and lists per-structure Dice and HD95."""
+    from medrobust.results import summarise, write_summary
+    from medrobust.store import RECORD_COLUMNS, CellInfo, Store
+
+    run = tmp_path / "seg"
+    store = Store(run / "results.db")
+    run_id = store.start_run({"name": "seg"}, "hash", {"medrobust": "test"}, "cpu", 0)
+
+    def records(key, pert, kind, strength, scores):
+        return [tuple({
+            "cell_key": key, "model": "unet", "perturbation": pert, "kind": kind, "strength": strength,
+            "sample_index": i, "sample_id": f"s{i}", "label": -1, "clean_pred": -1, "pred": -1, "probs_json": "[]",
+            "l2": 10 * strength, "linf": strength, "l0": 100.0, "ssim": 0.99, "psnr": 40.0, "rho": 0.01,
+            "score": sc, "detail_json": json.dumps({"dice": [sc, sc / 2, 1.0], "hd95": [1.0, 2.0, None], "flip": 1 - sc}),
+        }[c] for c in RECORD_COLUMNS) for i, sc in enumerate(scores)]
+
+    clean = [0.9, 0.8, 0.7, 0.6]
+    store.write_cell(CellInfo("c", "unet", "clean", "clean", {}, [0.0], {"bounds": [0, 1], "seed": 0}),
+                     records("c", "clean", "clean", 0.0, clean), run_id, 0.0)
+    for s, drop in ((0.01, 0.2), (0.02, 0.4)):
+        threat = {"bounds": [0, 1], "seed": 0, "norm": "linf", "eps": [s], "minimal": False, "strengths": [s]}
+        recs = records(f"f{s}", "fgsm", "attack", s, [c - drop for c in clean])
+        recs += records(f"f{s}", "matched_noise[fgsm]", "corruption", s, [c - 0.01 for c in clean])
+        store.write_cell(CellInfo(f"f{s}", "unet", "fgsm", "attack", {}, [s], threat), recs, run_id, 0.0)
+    summary = summarise(store.records(), {"fgsm": "linf"}, {"unet": 4}, {"unet": [f"class {k}" for k in range(4)]},
+                        {"unet": "segmentation"})
+    store.close()
+    write_summary(summary, run)
+    html = build_report(run)[0].read_text()
+    index = {(r["model"], r["perturbation"], r["strength"], r["metric"]): r["value"]
+             for r in json.loads((run / "summary.json").read_text())}
+    cells = parse(html).values
+    assert {(c["data-perturbation"], c["data-metric"]) for c in cells} == {
+        ("clean", "dice"), ("worst_case", "dice"), ("fgsm", "dice")}
+    for c in cells:
+        assert float(c["data-value"]) == index[(c["data-model"], c["data-perturbation"], float(c["data-strength"]), "dice")]
+    assert index[("unet", "clean", 0.0, "dice")] == pytest.approx(0.75)
+    section = html[html.index('id="clinical"'):html.index('id="gallery"')]
+    assert 'class="structures"' in section and "class 1" in section and "HD95" in section
+    assert "malignant" not in section.split("</h2>", 1)[1]
+    assert "No warnings." in html
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         "--enable-logging=stderr", "--v=0"]
+# Injected into a copy of the report (which itself has no script): records resource and script errors, then, once
+# loaded, writes what it saw into the DOM for --dump-dom, and logs a line that proves console capture works.
+PROBE_HEAD = ("<script>window.__errs=[];window.addEventListener('error',function(e){window.__errs.push(1);},true);"
+              "</script>")
+PROBE_TAIL = ("<script>window.addEventListener('load',function(){var im=[].slice.call(document.images);"
+              "var bad=im.filter(function(i){return !(i.complete&&i.naturalWidth>0&&i.naturalHeight>0);}).length;"
+              "var d=document.createElement('div');d.id='probe';d.setAttribute('data-images',im.length);"
+              "d.setAttribute('data-broken',bad);d.setAttribute('data-errors',window.__errs.length);"
+              "d.setAttribute('data-sections',document.querySelectorAll('section > h2').length);"
+              "document.body.appendChild(d);console.log('medrobust-probe-loaded');});</script>")
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                          timeout=90)
+
+
+def console_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (/usr/bin/chromium) is not installed; "
+                    "`make test-browser` installs Debian's chromium package")
+def test_report_in_headless_chromium(report, tmp_path):
+    _, _, html = report
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1))
+    done = chromium(["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], tmp_path / "profile1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    marker = re.search(r'<div id="probe" ([^>]*)>', done.stdout)
+    assert marker, "the page never finished loading:\n" + done.stdout[-500:]
+    attrs = dict(re.findall(r'(data-[a-z]+)="(\d+)"', marker.group(1)))
+    assert attrs == {"data-images": str(html.count("<img ")), "data-broken": "0", "data-errors": "0",
+                     "data-sections": str(len(SECTIONS))}
+    logged = console_lines(done.stderr)
+    assert any("medrobust-probe-loaded" in line for line in logged), "console capture does not work"
+    assert [line for line in logged if "medrobust-probe-loaded" not in line] == []
+
+    shot = tmp_path / "report.png"
+    report_file = tmp_path / "report.html"
+    report_file.write_text(html)
+    done = chromium([f"--screenshot={shot}", "--window-size=1280,4000", report_file.as_uri()], tmp_path / "profile2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert console_lines(done.stderr) == []
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 4000)
+    # not a blank page: text and figures put plenty of dark pixels on it
+    dark = sum(image.histogram()[:128]) / (image.width * image.height)
+    assert dark > 0.005, dark
