@@ -27,6 +27,7 @@ SEG_ATTACK_CASES = {
     "pgd": ({"steps": 10}, 0.3),
     "segpgd": ({"steps": 10}, 0.3),
     "dag": ({"steps": 60}, 3.0),
+    "asma": ({"steps": 60}, 3.0),
 }
 CORRUPTION_CASES = {
     "gaussian_noise": {"sigma": 0.6},

@@ -26,6 +26,7 @@ def seg_run(tmp_path_factory):
             {"corruption": "rician_noise", "strengths": [0.1]},
             {"attack": "pgd", "strengths": [0.03], "params": {"steps": 3}},
             {"attack": "dag", "strengths": [0.5, 2.0], "params": {"steps": 10, "gamma": 0.2}},
+            {"attack": "asma", "strengths": [0.5, 4.0], "params": {"steps": 20, "gamma": 0.3}},
         ],
     })
     run_dir = tmp_path_factory.mktemp("segrun")
@@ -55,6 +56,9 @@ def test_segmentation_summary_metrics(seg_run):
     assert rows[("dag", 2.0, "flip_rate")] >= rows[("dag", 0.5, "flip_rate")]
     assert rows[("dag", 2.0, "l2")] <= 2.0 + 1e-6
     assert ("matched_noise[dag]", 2.0, "dice") in rows
+    # ASMA (all-background target) is scored by IoU with its target; a larger budget gets closer to it
+    assert rows[("asma", 4.0, "target_iou")] >= rows[("asma", 0.5, "target_iou")]
+    assert ("matched_noise[asma]", 4.0, "target_iou") not in rows
     assert ("worst_case[linf]", 0.03, "dice") in rows or ("worst_case", 0.03, "dice") in rows
 
 

@@ -137,3 +137,41 @@ def test_segmentation_zoo_shapes(arch, dims):
     with torch.no_grad():
         out = net(torch.rand((1, 1) + (32,) * dims))
     assert out.shape == (1, 4) + (32,) * dims
+
+
+def test_target_iou_by_hand():
+    from medrobust.attacks.asma import target_iou
+
+    pred = torch.tensor([[[0, 1], [1, 1]]])
+    target = torch.tensor([[[0, 1], [0, 1]]])
+    # label 0: 1/2, label 1: 2/3
+    assert float(target_iou(pred, target)) == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_asma_reaches_a_user_given_target_mask(toy_segmenter, toy_seg_batch):
+    from medrobust.attacks import ASMA
+    from medrobust.attacks.asma import target_iou
+
+    x, y = toy_seg_batch
+    # the target: the square (class 1) moved to where the disk is, everything else background
+    target = torch.where(y == 2, torch.ones_like(y), torch.zeros_like(y))
+    x_adv = ASMA(steps=150, gamma=0.05).run_targeted(toy_segmenter, x, target)
+    with torch.no_grad():
+        clean = target_iou(toy_segmenter(x).argmax(1), target).mean()
+        adv = target_iou(toy_segmenter(x_adv).argmax(1), target).mean()
+    assert float(clean) < 0.6 and float(adv) >= 0.9
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+
+
+def test_asma_keeps_going_past_wrong_labels_where_dag_stops(toy_segmenter, toy_seg_batch):
+    from medrobust.attacks import ASMA
+    from medrobust.attacks.asma import target_iou
+
+    x, y = toy_seg_batch
+    target = dag_target(y, 3, "dilate", (1,), radius=1)
+    ious = {}
+    for name, attack in (("dag", DAG(steps=150, target="dilate", classes=(1,), radius=1)),
+                         ("asma", ASMA(steps=150, target="dilate", classes=(1,), radius=1))):
+        with torch.no_grad():
+            ious[name] = float(target_iou(toy_segmenter(attack(toy_segmenter, "segmentation", x, y)).argmax(1), target).mean())
+    assert ious["asma"] > ious["dag"] and ious["asma"] >= 0.85

@@ -77,6 +77,8 @@ def _segmentation_rows(
         metrics[f"hd95:{name}"] = _median([v for d in details if (v := d["hd95"][j]) is not None])
     if pert != "clean":
         metrics["flip_rate"] = _nanmean([d["flip"] for d in details])
+        if any("target_iou" in d for d in details):
+            metrics["target_iou"] = _nanmean([d.get("target_iou") for d in details])
         metrics["dice_drop"] = _nanmean([clean.get(r["sample_index"], math.nan) - r["score"] for r in recs])
         for key in ("l2", "linf", "l0", "psnr", "rho"):
             metrics[key] = _median([r[key] for r in recs])

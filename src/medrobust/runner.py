@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from medrobust.attacks import ATTACKS, Attack
+from medrobust.attacks.asma import target_iou
 from medrobust.attacks.base import clip_perturbation, flat_norm
 from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
@@ -173,9 +174,12 @@ def run_cell(
     for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
         x, y = batch.x.to(device), batch.y.to(device)
         with torch.no_grad():
-            clean_pred = model(x).argmax(1)
+            clean_logits = model(x)
+        clean_pred = clean_logits.argmax(1)
         x_norm = flat_norm(x, "l2").clamp_min(1e-12)
         segmentation = task.name == "segmentation"
+        # targeted structured-output attacks (ASMA) are scored by IoU with their target label map
+        target_map = attack.target_for(y, clean_logits.shape[1]) if hasattr(attack, "target_for") else None
 
         def add(label: str, kind: str, strength: float, x_pert: torch.Tensor) -> None:
             with torch.no_grad():
@@ -198,6 +202,8 @@ def run_cell(
                     "hd95": hd95(pred, y, k).tolist(),
                     "flip": flip_rate(clean_pred, pred, y).tolist(),
                 }
+                if target_map is not None and kind == "attack":
+                    details["target_iou"] = target_iou(pred, target_map).tolist()
                 score = mean_foreground_dice(pred, y, k).tolist()
             else:
                 probs = logits.softmax(1).double().tolist()

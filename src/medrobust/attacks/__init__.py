@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medrobust.attacks.asma import ASMA
 from medrobust.attacks.base import Attack
 from medrobust.attacks.cw import CarliniWagnerL2
 from medrobust.attacks.dag import DAG
@@ -20,5 +21,6 @@ ATTACKS.register("jsma")(JSMA)
 ATTACKS.register("cw")(CarliniWagnerL2)
 ATTACKS.register("dag")(DAG)
 ATTACKS.register("segpgd")(SegPGD)
+ATTACKS.register("asma")(ASMA)
 
-__all__ = ["ATTACKS", "DAG", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD", "SegPGD"]
+__all__ = ["ASMA", "ATTACKS", "DAG", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD", "SegPGD"]

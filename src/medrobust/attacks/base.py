@@ -71,7 +71,8 @@ class Attack(ABC):
         y = y.to(x.device).long()
         gen = generator_for(x, generator)
         x = x.detach()
-        with attack_mode(model):
+        # enable_grad: attacks need input gradients even when called inside a no_grad block
+        with attack_mode(model), torch.enable_grad():
             if eps is not None and float(eps) == 0.0:
                 return x.clone()
             x_adv = self.run(model, task, x, y, eps=None if eps is None else float(eps), generator=gen)
