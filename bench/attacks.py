@@ -463,7 +463,7 @@ def write_results(args, info: dict, rows: list[dict], total_s: float) -> None:
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = [
         m.group(0)
-        for m in re.finditer(r"<!-- section:(\w+) -->.*?<!-- /section:\1 -->", old, re.S)
+        for m in re.finditer(r"<!-- section:([\w-]+) -->.*?<!-- /section:\1 -->", old, re.S)
         if m.group(1) != device.type
     ]
     body = "\n\n".join(kept + ["\n".join(section)])
@@ -474,7 +474,8 @@ HEADER = """
 # Attack benchmark
 
 Produced by `bench/attacks.py` (run by hand; `--quick` for a 16-image batch, `--device cuda` for a GPU). Each
-device has its own section below; a new run replaces the section of its device only.
+device has its own section below; a new run replaces the section of its device only (other benchmarks'
+sections, such as bench/sliding_window.py's, are kept).
 """
 
 NOTES = """

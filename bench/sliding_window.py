@@ -2,15 +2,18 @@
 
 A 3D MONAI UNet (untrained weights: memory and time do not depend on them) on the 2-mm MNI152 volume
 (99 x 117 x 95) through ``SlidingWindow`` with 64^3 windows, attacked by PGD (Linf, 2 steps); once with
-per-window checkpointing and once without. Each setting runs in its own process; peak memory is the rise of the
-resident-set high-water mark (VmHWM, reset via /proc/self/clear_refs) during the attack. Appends a section to
-bench/RESULTS.md.
+per-window checkpointing and once without. Each setting runs in its own process. On the CPU, peak memory is the
+rise of the resident-set high-water mark (VmHWM, reset via /proc/self/clear_refs) during the attack; on CUDA it is
+the rise of torch.cuda.max_memory_allocated above the loaded model and volume. Writes (or replaces) the matching
+section of bench/RESULTS.md.
 
-    .venv/bin/python bench/sliding_window.py
+    .venv/bin/python bench/sliding_window.py                      # CPU, 2-mm volume
+    python bench/sliding_window.py --device cuda --resolution 1   # on a GPU machine, 1-mm volume
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -38,7 +41,7 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def worker(checkpoint: bool) -> dict:
+def worker(checkpoint: bool, device: str, resolution: int) -> dict:
     import torch
 
     import medrobust
@@ -47,56 +50,80 @@ def worker(checkpoint: bool) -> dict:
     from medrobust.models.sliding import SlidingWindow
 
     torch.manual_seed(0)
-    ds = load_dataset("mni152-tissue", split="test", mode="3d")
+    cuda = device.startswith("cuda")
+    ds = load_dataset("mni152-tissue", split="test", mode="3d", resolution=resolution)
     x, y, _ = ds[0]
-    x, y = x.unsqueeze(0), y.unsqueeze(0)
-    net = build_network("unet", in_channels=1, num_classes=4, spatial_dims=3)
+    x, y = x.unsqueeze(0).to(device), y.unsqueeze(0).to(device)
+    net = build_network("unet", in_channels=1, num_classes=4, spatial_dims=3).to(device)
     model = Model(SlidingWindow(net, (64, 64, 64), sw_batch_size=2, overlap=0.25, checkpoint=checkpoint)).eval()
     with torch.no_grad():
-        model(x)
-    base = rss_mib()
-    Path("/proc/self/clear_refs").write_text("5")
+        model(x)  # warm-up (cuDNN autotuning and allocator caches are not counted)
+    generator = torch.Generator(device=device).manual_seed(0)
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = rss_mib()
+        Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
-    x_adv = medrobust.attack("pgd", model, x, y, task="segmentation", eps=8 / 255, steps=2)
+    x_adv = medrobust.attack("pgd", model, x, y, task="segmentation", eps=8 / 255, steps=2, generator=generator)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 - base if cuda else hwm_mib() - base
     assert float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6
-    return {"checkpoint": checkpoint, "shape": list(x.shape), "seconds": seconds, "peak_mib": hwm_mib() - base,
-            "baseline_rss_mib": base}
+    return {"checkpoint": checkpoint, "shape": list(x.shape), "seconds": seconds, "peak_mib": peak,
+            "baseline_mib": base}
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(sys.argv[2] == "1")))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--resolution", type=int, choices=(1, 2), default=2, help="MNI152 voxel size in mm")
+    parser.add_argument("--worker", choices=("0", "1"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        print(json.dumps(worker(args.worker == "1", args.device, args.resolution)))
         return
     rows = []
     for ckpt in (True, False):
-        out = subprocess.run([sys.executable, __file__, "--worker", "1" if ckpt else "0"], capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "2"})
+        cmd = [sys.executable, __file__, "--worker", "1" if ckpt else "0", "--device", args.device,
+               "--resolution", str(args.resolution)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
         if out.returncode != 0:
             raise SystemExit(out.stderr)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1])
     import torch
 
+    cuda = args.device.startswith("cuda")
+    key = f"sliding-window-{'cuda' if cuda else 'cpu'}" + ("" if args.resolution == 2 else f"-{args.resolution}mm")
+    mark, end_mark = f"<!-- section:{key} -->", f"<!-- /section:{key} -->"
+    where = torch.cuda.get_device_name() if cuda else "CPU"
+    command = "python bench/sliding_window.py" + ("" if args.device == "cpu" else f" --device {args.device}")
+    command += "" if args.resolution == 2 else f" --resolution {args.resolution}"
+    memory = "peak CUDA memory allocated above the loaded model and volume MiB" if cuda else (
+        "peak memory above the loaded model MiB")
     lines = [
-        MARK,
-        "## Sliding-window 3D attack (CPU)",
+        mark,
+        f"## Sliding-window 3D attack ({where}, {args.resolution}-mm volume)",
         "",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; command: `.venv/bin/python bench/sliding_window.py`",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; command: `{command}`",
         f"- machine: {platform.platform()}; CPUs: {os.cpu_count()}; torch {torch.__version__}",
-        f"- volume: MNI152 2 mm, shape {rows[0]['shape']}; 3D MONAI UNet (channels 16-32-64-128, 1 residual unit), "
-        "64^3 windows, sw_batch_size 2, overlap 0.25, Gaussian blending; PGD Linf eps 8/255, 2 steps",
+        f"- volume: MNI152 {args.resolution} mm, shape {rows[0]['shape']}; 3D MONAI UNet (channels 16-32-64-128, "
+        "1 residual unit), 64^3 windows, sw_batch_size 2, overlap 0.25, Gaussian blending; PGD Linf eps 8/255, 2 steps",
         "",
-        "| per-window checkpointing | attack time s | peak memory above the loaded model MiB |",
+        f"| per-window checkpointing | attack time s | {memory} |",
         "|---|---:|---:|",
-        *[f"| {'yes' if r['checkpoint'] else 'no'} | {r['seconds']:.1f} | {r['peak_mib']:.0f} |" for r in rows],
+        *[f"| {'yes' if r['checkpoint'] else 'no'} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |" for r in rows],
         "",
-        "<!-- /section:sliding-window-cpu -->",
+        end_mark,
     ]
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if MARK in text:
-        start = text.index(MARK)
-        end = text.index("<!-- /section:sliding-window-cpu -->") + len("<!-- /section:sliding-window-cpu -->")
+    if mark in text:
+        start = text.index(mark)
+        end = text.index(end_mark) + len(end_mark)
         text = text[:start] + "\n".join(lines) + text[end:]
     else:
         text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"

@@ -204,6 +204,7 @@ def evaluate(
     from medrobust.data import load_dataset
     from medrobust.evaluate import evaluate as run_evaluate, parse_perturbation
     from medrobust.models import load_model
+    from medrobust.seeding import deterministic_algorithms
 
     setup_logging(verbose)
     with user_errors():
@@ -221,9 +222,10 @@ def evaluate(
             raise ValueError(
                 f"dataset {dataset!r} has {ds.num_classes} classes but model {card.name!r} has {card.num_classes}"
             )
-        result = run_evaluate(
-            net, ds, perts, batch_size=batch_size, limit=limit, seed=seed, matched_noise=matched_noise, device=device
-        )
+        with deterministic_algorithms(device):
+            result = run_evaluate(
+                net, ds, perts, batch_size=batch_size, limit=limit, seed=seed, matched_noise=matched_noise, device=device
+            )
     rows = result["rows"]
     n = rows[0]["n"]
     _consoles.out.print(results_table(f"{card.name} on {dataset}/{split} (n={n}, bounds {list(net.bounds)}, seed {seed})", rows))

@@ -132,6 +132,8 @@ class ExperimentSpec(_Frozen):
     name: str = "experiment"
     seed: int = 0
     device: str = "cpu"
+    # CUDA only: deterministic kernels, so a re-run gives the same records bit for bit (false: cuDNN may autotune)
+    deterministic: bool = True
     batch_size: int = Field(64, ge=1)
     limit: int | None = Field(None, ge=1)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)

@@ -30,7 +30,7 @@ from medrobust.metrics import flip_rate, hd95, mean_foreground_dice, per_structu
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
 from medrobust.results import summarise, write_summary
-from medrobust.seeding import make_generator
+from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, Store
 from medrobust.tasks import get_task
 from medrobust.train import TrainSettings, train, versions
@@ -263,7 +263,13 @@ def run_experiment(
     quiet: bool = False,
     notify: Callable[[str], None] = log.info,
 ) -> RunResult:
-    """Run (or resume) ``spec`` in ``run_dir``; writes results.db, summary.csv and summary.json."""
+    """Run (or resume) ``spec`` in ``run_dir``; writes results.db, summary.csv and summary.json. On CUDA the run
+    uses deterministic kernels unless the spec says ``deterministic: false``."""
+    with deterministic_algorithms(spec.device, spec.deterministic):
+        return _run_experiment(spec, run_dir, quiet=quiet, notify=notify)
+
+
+def _run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, quiet: bool, notify: Callable[[str], None]) -> RunResult:
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

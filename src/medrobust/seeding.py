@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -40,3 +43,30 @@ def randn(shape: torch.Size | tuple[int, ...], like: torch.Tensor, generator: to
 
 def rand(shape: torch.Size | tuple[int, ...], like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+@contextmanager
+def deterministic_algorithms(device: torch.device | str = "cuda", enabled: bool = True) -> Iterator[None]:
+    """Bitwise-reproducible kernels on CUDA for the duration, then the previous settings back.
+
+    On the CPU every attack is already reproducible given its generator. On CUDA, cuDNN's default convolution
+    backward kernels and autotuning make gradients differ in the last bits from call to call; attacks that use
+    gradient magnitudes (DeepFool, DAG, ASMA, C&W) then drift apart over their iterations. This selects cuDNN's
+    deterministic algorithms, turns autotuning off and enables torch's deterministic mode (warn-only: an op with no
+    deterministic CUDA kernel warns instead of failing). Does nothing for a CPU device or when ``enabled`` is False.
+    """
+    if not enabled or torch.device(device).type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    previous = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    # cuBLAS needs a fixed workspace to be deterministic; it is read when cuBLAS first initialises
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn.deterministic, cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = previous[0], previous[1]
+        torch.use_deterministic_algorithms(previous[2], warn_only=previous[3])
