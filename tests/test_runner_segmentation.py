@@ -54,6 +54,12 @@ def test_segmentation_summary_metrics(seg_run):
     assert rows[("pgd", 0.03, "linf")] == pytest.approx(0.03, abs=1e-6)
     # DAG is minimal: clipping it to a larger L2 budget can only flip more pixels
     assert rows[("dag", 2.0, "flip_rate")] >= rows[("dag", 0.5, "flip_rate")]
+    # success per structure: flip rate and Dice drop of each structure
+    for structure in ("csf", "gm", "wm"):
+        assert 0.0 <= rows[("dag", 2.0, f"flip_rate:{structure}")] <= 1.0
+        assert rows[("pgd", 0.03, f"dice_drop:{structure}")] == pytest.approx(
+            rows[("clean", 0.0, f"dice:{structure}")] - rows[("pgd", 0.03, f"dice:{structure}")], abs=1e-9)
+    assert ("clean", 0.0, "flip_rate:gm") not in rows
     assert rows[("dag", 2.0, "l2")] <= 2.0 + 1e-6
     assert ("matched_noise[dag]", 2.0, "dice") in rows
     # ASMA (all-background target) is scored by IoU with its target; a larger budget gets closer to it

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medrobust.metrics import flip_rate, hd95, mean_foreground_dice, per_structure_dice
+from medrobust.metrics import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice
 from medrobust.tasks import get_task
 
 
@@ -46,3 +46,17 @@ def test_flip_rate_counts_foreground_only():
     rate = flip_rate(clean, adv, y)
     assert rate[0].item() == pytest.approx(1 / 3)
     assert math.isnan(rate[1].item())
+
+
+def test_flip_rate_per_structure_by_hand():
+    # structure 1 has 2 units, one of them flipped; structure 2 has 1 unit, flipped; structure 3 is absent
+    y = torch.tensor([[[0, 1, 1, 2]]])
+    clean = torch.tensor([[[0, 1, 1, 2]]])
+    adv = torch.tensor([[[3, 0, 1, 1]]])
+    rate = flip_rate_per_structure(clean, adv, y, 4)
+    assert rate.shape == (1, 3)
+    assert rate[0, 0].item() == pytest.approx(0.5)
+    assert rate[0, 1].item() == pytest.approx(1.0)
+    assert math.isnan(rate[0, 2].item())
+    # the overall rate is the unit-weighted mean of the per-structure rates: (1 + 1) / 3
+    assert flip_rate(clean, adv, y)[0].item() == pytest.approx((0.5 * 2 + 1.0 * 1) / 3)

@@ -66,11 +66,14 @@ def _nanmean(values: list[float | None]) -> float:
 
 
 def _segmentation_rows(
-    model: str, pert: str, strength: float, recs: list[dict[str, Any]], structures: list[str], clean: dict[int, float]
+    model: str, pert: str, strength: float, recs: list[dict[str, Any]], structures: list[str],
+    clean: dict[int, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Dice (mean foreground), per-structure Dice and HD95, flip rate, Dice drop, sizes over all samples."""
+    """Dice (mean foreground), per-structure Dice and HD95, flip rate and Dice drop (overall and per structure),
+    sizes, over all samples. ``clean``: sample index -> that sample's clean record."""
     recs = sorted(recs, key=lambda r: r["sample_index"])
     details = [json.loads(r["detail_json"]) for r in recs]
+    nan = math.nan
     metrics: dict[str, float] = {"dice": _nanmean([r["score"] for r in recs])}
     for j, name in enumerate(structures):
         metrics[f"dice:{name}"] = _nanmean([d["dice"][j] for d in details])
@@ -79,7 +82,16 @@ def _segmentation_rows(
         metrics["flip_rate"] = _nanmean([d["flip"] for d in details])
         if any("target_iou" in d for d in details):
             metrics["target_iou"] = _nanmean([d.get("target_iou") for d in details])
-        metrics["dice_drop"] = _nanmean([clean.get(r["sample_index"], math.nan) - r["score"] for r in recs])
+        base = [clean.get(r["sample_index"]) for r in recs]
+        metrics["dice_drop"] = _nanmean([c["score"] - r["score"] if c else nan for c, r in zip(base, recs)])
+        base_details = [json.loads(c["detail_json"]) if c else None for c in base]
+        for j, name in enumerate(structures):
+            if all("flip_s" in d for d in details):  # absent from records of older versions
+                metrics[f"flip_rate:{name}"] = _nanmean([d["flip_s"][j] for d in details])
+            metrics[f"dice_drop:{name}"] = _nanmean([
+                cd["dice"][j] - d["dice"][j] if cd and cd["dice"][j] is not None and d["dice"][j] is not None else nan
+                for cd, d in zip(base_details, details)
+            ])
         for key in ("l2", "linf", "l0", "psnr", "rho"):
             metrics[key] = _median([r[key] for r in recs])
         metrics["ssim"] = _nanmean([r["ssim"] for r in recs])
@@ -103,8 +115,8 @@ def summarise(
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["model"], r["perturbation"], float(r["strength"]), r["kind"])].append(r)
-    clean_scores = {
-        model: {r["sample_index"]: r["score"] for r in recs}
+    clean_records = {
+        model: {r["sample_index"]: r for r in recs}
         for (model, pert, _, _), recs in groups.items()
         if pert == "clean"
     }
@@ -112,7 +124,7 @@ def summarise(
     def rows_for(model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if tasks.get(model) == "segmentation":
             names = class_names.get(model) or [f"class{k}" for k in range(num_classes[model])]
-            return _segmentation_rows(model, pert, strength, recs, names[1:], clean_scores.get(model, {}))
+            return _segmentation_rows(model, pert, strength, recs, names[1:], clean_records.get(model, {}))
         return _group_rows(model, pert, strength, kind, recs, num_classes[model])
 
     rows: list[dict[str, Any]] = []

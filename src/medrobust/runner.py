@@ -26,7 +26,7 @@ from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.metrics import flip_rate, hd95, mean_foreground_dice, per_structure_dice, psnr, ssim
+from medrobust.metrics import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice, psnr, ssim
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
 from medrobust.results import summarise, write_summary
@@ -201,6 +201,7 @@ def run_cell(
                     "dice": dice.tolist(),
                     "hd95": hd95(pred, y, k).tolist(),
                     "flip": flip_rate(clean_pred, pred, y).tolist(),
+                    "flip_s": flip_rate_per_structure(clean_pred, pred, y, k).tolist(),
                 }
                 if target_map is not None and kind == "attack":
                     details["target_iou"] = target_iou(pred, target_map).tolist()

@@ -18,7 +18,7 @@ from medrobust.metrics.perturbation import (
     psnr,
     ssim,
 )
-from medrobust.metrics.segmentation import flip_rate, hd95, mean_foreground_dice, per_structure_dice
+from medrobust.metrics.segmentation import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice
 from medrobust.metrics.robustness import (
     attack_success_rate,
     empirical_robustness,
@@ -27,6 +27,7 @@ from medrobust.metrics.robustness import (
 
 __all__ = [
     "flip_rate",
+    "flip_rate_per_structure",
     "hd95",
     "mean_foreground_dice",
     "per_structure_dice",

@@ -55,3 +55,15 @@ def flip_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tensor)
     changed = (clean_pred != adv_pred).flatten(1) & fg
     n = fg.sum(1)
     return torch.where(n > 0, changed.sum(1) / n.clamp_min(1), torch.full(n.shape, float("nan"), device=n.device))
+
+
+def flip_rate_per_structure(
+    clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(N, num_classes - 1): for each foreground structure s, the fraction of its units (y == s) whose predicted
+    label the perturbation changed; NaN where the structure is absent from ``y``."""
+    changed = (clean_pred != adv_pred).flatten(1)
+    truth = F.one_hot(y.flatten(1).long(), num_classes)[..., 1:].bool()  # (N, units, K-1)
+    n = truth.sum(1)
+    hits = (truth & changed.unsqueeze(-1)).sum(1)
+    return torch.where(n > 0, hits / n.clamp_min(1), torch.full(n.shape, float("nan"), device=n.device))

@@ -316,11 +316,12 @@ def clinical(run: RunData, reference: dict[str, float], malignant: list[str] | t
 
 @dataclass
 class StructureTable:
-    """Per segmentation model: one row per perturbation (clean first), per structure Dice and HD95."""
+    """Per segmentation model: one row per perturbation (clean first), per structure Dice, HD95 and the fraction of
+    the structure's pixels whose predicted label the perturbation changed (None for clean)."""
 
     model: str
     structures: tuple[str, ...]
-    rows: list[dict[str, Any]]  # name, dice [per structure], hd95 [per structure]
+    rows: list[dict[str, Any]]  # name, dice, hd95, flip [each per structure]
 
 
 def structures(run: RunData, values: Values, reference: dict[str, float]) -> list[StructureTable]:
@@ -340,7 +341,8 @@ def structures(run: RunData, values: Values, reference: dict[str, float]) -> lis
                 items.append((f"{label} @ {s:.4g}", label, s))
         rows = [{"name": title,
                  "dice": [values.get(m.name, pert, s, f"dice:{k}") for k in names],
-                 "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names]} for title, pert, s in items]
+                 "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names],
+                 "flip": [values.get(m.name, pert, s, f"flip_rate:{k}") for k in names]} for title, pert, s in items]
         out.append(StructureTable(m.name, names, rows))
     return out
 

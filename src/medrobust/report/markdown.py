@@ -94,10 +94,11 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         if not ct.malignant:
             out += [f"No class of {cell(ct.model)} is in the malignant group ({', '.join(ctx['malignant'])}).", ""]
     for st in ctx["structures"]:
-        out += [f"### {cell(st.model)}: per-structure Dice / HD95", ""]
+        out += [f"### {cell(st.model)}: per-structure Dice / HD95 / flipped", ""]
         out += table(
-            ["perturbation", *[f"{n} Dice / HD95" for n in st.structures]],
-            [[r["name"], *[f"{cell(d)} / {cell(h, 1)}" for d, h in zip(r["dice"], r["hd95"])]] for r in st.rows],
+            ["perturbation", *[f"{n} Dice / HD95 / flipped" for n in st.structures]],
+            [[r["name"], *[f"{cell(d)} / {cell(h, 1)} / {cell(f)}" for d, h, f in zip(r["dice"], r["hd95"], r["flip"])]]
+             for r in st.rows],
         )
     out += ["## Warnings", ""]
     out += [f"- **{cell(w.check)}**: {cell(w.message)}" for w in ctx["findings"]] or ["No warnings."]
