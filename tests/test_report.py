@@ -130,7 +130,7 @@ def test_report_is_self_contained_with_every_section(report):
     assert "<link" not in html and "<script" not in html and "@import" not in html
     cells = parse(html)
     assert [h.strip() for h in cells.h2] == SECTIONS
-    assert len(cells.imgs) >= 4  # headline, curves, perceptibility, minimal perturbations
+    assert len(cells.imgs) >= 6  # headline, curves, perceptibility, minimal perturbations, one gallery per model
     for src in cells.imgs:
         assert src.startswith("data:image/png;base64,")
         png = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
@@ -139,6 +139,45 @@ def test_report_is_self_contained_with_every_section(report):
     md = md_path.read_text()
     for heading in ("## Threat model", "## Generalizability vs robustness", "## Robustness curves", "## Warnings"):
         assert heading in md
+
+
+def test_gallery_shows_the_stored_examples(report, run_dir):
+    from medrobust.report.analysis import gallery
+    from medrobust.report.data import load_run
+
+    _, _, html = report
+    assert html.count('<figure class="gallery"') == 2  # one per model
+    run = load_run(run_dir)
+    galleries = gallery(run, {"linf": 0.04})
+    assert [g.model for g in galleries] == ["tiny", EVIL]
+    con = sqlite3.connect(run_dir / "results.db")
+    for g in galleries:
+        assert g.samples == [0, 1]  # the spec's default gallery: the first two test samples
+        # one row per perturbation, at the reference strength (Linf 0.04 -> 0.05; others: the middle strength)
+        assert [(r.perturbation, r.strength) for r in g.rows] == [
+            ("gaussian_noise", 0.2), ("fgsm", 0.05), ("pgd", 0.05), ("deepfool", 0.2)]
+        for row in g.rows:
+            for i in g.samples:
+                label, clean_pred, pred, linf = con.execute(
+                    "SELECT label, clean_pred, pred, linf FROM records WHERE model=? AND perturbation=? AND "
+                    "strength=? AND sample_index=?", (g.model, row.perturbation, row.strength, i)).fetchone()
+                assert (g.label[i], g.clean_pred[i], row.pred[i]) == (label, clean_pred, pred)
+                assert row.changed[i] == (pred != clean_pred)
+                # the stored delta is x_pert - x in float16: its Linf is the record's, to float16 precision
+                assert float(abs(row.delta[i]).max()) == pytest.approx(linf, rel=2e-3, abs=1e-4)
+                if row.kind == "attack" and row.perturbation != "deepfool":
+                    assert float(abs(row.delta[i]).max()) <= row.strength * (1 + 1e-3)
+
+
+def test_report_without_stored_examples_says_why(checkpoints, tmp_path):
+    spec = make_spec([{"name": "tiny", "checkpoint": str(checkpoints[0])}],
+                     [{"attack": "fgsm", "strengths": [0.01]}], gallery=0)
+    run_experiment(load_config(spec), tmp_path / "run", quiet=True)
+    con = sqlite3.connect(tmp_path / "run" / "results.db")
+    assert con.execute("SELECT COUNT(*) FROM examples").fetchone()[0] == 0
+    html_path, _ = build_report(tmp_path / "run")
+    html = html_path.read_text()
+    assert '<figure class="gallery"' not in html and "No example images" in html
 
 
 def test_headline_numbers_equal_summary_json(report, run_dir):

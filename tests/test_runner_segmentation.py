@@ -74,3 +74,54 @@ def test_segmentation_records_hold_per_structure_details(seg_run):
     assert label == -1
     detail = json.loads(detail)
     assert len(detail["dice"]) == 3 and len(detail["hd95"]) == 3 and 0.0 <= detail["flip"] <= 1.0
+
+
+def test_segmentation_gallery_examples_are_stored(seg_run):
+    import numpy as np
+
+    from medrobust.data import load_dataset
+    from medrobust.store import Store
+
+    store = Store(seg_run / "results.db")
+    ex = store.examples([k for (k,) in store.conn.execute("SELECT key FROM cells")])
+    store.close()
+    ds = load_dataset("mni152-tissue", split="test")
+    for i in (0, 1):  # default gallery: the first two samples
+        x, y, _ = ds[i]
+        np.testing.assert_array_equal(ex[("tiny-unet", "clean", 0.0, i, "image")], x.numpy())
+        np.testing.assert_array_equal(ex[("tiny-unet", "clean", 0.0, i, "label")], y.numpy())
+        assert ex[("tiny-unet", "clean", 0.0, i, "pred")].dtype == np.uint8
+        delta = ex[("tiny-unet", "pgd", 0.03, i, "delta")]
+        assert delta.dtype == np.float16 and delta.shape == x.shape
+        assert 0 < float(np.abs(delta.astype(np.float32)).max()) <= 0.03 * (1 + 1e-3)
+        assert ex[("tiny-unet", "dag", 2.0, i, "pred")].shape == y.shape
+    assert ("tiny-unet", "clean", 0.0, 2, "image") not in ex
+    assert not any(pert.startswith("matched_noise") for (_, pert, _, _, _) in ex)
+    # clean: image, label, pred; each perturbed (perturbation, strength): delta and pred; for 2 samples
+    perturbed = {("rician_noise", 0.1), ("pgd", 0.03), ("dag", 0.5), ("dag", 2.0), ("asma", 0.5), ("asma", 4.0)}
+    assert len(ex) == 2 * (3 + 2 * len(perturbed))
+
+
+def test_segmentation_report_draws_the_gallery(seg_run):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from medrobust.report import build_report
+    from medrobust.report.analysis import gallery
+    from medrobust.report.data import load_run
+
+    html = build_report(seg_run)[0].read_text()
+    (src,) = re.findall(r'<figure class="gallery" data-model="tiny-unet"><img src="data:image/png;base64,([^"]+)"', html)
+    png = Image.open(io.BytesIO(base64.b64decode(src)))
+    png.load()
+    assert png.width > 400 and png.height > 400
+    (g,) = gallery(load_run(seg_run), {})
+    assert g.task == "segmentation" and [r.title for r in g.rows] == [
+        "rician_noise @ 0.1", "pgd @ 0.03", "dag @ 2", "asma @ 4"]
+    for row in g.rows:
+        for i in g.samples:
+            # 'changed' is whether any pixel's predicted label differs from the clean prediction
+            assert row.changed[i] == bool((row.pred[i] != g.clean_pred[i]).any())

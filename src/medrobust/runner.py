@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medrobust.attacks import ATTACKS, Attack
@@ -157,10 +158,14 @@ def _threat(p: PerturbationSpec | None, obj: Attack | None, bounds, strengths, s
     return info
 
 
+def _label_dtype(num_classes: int) -> type:
+    return np.uint8 if num_classes <= 256 else np.int32
+
+
 def run_cell(
     cell: Cell, lm: LoadedModel, dataset: ImageDataset, spec: ExperimentSpec, on_batch: Callable[[int], None] | None = None
-) -> tuple[list[tuple], dict[str, Any]]:
-    """Compute all records of one cell (nothing is written here)."""
+) -> tuple[list[tuple], dict[str, Any], list[tuple]]:
+    """Compute all records of one cell, its threat model and its gallery examples (nothing is written here)."""
     device = torch.device(spec.device)
     model, task = lm.model, get_task(dataset.task)
     bounds = model.bounds
@@ -170,6 +175,7 @@ def run_cell(
     attack = obj if isinstance(obj, Attack) else None
     threat = _threat(p, attack, bounds, cell.strengths, spec.seed)
     records: list[tuple] = []
+    examples: list[tuple] = []
     offset = 0
     for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
         x, y = batch.x.to(device), batch.y.to(device)
@@ -209,6 +215,21 @@ def run_cell(
             else:
                 probs = logits.softmax(1).double().tolist()
                 score = (pred == y).double().tolist()
+            for i in range(min(x.shape[0], spec.gallery - offset)):
+                # gallery: the clean input once (clean cell), each perturbation as x_pert - x, label maps for
+                # segmentation; matched-noise controls are not kept
+                if label.startswith("matched_noise["):
+                    break
+                index, dtype = offset + i, _label_dtype(logits.shape[1])
+                if kind == "clean":
+                    examples.append((label, strength, index, "image", x[i].detach().float().cpu().numpy()))
+                    if segmentation:
+                        examples.append((label, strength, index, "label", y[i].cpu().numpy().astype(dtype)))
+                else:
+                    delta_i = (x_pert[i] - x[i]).detach().cpu().numpy().astype(np.float16)
+                    examples.append((label, strength, index, "delta", delta_i))
+                if segmentation:
+                    examples.append((label, strength, index, "pred", pred[i].cpu().numpy().astype(dtype)))
             for i in range(x.shape[0]):
                 if segmentation:
                     ints = (-1, -1, -1, "[]")
@@ -244,7 +265,7 @@ def run_cell(
         offset += x.shape[0]
         if on_batch is not None:
             on_batch(x.shape[0])
-    return records, threat
+    return records, threat, examples
 
 
 @dataclass
@@ -294,10 +315,10 @@ def _run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, quiet: bool, n
         with _progress(quiet, len(todo), n_samples) as advance:
             for cell in todo:
                 t0 = time.time()
-                records, threat = run_cell(cell, models[cell.model], dataset, spec, advance.samples)
+                records, threat, examples = run_cell(cell, models[cell.model], dataset, spec, advance.samples)
                 info = CellInfo(cell.key, cell.model, cell.label, cell.pert.kind if cell.pert else "clean",
                                 cell.pert.params if cell.pert else {}, list(cell.strengths), threat)
-                store.write_cell(info, records, run_id, t0)
+                store.write_cell(info, records, run_id, t0, examples)
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
         keys = [c.key for c in cells]
         summary = summarise(

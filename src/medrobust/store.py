@@ -4,19 +4,28 @@ Classification records carry label, predictions and class probabilities; ``score
 Segmentation records have label = clean_pred = pred = -1 and probs_json "[]"; ``score`` is the mean foreground
 Dice and ``detail_json`` holds per-structure Dice, per-structure HD95 and the foreground flip rate.
 
-A cell is in the store whole or not at all: its records and its "done" row are written in one transaction,
-so a run killed at any moment leaves only finished cells, and re-running skips exactly those.
+The ``examples`` table keeps the arrays of a few samples per model (the spec's ``gallery``, the first samples of
+the test set) so the report can draw its gallery without re-running anything: the clean input (``image``), each
+perturbation as ``delta = x_pert - x`` (float16), and for segmentation the ground truth (``label``) and the
+predicted label maps (``pred``). Arrays are stored as zlib-compressed .npy bytes.
+
+A cell is in the store whole or not at all: its records, its examples and its "done" row are written in one
+transaction, so a run killed at any moment leaves only finished cells, and re-running skips exactly those.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,7 +69,29 @@ CREATE TABLE IF NOT EXISTS records (
     detail_json TEXT,
     PRIMARY KEY (cell_key, perturbation, strength, sample_index)
 );
+CREATE TABLE IF NOT EXISTS examples (
+    cell_key TEXT NOT NULL REFERENCES cells(key),
+    model TEXT NOT NULL,
+    perturbation TEXT NOT NULL,
+    strength REAL NOT NULL,
+    sample_index INTEGER NOT NULL,
+    array TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (cell_key, perturbation, strength, sample_index, array)
+);
 """
+EXAMPLE_ARRAYS = ("image", "delta", "label", "pred")
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """zlib-compressed .npy bytes (dtype and shape travel with the data)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return zlib.compress(buf.getvalue(), 6)
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False)
 
 RECORD_COLUMNS = (
     "cell_key", "model", "perturbation", "kind", "strength", "sample_index", "sample_id", "label", "clean_pred",
@@ -115,15 +146,30 @@ class Store:
     def done_keys(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT key FROM cells WHERE status='done'")}
 
-    def write_cell(self, cell: CellInfo, records: Iterable[Sequence[Any]], run_id: int, started: float) -> None:
-        """Insert all records of a cell and mark it done, in one transaction."""
+    def write_cell(
+        self,
+        cell: CellInfo,
+        records: Iterable[Sequence[Any]],
+        run_id: int,
+        started: float,
+        examples: Iterable[tuple[str, float, int, str, np.ndarray]] = (),
+    ) -> None:
+        """Insert all records of a cell, its example arrays ((perturbation, strength, sample_index, array name,
+        array) tuples) and mark it done, in one transaction."""
         finished = time.time()
+        rows = []
+        for pert, strength, index, name, array in examples:
+            if name not in EXAMPLE_ARRAYS:
+                raise ValueError(f"example array {name!r} is not one of {EXAMPLE_ARRAYS}")
+            rows.append((cell.key, cell.model, pert, float(strength), int(index), name, encode_array(array)))
         with self.conn:
             self.conn.execute("DELETE FROM records WHERE cell_key=?", (cell.key,))
+            self.conn.execute("DELETE FROM examples WHERE cell_key=?", (cell.key,))
             self.conn.executemany(
                 f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
                 records,
             )
+            self.conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
             self.conn.execute(
                 "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -148,6 +194,18 @@ class Store:
             return [dict(r) for r in rows]
         finally:
             self.conn.row_factory = None
+
+    def examples(self, cell_keys: Iterable[str]) -> dict[tuple[str, str, float, int, str], np.ndarray]:
+        """Example arrays of the given cells: (model, perturbation, strength, sample_index, array) -> array."""
+        keys = list(cell_keys)
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self.conn.execute(
+            "SELECT model, perturbation, strength, sample_index, array, data FROM examples "
+            f"WHERE cell_key IN ({marks})", keys,
+        )
+        return {(m, p, float(s), int(i), a): decode_array(d) for m, p, s, i, a, d in rows}
 
     def cells(self) -> list[dict[str, Any]]:
         self.conn.row_factory = sqlite3.Row

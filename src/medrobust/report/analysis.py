@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from medrobust.report.data import PerturbationInfo, RunData
 
 DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
@@ -344,6 +346,76 @@ def structures(run: RunData, values: Values, reference: dict[str, float]) -> lis
                  "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names],
                  "flip": [values.get(m.name, pert, s, f"flip_rate:{k}") for k in names]} for title, pert, s in items]
         out.append(StructureTable(m.name, names, rows))
+    return out
+
+
+# --- 6. gallery ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GalleryRow:
+    """One perturbation at one strength for the gallery's samples: per sample, the stored delta = x_pert - x,
+    the prediction (class index, or label map for segmentation) and whether it differs from the clean one."""
+
+    title: str
+    perturbation: str
+    kind: str
+    strength: float
+    delta: dict[int, np.ndarray]
+    pred: dict[int, Any]
+    changed: dict[int, bool]
+
+
+@dataclass
+class Gallery:
+    model: str
+    task: str
+    class_names: tuple[str, ...]
+    samples: list[int]
+    sample_ids: dict[int, str]
+    image: dict[int, np.ndarray]
+    label: dict[int, Any]  # true class, or ground-truth label map
+    clean_pred: dict[int, Any]
+    rows: list[GalleryRow]
+
+
+def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
+    """Per model, the stored example samples: the clean input and, for every perturbation at its reference
+    strength (attacks by norm, corruptions at their middle strength), the perturbation and the prediction."""
+    ex = run.examples
+    if not ex:
+        return []
+    records = {(r["model"], r["perturbation"], float(r["strength"]), r["sample_index"]): r for r in run.records}
+    out = []
+    for m in run.models:
+        samples = sorted({i for (model, pert, _, i, a) in ex if model == m.name and pert == "clean" and a == "image"})
+        if not samples:
+            continue
+        seg = m.task == "segmentation"
+        image = {i: ex[(m.name, "clean", 0.0, i, "image")] for i in samples}
+        if seg:
+            label = {i: ex.get((m.name, "clean", 0.0, i, "label")) for i in samples}
+            clean_pred = {i: ex.get((m.name, "clean", 0.0, i, "pred")) for i in samples}
+        else:
+            label = {i: records[(m.name, "clean", 0.0, i)]["label"] for i in samples if (m.name, "clean", 0.0, i) in records}
+            clean_pred = {i: records[(m.name, "clean", 0.0, i)]["pred"] for i in samples if (m.name, "clean", 0.0, i) in records}
+        ids = {i: records[(m.name, "clean", 0.0, i)]["sample_id"] for i in samples if (m.name, "clean", 0.0, i) in records}
+        rows = []
+        for p in run.perturbations:
+            s = pick_strength(list(p.strengths), p.norm, reference)
+            if s is None or not any((m.name, p.label, s, i, "delta") in ex for i in samples):
+                continue
+            delta = {i: ex[(m.name, p.label, s, i, "delta")].astype(np.float32) for i in samples
+                     if (m.name, p.label, s, i, "delta") in ex}
+            if seg:
+                pred = {i: ex.get((m.name, p.label, s, i, "pred")) for i in delta}
+                changed = {i: pred[i] is not None and clean_pred.get(i) is not None
+                           and bool((pred[i] != clean_pred[i]).any()) for i in delta}
+            else:
+                pred = {i: records[(m.name, p.label, s, i)]["pred"] for i in delta if (m.name, p.label, s, i) in records}
+                changed = {i: i in pred and pred[i] != clean_pred.get(i) for i in delta}
+            rows.append(GalleryRow(f"{p.label} @ {s:.4g}", p.label, p.kind, s, delta, pred, changed))
+        out.append(Gallery(m.name, m.task, m.class_names, samples, ids, image, label, clean_pred, rows))
     return out
 
 

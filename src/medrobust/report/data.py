@@ -56,6 +56,8 @@ class RunData:
     missing_cells: int = 0
     ignored_cells: int = 0
     notes: list[str] = field(default_factory=list)
+    # gallery arrays: (model, perturbation, strength, sample_index, array) -> array (see medrobust.store)
+    examples: dict[tuple[str, str, float, int, str], Any] = field(default_factory=dict)
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -212,6 +214,7 @@ def load_run(run_dir: str | Path) -> RunData:
         else:
             cells = all_cells
         records = store.records([c["key"] for c in cells]) if cells else []
+        examples = store.examples([c["key"] for c in cells])
     finally:
         store.close()
 
@@ -266,6 +269,7 @@ def load_run(run_dir: str | Path) -> RunData:
         missing_cells=missing,
         ignored_cells=len(all_cells) - len(cells),
         notes=notes,
+        examples=examples,
     )
 
 

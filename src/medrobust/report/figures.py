@@ -16,11 +16,13 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from medrobust.report.analysis import METRIC_AXES, METRIC_NAMES, NORM_NAMES, Curve, Headline, SizeGroup
+from medrobust.report.analysis import METRIC_AXES, METRIC_NAMES, NORM_NAMES, Curve, Gallery, Headline, SizeGroup
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -227,4 +229,124 @@ def minimal_figure(minimal: list[SizeGroup], styles: dict[str, ModelStyle]) -> s
             ax.set_ylabel(f"minimal {NORM_NAMES.get(key, key)} perturbation ({unit})")
             ax.set_title(f"{text(attack, 30)}: minimal perturbations\n(successful within eps \u2264 {groups[0].strength:.3g})")
         fig.suptitle("Minimal adversarial perturbation per sample (smaller = less robust)", fontsize=11)
+        return to_data_uri(fig)
+
+
+# --- gallery ----------------------------------------------------------------------------------------------
+
+CHANGED = "#D55E00"  # Okabe-Ito vermilion: a prediction the perturbation changed
+
+
+def _plane(a: np.ndarray) -> np.ndarray:
+    """(C, *spatial) -> (H, W) or (H, W, 3) for display; a 3D volume shows its middle slice of the last axis."""
+    if a.ndim == 4:
+        a = a[..., a.shape[-1] // 2]
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    return a if a.ndim == 2 else a[0]
+
+
+def _label_plane(a: np.ndarray) -> np.ndarray:
+    return a[..., a.shape[-1] // 2] if a.ndim == 3 else a
+
+
+def _show_input(ax, x: np.ndarray, bounds: tuple[float, float]) -> None:
+    lo, hi = bounds
+    img = np.clip((_plane(x) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+
+
+def _show_delta(ax, delta: np.ndarray) -> float:
+    """Diverging map (grey = no change), symmetric around 0 with range +-max|delta|; returns that range."""
+    d = _plane(delta)
+    m = float(np.abs(d).max())
+    scale = m if m > 0 else 1.0
+    if d.ndim == 3:  # colour: 0.5 + delta / (2 max|delta|), so grey is no change
+        ax.imshow(np.clip(0.5 + d / (2 * scale), 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(d, cmap="PuOr", vmin=-scale, vmax=scale, interpolation="nearest")
+    return m
+
+
+def _overlay(ax, x: np.ndarray, labels: np.ndarray | None, bounds: tuple[float, float]) -> None:
+    _show_input(ax, x, bounds)
+    if labels is None:
+        return
+    lab = _label_plane(labels)
+    colours = np.array([to_rgba(c) for c in OKABE_ITO])
+    rgba = colours[(lab.astype(np.int64) - 1) % len(colours)]
+    rgba[..., 3] = np.where(lab > 0, 0.45, 0.0)
+    ax.imshow(rgba, interpolation="nearest")
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.grid(False)
+
+
+def gallery_figure(g: Gallery, bounds: tuple[float, float]) -> str:
+    """One figure per model. Rows: clean, then each perturbation at its reference strength. Per sample the
+    columns are the perturbation (diverging colours, range given), the perturbed input and, for segmentation,
+    the predicted label map over it (clean row: ground truth, original input, clean prediction). Classification
+    predictions are written under each input, in vermilion where the perturbation changed them."""
+    seg = g.task == "segmentation"
+    per = 3 if seg else 2
+    names = list(g.class_names)
+
+    def cls_name(k: Any) -> str:
+        return text(names[k] if isinstance(k, int) and 0 <= k < len(names) else k, 22)
+
+    n_rows, n_cols = 1 + len(g.rows), per * len(g.samples)
+    with matplotlib.rc_context({**STYLE, "font.size": 7, "axes.titlesize": 7}):
+        fig = Figure(figsize=(1.45 * n_cols + 0.9, 1.5 * n_rows + 0.6), layout="constrained")
+        axes = fig.subplots(n_rows, n_cols, squeeze=False)
+        for ax in axes.flat:
+            _bare(ax)
+        for j, i in enumerate(g.samples):
+            c0 = j * per
+            x = g.image[i]
+            sid = text(g.sample_ids.get(i, i), 24)
+            # clean row
+            if seg:
+                _overlay(axes[0, c0], x, g.label.get(i), bounds)
+                axes[0, c0].set_title("ground truth")
+                _show_input(axes[0, c0 + 1], x, bounds)
+                axes[0, c0 + 1].set_title(f"input {sid}")
+                _overlay(axes[0, c0 + 2], x, g.clean_pred.get(i), bounds)
+                axes[0, c0 + 2].set_title("prediction")
+            else:
+                axes[0, c0].set_title("perturbation")
+                axes[0, c0].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[0, c0].transAxes)
+                _show_input(axes[0, c0 + 1], x, bounds)
+                axes[0, c0 + 1].set_title(f"input {sid}")
+                axes[0, c0 + 1].set_xlabel(f"true: {cls_name(g.label.get(i))}\npred: {cls_name(g.clean_pred.get(i))}")
+            for r, row in enumerate(g.rows, start=1):
+                if i not in row.delta:
+                    continue
+                delta = row.delta[i]
+                m = _show_delta(axes[r, c0], delta)
+                axes[r, c0].set_xlabel(f"range \u00b1{m:.3g}")
+                lo, hi = bounds
+                _show_input(axes[r, c0 + 1], np.clip(x + delta, lo, hi), bounds)
+                colour = CHANGED if row.changed.get(i) else "black"
+                if seg:
+                    pred = row.pred.get(i)
+                    _overlay(axes[r, c0 + 2], np.clip(x + delta, lo, hi), pred, bounds)
+                    clean = g.clean_pred.get(i)
+                    if pred is not None and clean is not None:
+                        moved = float((pred != clean).mean())
+                        axes[r, c0 + 2].set_xlabel(f"{100 * moved:.1f}% of pixels changed", color=colour)
+                else:
+                    axes[r, c0 + 1].set_xlabel(f"pred: {cls_name(row.pred.get(i))}", color=colour)
+        axes[0, 0].set_ylabel("clean", fontsize=8)
+        for r, row in enumerate(g.rows, start=1):
+            axes[r, 0].set_ylabel(text(row.title, 26), fontsize=8)
+        if seg and len(names) > 1:
+            handles = [Patch(color=OKABE_ITO[(k - 1) % len(OKABE_ITO)], alpha=0.6, label=text(n, 20))
+                       for k, n in enumerate(names) if k > 0]
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+        fig.suptitle(f"{text(g.model)}: examples (perturbation colours: range \u00b1 the value under each)", fontsize=9)
         return to_data_uri(fig)

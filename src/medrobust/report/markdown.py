@@ -100,6 +100,9 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             [[r["name"], *[f"{cell(d)} / {cell(h, 1)} / {cell(f)}" for d, h, f in zip(r["dice"], r["hd95"], r["flip"])]]
              for r in st.rows],
         )
+    if ctx.get("galleries"):
+        n = len(ctx["galleries"][0].samples)
+        out += ["## Gallery", "", f"Example images ({n} samples per model, clean and perturbed) are in report.html.", ""]
     out += ["## Warnings", ""]
     out += [f"- **{cell(w.check)}**: {cell(w.message)}" for w in ctx["findings"]] or ["No warnings."]
     return "\n".join(out) + "\n"
