@@ -198,6 +198,14 @@ class SizeGroup:
     def median(self, key: str) -> float | None:
         return _median(self.values[key])
 
+    @property
+    def at_budget(self) -> int | None:
+        """Samples whose perturbation reached the budget (L2/Linf only): for a minimal attack their true minimal
+        size is at least the budget (the clip cut it, or the attack stopped at its iteration limit)."""
+        if self.norm not in ("l2", "linf"):
+            return None
+        return sum(v >= self.strength * (1 - 1e-4) for v in self.values[self.norm])
+
     def mean(self, key: str) -> float | None:
         return _mean(self.values[key])
 

@@ -225,9 +225,17 @@ def minimal_figure(minimal: list[SizeGroup], styles: dict[str, ModelStyle]) -> s
                 ax.scatter(j + rng.uniform(-0.18, 0.18, len(data)), data, s=9, color=st.color, marker=st.marker,
                            alpha=0.8, linewidths=0)
             ax.set_xticks(range(len(groups)), [text(g.model, 14) for g in groups])
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+            budget = groups[0].strength
+            if key in ("l2", "linf"):
+                top = max([budget, *(v for g in groups for v in g.values[key] if v is not None and math.isfinite(v))])
+                ax.set_ylim(0, 1.1 * top)  # from zero: a tight range would magnify float noise at the cut-off
+                ax.axhline(budget, color="0.4", lw=0.8, ls=":")
+                ax.annotate("budget (cut-off)", (1.0, budget), xycoords=("axes fraction", "data"), ha="right",
+                            va="bottom", fontsize=7, color="0.3")
             unit = "features changed" if key == "l0" else "input units"
             ax.set_ylabel(f"minimal {NORM_NAMES.get(key, key)} perturbation ({unit})")
-            ax.set_title(f"{text(attack, 30)}: minimal perturbations\n(successful within eps \u2264 {groups[0].strength:.3g})")
+            ax.set_title(f"{text(attack, 30)}: minimal perturbations\n(cut off at the largest budget, eps = {groups[0].strength:.3g})")
         fig.suptitle("Minimal adversarial perturbation per sample (smaller = less robust)", fontsize=11)
         return to_data_uri(fig)
 

@@ -74,10 +74,11 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     if ctx["minimal"]:
         out += ["## Minimal perturbations (largest budget) and empirical robustness rho = ||r||2 / ||x||2", ""]
         out += table(
-            ["model", "attack", "budget", "samples" if ctx["segmentation"] else "successful", "median size", "mean rho", "median rho"],
+            ["model", "attack", "budget", "samples" if ctx["segmentation"] else "successful", "median size", "at the budget", "mean rho",
+             "median rho"],
             [[g.model, g.attack, f"{g.strength:.4g}", f"{g.n_success}/{g.n_correct}",
               _int(g.median("l0")) if g.norm == "l0" else g.median(g.norm if g.norm in ("l2", "linf") else "l2"),
-              g.mean("rho"), g.median("rho")]
+              "-" if g.at_budget is None else str(g.at_budget), g.mean("rho"), g.median("rho")]
              for g in ctx["minimal"]],
         )
     out += ["## Clinically relevant breakdown", ""]
