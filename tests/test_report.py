@@ -389,3 +389,12 @@ def test_report_in_headless_chromium(report, tmp_path):
     # not a blank page: text and figures put plenty of dark pixels on it
     dark = sum(image.histogram()[:128]) / (image.width * image.height)
     assert dark > 0.005, dark
+
+
+def test_minimal_sizes_at_the_budget_are_counted():
+    from medrobust.report.analysis import SizeGroup
+
+    vals = {"l2": [0.5, 2.0, 1.99999999], "linf": [0.1, 0.2, 0.2], "l0": [3, 4, 5]}
+    assert SizeGroup("m", "dag", "l2", 2.0, 3, vals).at_budget == 2
+    assert SizeGroup("m", "pgd", "linf", 0.3, 3, vals).at_budget == 0
+    assert SizeGroup("m", "jsma", "l0", 0.01, 3, vals).at_budget is None
