@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-MARK = "<!-- section:sliding-window-cpu -->"
 
 
 def hwm_mib() -> float:

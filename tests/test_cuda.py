@@ -5,6 +5,7 @@ attacks and whole runs work with ``device: cuda``. Skipped (with the reason) on 
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -39,7 +40,7 @@ def check_attack_output(x_adv, x, eps, norm):
 @pytest.mark.parametrize("name", sorted(ATTACK_CASES))
 def test_classification_attack_on_cuda(name, toy_model, toy_batch):
     params, eps = ATTACK_CASES[name]
-    model = toy_model.to(CUDA)
+    model = copy.deepcopy(toy_model).to(CUDA)  # the session fixture stays on the CPU for the other tests
     x, y = (t.to(CUDA) for t in toy_batch)
     attack = ATTACKS.build(name, **params)
     with deterministic_algorithms(CUDA):
@@ -49,7 +50,6 @@ def test_classification_attack_on_cuda(name, toy_model, toy_batch):
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
         adv = float((model(runs[0]).argmax(1) == y).float().mean())
-    toy_model.cpu()
     assert adv < clean - 0.3, f"{name} on CUDA: accuracy {clean:.2f} -> {adv:.2f}"
 
 
@@ -59,7 +59,7 @@ def test_segmentation_attack_on_cuda(name, toy_segmenter, toy_seg_batch):
 
     params, eps = SEG_ATTACK_CASES[name]
     task = get_task("segmentation")
-    model = toy_segmenter.to(CUDA)
+    model = copy.deepcopy(toy_segmenter).to(CUDA)
     x, y = (t.to(CUDA) for t in toy_seg_batch)
     attack = ATTACKS.build(name, **params)
     with deterministic_algorithms(CUDA):
@@ -69,7 +69,6 @@ def test_segmentation_attack_on_cuda(name, toy_segmenter, toy_seg_batch):
     with torch.no_grad():
         clean = float(task.score(model(x), y).mean())
         adv = float(task.score(model(runs[0]), y).mean())
-    toy_segmenter.cpu()
     assert adv < clean - 0.3, f"{name} on CUDA: Dice {clean:.2f} -> {adv:.2f}"
 
 
@@ -81,10 +80,10 @@ def test_deterministic_attacks_agree_between_cpu_and_cuda(name, toy_model, toy_b
     attack = ATTACKS.build(name, **params)
     x, y = toy_batch
     cpu = attack(toy_model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(0))
-    gpu = attack(toy_model.to(CUDA), "classification", x.to(CUDA), y.to(CUDA), eps=eps, generator=cuda_gen(0)).cpu()
+    gpu_model = copy.deepcopy(toy_model).to(CUDA)
+    gpu = attack(gpu_model, "classification", x.to(CUDA), y.to(CUDA), eps=eps, generator=cuda_gen(0)).cpu()
     with torch.no_grad():
-        pred_cpu, pred_gpu = toy_model(cpu.to(CUDA)).argmax(1).cpu(), toy_model(gpu.to(CUDA)).argmax(1).cpu()
-    toy_model.cpu()
+        pred_cpu, pred_gpu = gpu_model(cpu.to(CUDA)).argmax(1).cpu(), gpu_model(gpu.to(CUDA)).argmax(1).cpu()
     assert float((pred_cpu == pred_gpu).float().mean()) >= 0.95
     torch.testing.assert_close(flat_norm(gpu - x, "l2"), flat_norm(cpu - x, "l2"), atol=2e-2, rtol=2e-2)
 

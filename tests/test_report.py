@@ -398,3 +398,61 @@ def test_minimal_sizes_at_the_budget_are_counted():
     assert SizeGroup("m", "dag", "l2", 2.0, 3, vals).at_budget == 2
     assert SizeGroup("m", "pgd", "linf", 0.3, 3, vals).at_budget == 0
     assert SizeGroup("m", "jsma", "l0", 0.01, 3, vals).at_budget is None
+
+
+def test_gallery_figure_handles_volumes_single_samples_and_many_classes():
+    import warnings
+
+    import numpy as np
+
+    from medrobust.report.analysis import Gallery, GalleryRow
+    from medrobust.report.figures import _display_slice, gallery_figure, sample_chunks
+
+    assert sample_chunks(list(range(10))) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert sample_chunks([]) == [[]]
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 2, (1, 12, 10, 8)).astype(np.float32)  # a volume in bounds (-1, 2)
+    label = np.zeros((12, 10, 8), dtype=np.int32)
+    label[3:9, 2:8, 5] = 299  # the foreground lies in slice 5 of the last axis only
+    pred = label.copy()
+    pred[3:5, 2:8, 5] = 0
+    row = GalleryRow("fgsm @ 0.1", "fgsm", "attack", 0.1, {7: (0.1 * rng.standard_normal(image.shape)).astype(np.float32)},
+                     {7: pred}, {7: True})
+    g = Gallery("vol", "segmentation", tuple(f"s{k}" for k in range(300)), [7], {7: "case-7"}, {7: image},
+                {7: label}, {7: label}, [row], bounds=(-1.0, 2.0))
+    assert _display_slice(g, 7) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layout collapse with 300 structures in the legend
+        uri = gallery_figure(g)
+    png = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    png.load()
+    assert png.width > 300 and png.height > 300
+    # classification, one colour sample
+    x = rng.uniform(0, 1, (3, 16, 16)).astype(np.float32)
+    row = GalleryRow("pgd @ 0.03", "pgd", "attack", 0.03, {0: np.full_like(x, 0.03)}, {0: 1}, {0: True})
+    g = Gallery("rgb", "classification", ("benign", "malignant"), [0], {0: "img0"}, {0: x}, {0: 0}, {0: 0}, [row])
+    assert _display_slice(g, 0) is None
+    assert gallery_figure(g).startswith("data:image/png;base64,")
+
+
+def test_gallery_bounds_come_from_each_models_cells():
+    from medrobust.report.data import _bounds
+
+    cells = [
+        {"model": "a", "kind": "attack", "threat_json": json.dumps({"bounds": [0, 1]})},
+        {"model": "a", "kind": "clean", "threat_json": json.dumps({"bounds": [-1, 2]})},
+        {"model": "b", "kind": "corruption", "threat_json": json.dumps({"bounds": [0, 255]})},
+    ]
+    assert _bounds(cells) == {"a": (-1.0, 2.0), "b": (0.0, 255.0)}
+
+
+def test_minimal_table_counts_samples_at_the_budget(report, run_dir):
+    _, md_path, html = report
+    assert "<th class=\"num\">at the budget</th>" in html
+    con = sqlite3.connect(run_dir / "results.db")
+    # successful DeepFool examples of model "tiny" whose L2 reached the largest budget, 1.0
+    at = con.execute(
+        "SELECT COUNT(*) FROM records WHERE model='tiny' AND perturbation='deepfool' AND strength=1.0 "
+        "AND label=clean_pred AND pred!=label AND l2 >= 1.0 * (1 - 1e-4)").fetchone()[0]
+    line = [ln for ln in md_path.read_text().splitlines() if ln.startswith("| tiny | deepfool | 1 |")]
+    assert len(line) == 1 and line[0].split("|")[6].strip() == str(at)

@@ -204,3 +204,29 @@ def test_export_formats(checkpoint, tmp_path):
     assert len((tmp_path / "run" / "records.csv").read_text().splitlines()) == 157
     bad = runner.invoke(app, ["export", str(tmp_path / "run"), "--format", "xls"])
     assert bad.exit_code == 2 and "expected one of csv, json, parquet" in bad.output
+
+
+def test_gallery_examples_span_batches(checkpoint, tmp_path):
+    import numpy as np
+
+    from medrobust.data import load_dataset
+    from medrobust.store import Store
+
+    spec = make_spec(checkpoint, batch_size=2, limit=5, gallery=3,
+                     perturbations=[{"attack": "fgsm", "strengths": [0.01, 0.05]}])
+    run_experiment(load_config(spec), tmp_path / "run", quiet=True)
+    store = Store(tmp_path / "run" / "results.db")
+    ex = store.examples([k for (k,) in store.conn.execute("SELECT key FROM cells")])
+    linf = dict(((s, i), v) for s, i, v in store.conn.execute(
+        "SELECT strength, sample_index, linf FROM records WHERE perturbation='fgsm'"))
+    store.close()
+    ds = load_dataset(DATA["name"], split="test", **DATA["params"])
+    # samples 0, 1 (first batch) and 2 (second batch); nothing for samples 3 and 4
+    assert sorted(k for k in ex if k[4] == "image") == [("tiny", "clean", 0.0, i, "image") for i in range(3)]
+    for i in range(3):
+        np.testing.assert_array_equal(ex[("tiny", "clean", 0.0, i, "image")], ds[i][0].numpy())
+        for s in (0.01, 0.05):
+            delta = ex[("tiny", "fgsm", s, i, "delta")]
+            assert delta.dtype == np.float16
+            assert float(np.abs(delta.astype(np.float32)).max()) == pytest.approx(linf[(s, i)], rel=2e-3)
+    assert len(ex) == 3 + 3 * 2  # no examples for matched noise, none for samples past the gallery

@@ -117,6 +117,7 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train a model, keep the best validation checkpoint, write weights and a JSON model card."""
+    from medrobust.seeding import deterministic_algorithms
     from medrobust.train import TrainSettings, train as run_train
 
     setup_logging(verbose)
@@ -137,7 +138,8 @@ def train(
             vals = "  ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in row.items() if k.startswith("val_"))
             _consoles.out.print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val: {vals}", highlight=False)
 
-        _, card = run_train(settings, out, progress=show)
+        with deterministic_algorithms(device):
+            _, card = run_train(settings, out, progress=show)
     test = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics["test"].items())
     _consoles.out.print(f"saved {out} (best epoch {card.training['best_epoch']}): test {test}", highlight=False)
 

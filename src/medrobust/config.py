@@ -141,8 +141,9 @@ class ExperimentSpec(_Frozen):
     models: list[ModelSpec] = Field(min_length=1)
     perturbations: list[PerturbationSpec] = Field(default_factory=list)
     matched_noise: bool = True
-    # samples per model whose arrays the store keeps for the report's gallery (the first ones of the test set)
-    gallery: int = Field(2, ge=0, le=32)
+    # samples per model whose arrays the store keeps for the report's gallery (the first ones of the test set);
+    # it applies to cells computed from then on (it is not part of a cell's identity)
+    gallery: int = Field(2, ge=0, le=16)
     reference_strength: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")

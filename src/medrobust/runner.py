@@ -226,7 +226,9 @@ def run_cell(
                     if segmentation:
                         examples.append((label, strength, index, "label", y[i].cpu().numpy().astype(dtype)))
                 else:
-                    delta_i = (x_pert[i] - x[i]).detach().cpu().numpy().astype(np.float16)
+                    delta_i = (x_pert[i] - x[i]).detach().float().cpu().numpy()
+                    if float(np.abs(delta_i).max(initial=0.0)) < 6e4:  # float16 holds it (raw intensities may not)
+                        delta_i = delta_i.astype(np.float16)
                     examples.append((label, strength, index, "delta", delta_i))
                 if segmentation:
                     examples.append((label, strength, index, "pred", pred[i].cpu().numpy().astype(dtype)))

@@ -61,7 +61,9 @@ def deterministic_algorithms(device: torch.device | str = "cuda", enabled: bool 
     cudnn = torch.backends.cudnn
     previous = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
-    # cuBLAS needs a fixed workspace to be deterministic; it is read when cuBLAS first initialises
+    # cuBLAS needs a fixed workspace to be deterministic. It reads this when it first initialises, so a process
+    # that already ran CUDA matrix products keeps its workspace; convolutions (cuDNN) are covered either way.
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cudnn.deterministic, cudnn.benchmark = True, False
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -70,3 +72,5 @@ def deterministic_algorithms(device: torch.device | str = "cuda", enabled: bool 
     finally:
         cudnn.deterministic, cudnn.benchmark = previous[0], previous[1]
         torch.use_deterministic_algorithms(previous[2], warn_only=previous[3])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

@@ -195,8 +195,9 @@ class Store:
         finally:
             self.conn.row_factory = None
 
-    def examples(self, cell_keys: Iterable[str]) -> dict[tuple[str, str, float, int, str], np.ndarray]:
-        """Example arrays of the given cells: (model, perturbation, strength, sample_index, array) -> array."""
+    def examples(self, cell_keys: Iterable[str], decode: bool = True) -> dict[tuple[str, str, float, int, str], Any]:
+        """Example arrays of the given cells: (model, perturbation, strength, sample_index, array) -> array
+        (or, with ``decode=False``, its stored bytes, for :func:`decode_array` when needed)."""
         keys = list(cell_keys)
         if not keys:
             return {}
@@ -205,7 +206,7 @@ class Store:
             "SELECT model, perturbation, strength, sample_index, array, data FROM examples "
             f"WHERE cell_key IN ({marks})", keys,
         )
-        return {(m, p, float(s), int(i), a): decode_array(d) for m, p, s, i, a, d in rows}
+        return {(m, p, float(s), int(i), a): decode_array(d) if decode else bytes(d) for m, p, s, i, a, d in rows}
 
     def cells(self) -> list[dict[str, Any]]:
         self.conn.row_factory = sqlite3.Row

@@ -63,7 +63,8 @@ def flip_rate_per_structure(
     """(N, num_classes - 1): for each foreground structure s, the fraction of its units (y == s) whose predicted
     label the perturbation changed; NaN where the structure is absent from ``y``."""
     changed = (clean_pred != adv_pred).flatten(1)
-    truth = F.one_hot(y.flatten(1).long(), num_classes)[..., 1:].bool()  # (N, units, K-1)
-    n = truth.sum(1)
-    hits = (truth & changed.unsqueeze(-1)).sum(1)
+    y = y.flatten(1)
+    # one structure at a time: a (N, units) mask each, never an (N, units, K) one-hot
+    n = torch.stack([(y == k).sum(1) for k in range(1, num_classes)], 1)
+    hits = torch.stack([((y == k) & changed).sum(1) for k in range(1, num_classes)], 1)
     return torch.where(n > 0, hits / n.clamp_min(1), torch.full(n.shape, float("nan"), device=n.device))

@@ -385,18 +385,34 @@ class Gallery:
     label: dict[int, Any]  # true class, or ground-truth label map
     clean_pred: dict[int, Any]
     rows: list[GalleryRow]
+    bounds: tuple[float, float] = (0.0, 1.0)
 
 
 def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
     """Per model, the stored example samples: the clean input and, for every perturbation at its reference
     strength (attacks by norm, corruptions at their middle strength), the perturbation and the prediction."""
-    ex = run.examples
-    if not ex:
+    from medrobust.store import decode_array
+
+    stored = run.examples
+    if not stored:
         return []
+
+    class _Decoded(dict):  # decodes an example the first time it is read
+        def __missing__(self, key):
+            value = self[key] = decode_array(stored[key])
+            return value
+
+        def __contains__(self, key):
+            return key in stored
+
+        def get(self, key, default=None):
+            return self[key] if key in stored else default
+
+    ex = _Decoded()
     records = {(r["model"], r["perturbation"], float(r["strength"]), r["sample_index"]): r for r in run.records}
     out = []
     for m in run.models:
-        samples = sorted({i for (model, pert, _, i, a) in ex if model == m.name and pert == "clean" and a == "image"})
+        samples = sorted({i for (model, pert, _, i, a) in stored if model == m.name and pert == "clean" and a == "image"})
         if not samples:
             continue
         seg = m.task == "segmentation"
@@ -423,7 +439,8 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
                 pred = {i: records[(m.name, p.label, s, i)]["pred"] for i in delta if (m.name, p.label, s, i) in records}
                 changed = {i: i in pred and pred[i] != clean_pred.get(i) for i in delta}
             rows.append(GalleryRow(f"{p.label} @ {s:.4g}", p.label, p.kind, s, delta, pred, changed))
-        out.append(Gallery(m.name, m.task, m.class_names, samples, ids, image, label, clean_pred, rows))
+        out.append(Gallery(m.name, m.task, m.class_names, samples, ids, image, label, clean_pred, rows,
+                           run.bounds.get(m.name, (0.0, 1.0))))
     return out
 
 

@@ -148,7 +148,6 @@ def build_report(
     structures = A.structures(run, values, reference)
     findings = A.warnings(run, values)
     galleries = A.gallery(run, reference)
-    bounds = next((tuple(p.threat["bounds"]) for p in run.perturbations if p.threat.get("bounds")), (0.0, 1.0))
     segmentation = [m.name for m in run.models if m.task == "segmentation"]
     which = "successful" if not segmentation else "all"
 
@@ -158,7 +157,7 @@ def build_report(
         "curves": F.curves_figure(curves, styles, run.metric) if curves and run.models else None,
         "perceptibility": F.perceptibility_figure(at_ref, styles, which),
         "minimal": F.minimal_figure(minimal, styles),
-        "gallery": {g.model: F.gallery_figure(g, bounds) for g in galleries},
+        "gallery": {g.model: [F.gallery_figure(g, chunk) for chunk in F.sample_chunks(g.samples)] for g in galleries},
     }
     context = {
         "run": run,
@@ -180,7 +179,6 @@ def build_report(
         "segmentation": segmentation,
         "findings": findings,
         "galleries": galleries,
-        "gallery_size": run.spec.get("gallery", 2),
         "checks": A.CHECKS,
         "figures": figures,
         "styles": styles,

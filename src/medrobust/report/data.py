@@ -56,8 +56,10 @@ class RunData:
     missing_cells: int = 0
     ignored_cells: int = 0
     notes: list[str] = field(default_factory=list)
-    # gallery arrays: (model, perturbation, strength, sample_index, array) -> array (see medrobust.store)
-    examples: dict[tuple[str, str, float, int, str], Any] = field(default_factory=dict)
+    # gallery arrays, still compressed: (model, perturbation, strength, sample_index, array) -> bytes for
+    # medrobust.store.decode_array (decoded only for the strengths the gallery shows)
+    examples: dict[tuple[str, str, float, int, str], bytes] = field(default_factory=dict)
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> input bounds of its cells
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -214,7 +216,7 @@ def load_run(run_dir: str | Path) -> RunData:
         else:
             cells = all_cells
         records = store.records([c["key"] for c in cells]) if cells else []
-        examples = store.examples([c["key"] for c in cells])
+        examples = store.examples([c["key"] for c in cells], decode=False)
     finally:
         store.close()
 
@@ -270,7 +272,18 @@ def load_run(run_dir: str | Path) -> RunData:
         ignored_cells=len(all_cells) - len(cells),
         notes=notes,
         examples=examples,
+        bounds=_bounds(cells),
     )
+
+
+def _bounds(cells: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Input bounds per model as its cells recorded them (the clean cell's first)."""
+    out: dict[str, tuple[float, float]] = {}
+    for c in sorted(cells, key=lambda c: c["kind"] != "clean"):
+        b = json.loads(c["threat_json"]).get("bounds")
+        if b and c["model"] not in out:
+            out[c["model"]] = (float(b[0]), float(b[1]))
+    return out
 
 
 def _perturbations(spec_obj, cells: list[dict[str, Any]]) -> list[PerturbationInfo]:

@@ -243,31 +243,48 @@ def minimal_figure(minimal: list[SizeGroup], styles: dict[str, ModelStyle]) -> s
 # --- gallery ----------------------------------------------------------------------------------------------
 
 CHANGED = "#D55E00"  # Okabe-Ito vermilion: a prediction the perturbation changed
+GALLERY_CHUNK = 4  # samples per gallery figure
+LEGEND_MAX = 12
 
 
-def _plane(a: np.ndarray) -> np.ndarray:
-    """(C, *spatial) -> (H, W) or (H, W, 3) for display; a 3D volume shows its middle slice of the last axis."""
+def sample_chunks(samples: list[int], size: int = GALLERY_CHUNK) -> list[list[int]]:
+    """The gallery's samples in groups of ``size``, one figure each, so no figure grows without bound."""
+    return [samples[k:k + size] for k in range(0, len(samples), size)] or [[]]
+
+
+def _structure_colours(num_classes: int) -> np.ndarray:
+    """RGBA per structure 1..K-1: Okabe-Ito for up to 8 structures, else evenly spaced hues (tab20, then HSV)."""
+    n = max(num_classes - 1, 1)
+    if n <= len(OKABE_ITO):
+        return np.array([to_rgba(c) for c in OKABE_ITO[:n]])
+    cmap = matplotlib.colormaps["tab20" if n <= 20 else "hsv"]
+    return np.array([cmap(k / (20 if n <= 20 else n)) for k in range(n)])
+
+
+def _slice_of(a: np.ndarray, index: int | None) -> np.ndarray:
+    return a if index is None else a[..., index]
+
+
+def _plane(a: np.ndarray, index: int | None = None) -> np.ndarray:
+    """(C, *spatial) -> (H, W) or (H, W, 3) for display; a volume (C, D, H, W) shows slice ``index`` of its last
+    axis (the middle one if None)."""
     if a.ndim == 4:
-        a = a[..., a.shape[-1] // 2]
+        a = a[..., a.shape[-1] // 2 if index is None else index]
     if a.ndim == 3 and a.shape[0] in (1, 3):
         return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
     return a if a.ndim == 2 else a[0]
 
 
-def _label_plane(a: np.ndarray) -> np.ndarray:
-    return a[..., a.shape[-1] // 2] if a.ndim == 3 else a
-
-
-def _show_input(ax, x: np.ndarray, bounds: tuple[float, float]) -> None:
+def _show_input(ax, x: np.ndarray, bounds: tuple[float, float], index: int | None = None) -> None:
     lo, hi = bounds
-    img = np.clip((_plane(x) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    img = np.clip((_plane(x, index) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
 
 
-def _show_delta(ax, delta: np.ndarray) -> float:
+def _show_delta(ax, delta: np.ndarray, index: int | None = None) -> float:
     """Diverging map (grey = no change), symmetric around 0 with range +-max|delta|; returns that range."""
-    d = _plane(delta)
-    m = float(np.abs(d).max())
+    d = _plane(delta, index)
+    m = float(np.nan_to_num(np.abs(d)).max(initial=0.0))
     scale = m if m > 0 else 1.0
     if d.ndim == 3:  # colour: 0.5 + delta / (2 max|delta|), so grey is no change
         ax.imshow(np.clip(0.5 + d / (2 * scale), 0, 1), interpolation="nearest")
@@ -276,13 +293,12 @@ def _show_delta(ax, delta: np.ndarray) -> float:
     return m
 
 
-def _overlay(ax, x: np.ndarray, labels: np.ndarray | None, bounds: tuple[float, float]) -> None:
-    _show_input(ax, x, bounds)
+def _overlay(ax, x, labels, bounds, colours: np.ndarray, index: int | None = None) -> None:
+    _show_input(ax, x, bounds, index)
     if labels is None:
         return
-    lab = _label_plane(labels)
-    colours = np.array([to_rgba(c) for c in OKABE_ITO])
-    rgba = colours[(lab.astype(np.int64) - 1) % len(colours)]
+    lab = _slice_of(labels, index if labels.ndim == 3 else None).astype(np.int64)
+    rgba = colours[(lab - 1) % len(colours)]
     rgba[..., 3] = np.where(lab > 0, 0.45, 0.0)
     ax.imshow(rgba, interpolation="nearest")
 
@@ -295,66 +311,87 @@ def _bare(ax) -> None:
     ax.grid(False)
 
 
-def gallery_figure(g: Gallery, bounds: tuple[float, float]) -> str:
-    """One figure per model. Rows: clean, then each perturbation at its reference strength. Per sample the
-    columns are the perturbation (diverging colours, range given), the perturbed input and, for segmentation,
-    the predicted label map over it (clean row: ground truth, original input, clean prediction). Classification
-    predictions are written under each input, in vermilion where the perturbation changed them."""
+def _display_slice(g: Gallery, i: int) -> int | None:
+    """For a volume, the slice of the last axis to show: the one with the most foreground in the ground truth
+    (segmentation) or the middle one; None for 2D inputs."""
+    x = g.image[i]
+    if x.ndim != 4:
+        return None
+    label = g.label.get(i) if g.task == "segmentation" else None
+    if label is not None and label.ndim == 3 and (label > 0).any():
+        return int((label > 0).sum(axis=(0, 1)).argmax())
+    return x.shape[-1] // 2
+
+
+def gallery_figure(g: Gallery, samples: list[int] | None = None) -> str:
+    """One figure for ``samples`` (default: all) of one model. Rows: clean, then each perturbation at its
+    reference strength. Per sample the columns are the perturbation (diverging colours, range given), the
+    perturbed input and, for segmentation, the predicted label map over it (clean row: ground truth, original
+    input, clean prediction). Classification predictions are written under each input, in vermilion where the
+    perturbation changed them; volumes show one slice (the one with the most foreground)."""
+    samples = g.samples if samples is None else samples
     seg = g.task == "segmentation"
     per = 3 if seg else 2
     names = list(g.class_names)
+    colours = _structure_colours(len(names))
+    bounds = g.bounds
+    lo, hi = bounds
 
     def cls_name(k: Any) -> str:
         return text(names[k] if isinstance(k, int) and 0 <= k < len(names) else k, 22)
 
-    n_rows, n_cols = 1 + len(g.rows), per * len(g.samples)
+    n_rows, n_cols = 1 + len(g.rows), max(per * len(samples), 1)
     with matplotlib.rc_context({**STYLE, "font.size": 7, "axes.titlesize": 7}):
         fig = Figure(figsize=(1.45 * n_cols + 0.9, 1.5 * n_rows + 0.6), layout="constrained")
         axes = fig.subplots(n_rows, n_cols, squeeze=False)
         for ax in axes.flat:
             _bare(ax)
-        for j, i in enumerate(g.samples):
+        for j, i in enumerate(samples):
             c0 = j * per
             x = g.image[i]
-            sid = text(g.sample_ids.get(i, i), 24)
+            k = _display_slice(g, i)
+            sid = text(g.sample_ids.get(i, i), 24) + ("" if k is None else f" (slice {k})")
             # clean row
             if seg:
-                _overlay(axes[0, c0], x, g.label.get(i), bounds)
+                _overlay(axes[0, c0], x, g.label.get(i), bounds, colours, k)
                 axes[0, c0].set_title("ground truth")
-                _show_input(axes[0, c0 + 1], x, bounds)
+                _show_input(axes[0, c0 + 1], x, bounds, k)
                 axes[0, c0 + 1].set_title(f"input {sid}")
-                _overlay(axes[0, c0 + 2], x, g.clean_pred.get(i), bounds)
+                _overlay(axes[0, c0 + 2], x, g.clean_pred.get(i), bounds, colours, k)
                 axes[0, c0 + 2].set_title("prediction")
             else:
                 axes[0, c0].set_title("perturbation")
                 axes[0, c0].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[0, c0].transAxes)
-                _show_input(axes[0, c0 + 1], x, bounds)
+                _show_input(axes[0, c0 + 1], x, bounds, k)
                 axes[0, c0 + 1].set_title(f"input {sid}")
                 axes[0, c0 + 1].set_xlabel(f"true: {cls_name(g.label.get(i))}\npred: {cls_name(g.clean_pred.get(i))}")
             for r, row in enumerate(g.rows, start=1):
                 if i not in row.delta:
                     continue
                 delta = row.delta[i]
-                m = _show_delta(axes[r, c0], delta)
+                m = _show_delta(axes[r, c0], delta, k)
                 axes[r, c0].set_xlabel(f"range \u00b1{m:.3g}")
-                lo, hi = bounds
-                _show_input(axes[r, c0 + 1], np.clip(x + delta, lo, hi), bounds)
-                colour = CHANGED if row.changed.get(i) else "black"
+                x_pert = np.clip(x + delta, lo, hi)
+                _show_input(axes[r, c0 + 1], x_pert, bounds, k)
                 if seg:
                     pred = row.pred.get(i)
-                    _overlay(axes[r, c0 + 2], np.clip(x + delta, lo, hi), pred, bounds)
+                    _overlay(axes[r, c0 + 2], x_pert, pred, bounds, colours, k)
                     clean = g.clean_pred.get(i)
                     if pred is not None and clean is not None:
-                        moved = float((pred != clean).mean())
-                        axes[r, c0 + 2].set_xlabel(f"{100 * moved:.1f}% of pixels changed", color=colour)
+                        shown = _slice_of(pred != clean, k if pred.ndim == 3 else None)
+                        where = "pixels" if k is None else "this slice's pixels"
+                        axes[r, c0 + 2].set_xlabel(f"{100 * float(shown.mean()):.1f}% of {where} changed")
                 else:
+                    colour = CHANGED if row.changed.get(i) else "black"
                     axes[r, c0 + 1].set_xlabel(f"pred: {cls_name(row.pred.get(i))}", color=colour)
         axes[0, 0].set_ylabel("clean", fontsize=8)
         for r, row in enumerate(g.rows, start=1):
             axes[r, 0].set_ylabel(text(row.title, 26), fontsize=8)
         if seg and len(names) > 1:
-            handles = [Patch(color=OKABE_ITO[(k - 1) % len(OKABE_ITO)], alpha=0.6, label=text(n, 20))
-                       for k, n in enumerate(names) if k > 0]
+            shown = list(enumerate(names))[1:LEGEND_MAX + 1]
+            handles = [Patch(color=colours[(k - 1) % len(colours)], alpha=0.6, label=text(n, 20)) for k, n in shown]
+            if len(names) - 1 > LEGEND_MAX:
+                handles.append(Patch(color="white", label=f"+ {len(names) - 1 - LEGEND_MAX} more"))
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
         fig.suptitle(f"{text(g.model)}: examples (perturbation colours: range \u00b1 the value under each)", fontsize=9)
         return to_data_uri(fig)
