@@ -409,6 +409,12 @@ def test_gallery_figure_handles_volumes_single_samples_and_many_classes():
     from medrobust.report.figures import _display_slice, gallery_figure, sample_chunks
 
     assert sample_chunks(list(range(10))) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # an RAS slice (right, anterior) is drawn with anterior up and right to the right; other data as stored
+    from medrobust.report.figures import _plane
+
+    a = np.arange(6).reshape(1, 2, 3)  # x = 0..1 (right), y = 0..2 (anterior)
+    np.testing.assert_array_equal(_plane(a, up=True), [[2, 5], [1, 4], [0, 3]])
+    np.testing.assert_array_equal(_plane(a), a[0])
     assert sample_chunks([]) == [[]]
     rng = np.random.default_rng(0)
     image = rng.uniform(-1, 2, (1, 12, 10, 8)).astype(np.float32)  # a volume in bounds (-1, 2)

@@ -174,6 +174,8 @@ def run_cell(
     obj = p and (ATTACKS.build(p.name, **p.params) if p.kind == "attack" else CORRUPTIONS.build(p.name, **p.params))
     attack = obj if isinstance(obj, Attack) else None
     threat = _threat(p, attack, bounds, cell.strengths, spec.seed)
+    if p is None and dataset.orientation:
+        threat["orientation"] = dataset.orientation  # how the report's gallery draws slices
     records: list[tuple] = []
     examples: list[tuple] = []
     offset = 0

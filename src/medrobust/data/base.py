@@ -33,6 +33,9 @@ class ImageDataset(Dataset):
     task: str = "classification"
     bounds: Bounds = (0.0, 1.0)
     name: str = ""
+    # "RAS": the spatial axes run along patient right, anterior, superior (a slice keeps the other two in that
+    # order), as NIfTI volumes reoriented to canonical do; the report then draws slices anatomically upright.
+    orientation: str | None = None
 
     def __init__(self, class_names: Sequence[str], labels: torch.Tensor, ids: Sequence[str], split: str) -> None:
         self.class_names = tuple(str(c) for c in class_names)

@@ -53,6 +53,7 @@ SPLIT_PATTERN = ("train", "train", "train", "val", "test")
 
 
 class MNI152TissueDataset(SegmentationDataset):
+    orientation = "RAS"  # volumes are in canonical RAS+ orientation
     name = "mni152-tissue"
 
 

@@ -47,6 +47,7 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 
 class NiftiDataset(SegmentationDataset):
+    orientation = "RAS"  # volumes are in canonical RAS+ orientation
     name = "nifti"
 
 

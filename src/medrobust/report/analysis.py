@@ -386,6 +386,7 @@ class Gallery:
     clean_pred: dict[int, Any]
     rows: list[GalleryRow]
     bounds: tuple[float, float] = (0.0, 1.0)
+    orientation: str | None = None  # "RAS": slices are drawn anatomically upright
 
 
 def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
@@ -440,7 +441,7 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
                 changed = {i: i in pred and pred[i] != clean_pred.get(i) for i in delta}
             rows.append(GalleryRow(f"{p.label} @ {s:.4g}", p.label, p.kind, s, delta, pred, changed))
         out.append(Gallery(m.name, m.task, m.class_names, samples, ids, image, label, clean_pred, rows,
-                           run.bounds.get(m.name, (0.0, 1.0))))
+                           run.bounds.get(m.name, (0.0, 1.0)), run.orientation.get(m.name)))
     return out
 
 

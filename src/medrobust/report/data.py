@@ -60,6 +60,7 @@ class RunData:
     # medrobust.store.decode_array (decoded only for the strengths the gallery shows)
     examples: dict[tuple[str, str, float, int, str], bytes] = field(default_factory=dict)
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> input bounds of its cells
+    orientation: dict[str, str] = field(default_factory=dict)  # model -> spatial axes of its data ("RAS")
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -273,6 +274,8 @@ def load_run(run_dir: str | Path) -> RunData:
         notes=notes,
         examples=examples,
         bounds=_bounds(cells),
+        orientation={c["model"]: o for c in cells if c["kind"] == "clean"
+                     and (o := json.loads(c["threat_json"]).get("orientation"))},
     )
 
 

@@ -265,25 +265,33 @@ def _slice_of(a: np.ndarray, index: int | None) -> np.ndarray:
     return a if index is None else a[..., index]
 
 
-def _plane(a: np.ndarray, index: int | None = None) -> np.ndarray:
+def _upright(a: np.ndarray, up: bool) -> np.ndarray:
+    """An RAS slice (first axis right, second anterior or superior) turned so the second axis points up and the
+    first to the right (neurological convention); other data is drawn as stored."""
+    return np.rot90(a, axes=(0, 1)) if up else a
+
+
+def _plane(a: np.ndarray, index: int | None = None, up: bool = False) -> np.ndarray:
     """(C, *spatial) -> (H, W) or (H, W, 3) for display; a volume (C, D, H, W) shows slice ``index`` of its last
     axis (the middle one if None)."""
     if a.ndim == 4:
         a = a[..., a.shape[-1] // 2 if index is None else index]
     if a.ndim == 3 and a.shape[0] in (1, 3):
-        return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
-    return a if a.ndim == 2 else a[0]
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    elif a.ndim != 2:
+        a = a[0]
+    return _upright(a, up)
 
 
-def _show_input(ax, x: np.ndarray, bounds: tuple[float, float], index: int | None = None) -> None:
+def _show_input(ax, x: np.ndarray, bounds: tuple[float, float], index: int | None = None, up: bool = False) -> None:
     lo, hi = bounds
-    img = np.clip((_plane(x, index) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    img = np.clip((_plane(x, index, up) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
 
 
-def _show_delta(ax, delta: np.ndarray, index: int | None = None) -> float:
+def _show_delta(ax, delta: np.ndarray, index: int | None = None, up: bool = False) -> float:
     """Diverging map (grey = no change), symmetric around 0 with range +-max|delta|; returns that range."""
-    d = _plane(delta, index)
+    d = _plane(delta, index, up)
     m = float(np.nan_to_num(np.abs(d)).max(initial=0.0))
     scale = m if m > 0 else 1.0
     if d.ndim == 3:  # colour: 0.5 + delta / (2 max|delta|), so grey is no change
@@ -293,11 +301,11 @@ def _show_delta(ax, delta: np.ndarray, index: int | None = None) -> float:
     return m
 
 
-def _overlay(ax, x, labels, bounds, colours: np.ndarray, index: int | None = None) -> None:
-    _show_input(ax, x, bounds, index)
+def _overlay(ax, x, labels, bounds, colours: np.ndarray, index: int | None = None, up: bool = False) -> None:
+    _show_input(ax, x, bounds, index, up)
     if labels is None:
         return
-    lab = _slice_of(labels, index if labels.ndim == 3 else None).astype(np.int64)
+    lab = _upright(_slice_of(labels, index if labels.ndim == 3 else None), up).astype(np.int64)
     rgba = colours[(lab - 1) % len(colours)]
     rgba[..., 3] = np.where(lab > 0, 0.45, 0.0)
     ax.imshow(rgba, interpolation="nearest")
@@ -336,6 +344,7 @@ def gallery_figure(g: Gallery, samples: list[int] | None = None) -> str:
     colours = _structure_colours(len(names))
     bounds = g.bounds
     lo, hi = bounds
+    up = g.orientation == "RAS"
 
     def cls_name(k: Any) -> str:
         return text(names[k] if isinstance(k, int) and 0 <= k < len(names) else k, 22)
@@ -353,29 +362,29 @@ def gallery_figure(g: Gallery, samples: list[int] | None = None) -> str:
             sid = text(g.sample_ids.get(i, i), 24) + ("" if k is None else f" (slice {k})")
             # clean row
             if seg:
-                _overlay(axes[0, c0], x, g.label.get(i), bounds, colours, k)
+                _overlay(axes[0, c0], x, g.label.get(i), bounds, colours, k, up)
                 axes[0, c0].set_title("ground truth")
-                _show_input(axes[0, c0 + 1], x, bounds, k)
+                _show_input(axes[0, c0 + 1], x, bounds, k, up)
                 axes[0, c0 + 1].set_title(f"input {sid}")
-                _overlay(axes[0, c0 + 2], x, g.clean_pred.get(i), bounds, colours, k)
+                _overlay(axes[0, c0 + 2], x, g.clean_pred.get(i), bounds, colours, k, up)
                 axes[0, c0 + 2].set_title("prediction")
             else:
                 axes[0, c0].set_title("perturbation")
                 axes[0, c0].text(0.5, 0.5, "none", ha="center", va="center", transform=axes[0, c0].transAxes)
-                _show_input(axes[0, c0 + 1], x, bounds, k)
+                _show_input(axes[0, c0 + 1], x, bounds, k, up)
                 axes[0, c0 + 1].set_title(f"input {sid}")
                 axes[0, c0 + 1].set_xlabel(f"true: {cls_name(g.label.get(i))}\npred: {cls_name(g.clean_pred.get(i))}")
             for r, row in enumerate(g.rows, start=1):
                 if i not in row.delta:
                     continue
                 delta = row.delta[i]
-                m = _show_delta(axes[r, c0], delta, k)
-                axes[r, c0].set_xlabel(f"range \u00b1{m:.3g}")
+                m = _show_delta(axes[r, c0], delta, k, up)
+                axes[r, c0].set_xlabel(f"perturbation, range \u00b1{m:.3g}")
                 x_pert = np.clip(x + delta, lo, hi)
-                _show_input(axes[r, c0 + 1], x_pert, bounds, k)
+                _show_input(axes[r, c0 + 1], x_pert, bounds, k, up)
                 if seg:
                     pred = row.pred.get(i)
-                    _overlay(axes[r, c0 + 2], x_pert, pred, bounds, colours, k)
+                    _overlay(axes[r, c0 + 2], x_pert, pred, bounds, colours, k, up)
                     clean = g.clean_pred.get(i)
                     if pred is not None and clean is not None:
                         shown = _slice_of(pred != clean, k if pred.ndim == 3 else None)
