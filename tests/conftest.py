@@ -43,19 +43,21 @@ class ToyCNN(nn.Module):
         return self.body(x)
 
 
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> nn.Module:
+    """Full-batch Adam on cross-entropy (per image or per pixel); returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def toy_model() -> nn.Module:
     """A ToyCNN trained to ~100% clean accuracy on the toy problem (deterministic, about a second)."""
     torch.manual_seed(0)  # test-only: makes the fixture's initial weights fixed
-    model = ToyCNN()
-    x, y = make_toy(300, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    return model
+    return fit(ToyCNN(), *make_toy(300, seed=1), steps=150, lr=0.01)
 
 
 @pytest.fixture()
@@ -97,15 +99,7 @@ class ToySegNet(nn.Module):
 def toy_segmenter() -> nn.Module:
     """A ToySegNet trained to high Dice on the toy segmentation problem (deterministic, a few seconds)."""
     torch.manual_seed(0)  # test-only: fixed initial weights
-    model = ToySegNet()
-    x, y = make_toy_segmentation(64, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    return model
+    return fit(ToySegNet(), *make_toy_segmentation(64, seed=1), steps=200, lr=0.02)
 
 
 @pytest.fixture()

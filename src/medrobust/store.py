@@ -179,21 +179,17 @@ class Store:
                 ),
             )
 
+    def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.conn.cursor()
+        cur.row_factory = sqlite3.Row
+        return [dict(r) for r in cur.execute(sql, params)]
+
     def records(self, cell_keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        self.conn.row_factory = sqlite3.Row
-        try:
-            if cell_keys is None:
-                rows = self.conn.execute("SELECT * FROM records ORDER BY model, perturbation, strength, sample_index")
-            else:
-                keys = list(cell_keys)
-                marks = ",".join("?" * len(keys))
-                rows = self.conn.execute(
-                    f"SELECT * FROM records WHERE cell_key IN ({marks}) ORDER BY model, perturbation, strength, sample_index",
-                    keys,
-                )
-            return [dict(r) for r in rows]
-        finally:
-            self.conn.row_factory = None
+        order = " ORDER BY model, perturbation, strength, sample_index"
+        if cell_keys is None:
+            return self._dicts("SELECT * FROM records" + order)
+        keys = list(cell_keys)
+        return self._dicts(f"SELECT * FROM records WHERE cell_key IN ({','.join('?' * len(keys))})" + order, keys)
 
     def examples(self, cell_keys: Iterable[str], decode: bool = True) -> dict[tuple[str, str, float, int, str], Any]:
         """Example arrays of the given cells: (model, perturbation, strength, sample_index, array) -> array
@@ -209,15 +205,7 @@ class Store:
         return {(m, p, float(s), int(i), a): decode_array(d) if decode else bytes(d) for m, p, s, i, a, d in rows}
 
     def cells(self) -> list[dict[str, Any]]:
-        self.conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in self.conn.execute("SELECT * FROM cells ORDER BY model, perturbation")]
-        finally:
-            self.conn.row_factory = None
+        return self._dicts("SELECT * FROM cells ORDER BY model, perturbation")
 
     def runs(self) -> list[dict[str, Any]]:
-        self.conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
-        finally:
-            self.conn.row_factory = None
+        return self._dicts("SELECT * FROM runs ORDER BY id")

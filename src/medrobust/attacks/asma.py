@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import torch
 
-from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, flat_norm, per_sample
-from medrobust.attacks.dag import TARGETS, dag_target
+from medrobust.attacks.base import Attack, clamp_bounds, flat_norm, per_sample
+from medrobust.attacks.dag import check_target_params, dag_target
 from medrobust.models.wrapper import Model, as_model, attack_mode
 from medrobust.tasks import Task, get_task
 
@@ -53,19 +53,10 @@ class ASMA(Attack):
     norm: str = "l2"
 
     def __post_init__(self) -> None:
-        check_int("steps", self.steps)
-        check_positive("gamma", self.gamma)
-        check_int("radius", self.radius, minimum=0)
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}; expected one of {', '.join(TARGETS)}")
+        classes = check_target_params("ASMA", self.steps, self.gamma, self.target, self.classes, self.radius, self.norm)
+        object.__setattr__(self, "classes", classes)
         if not 0.0 <= self.tolerance < 1.0:
             raise ValueError(f"tolerance={self.tolerance!r} must be in [0, 1)")
-        object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        need = {"swap": 2, "dilate": 1}.get(self.target, 0)
-        if len(self.classes) != need:
-            raise ValueError(f"target={self.target!r} needs classes with {need} entries, got {self.classes!r}")
-        if self.norm != "l2":
-            raise ValueError(f"norm={self.norm!r}; ASMA accumulates L2-normalised steps, expected 'l2'")
 
     def target_for(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The target label map this attack drives toward, for true labels ``y`` (N, *spatial)."""

@@ -28,8 +28,26 @@ from medrobust.tasks import Task
 TARGETS = ("permutation", "background", "swap", "dilate")
 
 
+def check_target_params(attack: str, steps: int, gamma: float, target: str, classes, radius: int, norm: str) -> tuple[int, ...]:
+    """Validate the settings DAG and ASMA share; returns ``classes`` as a tuple of ints."""
+    check_int("steps", steps)
+    check_positive("gamma", gamma)
+    check_int("radius", radius, minimum=0)
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}; expected one of {', '.join(TARGETS)}")
+    classes = tuple(int(c) for c in classes)
+    need = {"swap": 2, "dilate": 1}.get(target, 0)
+    if len(classes) != need:
+        raise ValueError(f"target={target!r} needs classes with {need} entries, got {classes!r}")
+    if norm != "l2":
+        raise ValueError(f"norm={norm!r}; {attack} accumulates L2-normalised steps, expected 'l2'")
+    return classes
+
+
 def dag_target(y: torch.Tensor, num_classes: int, kind: str, classes: tuple[int, ...] = (), radius: int = 2) -> torch.Tensor:
     """Target label map for DAG, same shape as ``y`` (N, *spatial)."""
+    if any(c < 0 or c >= num_classes for c in classes):
+        raise ValueError(f"classes={classes!r} outside the model's {num_classes} classes")
     if kind == "background":
         return torch.zeros_like(y)
     perm = torch.arange(num_classes, device=y.device)
@@ -67,27 +85,15 @@ class DAG(Attack):
     norm: str = "l2"
 
     def __post_init__(self) -> None:
-        check_int("steps", self.steps)
-        check_positive("gamma", self.gamma)
-        check_int("radius", self.radius, minimum=0)
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}; expected one of {', '.join(TARGETS)}")
-        object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        need = {"swap": 2, "dilate": 1}.get(self.target, 0)
-        if len(self.classes) != need:
-            raise ValueError(f"target={self.target!r} needs classes with {need} entries, got {self.classes!r}")
-        if self.norm != "l2":
-            raise ValueError(f"norm={self.norm!r}; DAG accumulates L2-normalised steps, expected 'l2'")
+        classes = check_target_params("DAG", self.steps, self.gamma, self.target, self.classes, self.radius, self.norm)
+        object.__setattr__(self, "classes", classes)
 
     def run(self, model: Model, task: Task, x: torch.Tensor, y: torch.Tensor, *, eps, generator) -> torch.Tensor:
         """x: (N, C, *spatial); y: (N, *spatial) true labels. Returns x + accumulated DAG steps, in bounds."""
         with torch.no_grad():
             logits = model(x)
         task.check(logits, y)
-        k = logits.shape[1]
-        if any(c < 0 or c >= k for c in self.classes):
-            raise ValueError(f"classes={self.classes!r} outside the model's {k} classes")
-        target = dag_target(y, k, self.target, self.classes, self.radius)
+        target = dag_target(y, logits.shape[1], self.target, self.classes, self.radius)
         # Pixels whose target differs from their label: the foreground for permutation, swap and background
         # targets (background maps to itself), and the grown rim (often background) for dilate.
         attackable = target != y

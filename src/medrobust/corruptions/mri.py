@@ -18,6 +18,7 @@ Random draws are unit values scaled by the strength parameter, so the same gener
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,9 +69,9 @@ class MRIArtifact(Corruption):
         """The random parameters (the strength value is added by ``draw``); none by default."""
         return {}
 
+    @abstractmethod
     def _render(self, x: torch.Tensor, params: Params, bounds: Bounds) -> torch.Tensor:
         """The deterministic artifact for non-degenerate params; the result is clipped by the caller."""
-        raise NotImplementedError
 
 
 def spatial_dims(x: torch.Tensor) -> int:

@@ -8,6 +8,7 @@ y as a long mask (*spatial) instead; ``iterate_batches`` stacks those.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ def check_split(split: str) -> str:
     return split
 
 
-class ImageDataset(Dataset):
+class ImageDataset(Dataset, ABC):
     """Base class: subclasses set ``class_names``, ``labels`` (long tensor (N,)), ``ids`` and implement
     ``image(i) -> float tensor (C, H, W)``."""
 
@@ -58,8 +59,9 @@ class ImageDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def image(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def image(self, i: int) -> torch.Tensor:
+        """The i-th input, a float tensor (C, H, W) (or (C, *spatial)) inside ``bounds``."""
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -244,15 +244,20 @@ def _pairs(
     return pairs, {}
 
 
-def _pairs_from_csv(path: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, str]]:
+def _csv_rows(path: Path, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
+    """The rows of a CSV file (keys and values stripped), which must have the ``required`` columns."""
     if not path.is_file():
-        raise FileNotFoundError(f"CSV listing {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     with path.open(newline="") as fh:
         reader = csv_module.DictReader(fh)
         columns = [c.strip() for c in reader.fieldnames or []]
-        if not {"image", "label"} <= set(columns):
-            raise ValueError(f"CSV listing {path} needs columns image,label; it has {columns}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        if not set(required) <= set(columns):
+            raise ValueError(f"{what} {path} needs columns {','.join(required)}; it has {columns}")
+        return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+
+
+def _pairs_from_csv(path: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, str]]:
+    rows = _csv_rows(path, ("image", "label"), "CSV listing")
     pairs: dict[str, tuple[Path, Path]] = {}
     split_of: dict[str, str] = {}
     for n, row in enumerate(rows, start=2):
@@ -398,13 +403,5 @@ def _read_mapping(path: str | Path, what: str) -> Any:
 
 
 def _read_csv_map(file: Path) -> dict[str, str]:
-    file = file.expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"label_map file {file} does not exist")
-    with file.open(newline="") as fh:
-        reader = csv_module.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if not {"source", "target"} <= set(columns):
-            raise ValueError(f"label_map CSV {file} needs columns source,target; it has {columns}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    rows = _csv_rows(file.expanduser(), ("source", "target"), "label_map CSV")
     return {row["source"]: row["target"] for row in rows}

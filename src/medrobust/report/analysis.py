@@ -398,18 +398,10 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
     if not stored:
         return []
 
-    class _Decoded(dict):  # decodes an example the first time it is read
-        def __missing__(self, key):
-            value = self[key] = decode_array(stored[key])
-            return value
+    def ex(key: tuple[str, str, float, int, str]) -> np.ndarray | None:
+        """A stored array, decoded on use (the gallery shows one strength per perturbation), or None."""
+        return decode_array(stored[key]) if key in stored else None
 
-        def __contains__(self, key):
-            return key in stored
-
-        def get(self, key, default=None):
-            return self[key] if key in stored else default
-
-    ex = _Decoded()
     records = {(r["model"], r["perturbation"], float(r["strength"]), r["sample_index"]): r for r in run.records}
     out = []
     for m in run.models:
@@ -417,23 +409,23 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
         if not samples:
             continue
         seg = m.task == "segmentation"
-        image = {i: ex[(m.name, "clean", 0.0, i, "image")] for i in samples}
+        image = {i: ex((m.name, "clean", 0.0, i, "image")) for i in samples}
+        clean = {i: records.get((m.name, "clean", 0.0, i)) or {} for i in samples}
+        ids = {i: r["sample_id"] for i, r in clean.items() if r}
         if seg:
-            label = {i: ex.get((m.name, "clean", 0.0, i, "label")) for i in samples}
-            clean_pred = {i: ex.get((m.name, "clean", 0.0, i, "pred")) for i in samples}
+            label = {i: ex((m.name, "clean", 0.0, i, "label")) for i in samples}
+            clean_pred = {i: ex((m.name, "clean", 0.0, i, "pred")) for i in samples}
         else:
-            label = {i: records[(m.name, "clean", 0.0, i)]["label"] for i in samples if (m.name, "clean", 0.0, i) in records}
-            clean_pred = {i: records[(m.name, "clean", 0.0, i)]["pred"] for i in samples if (m.name, "clean", 0.0, i) in records}
-        ids = {i: records[(m.name, "clean", 0.0, i)]["sample_id"] for i in samples if (m.name, "clean", 0.0, i) in records}
+            label = {i: r["label"] for i, r in clean.items() if r}
+            clean_pred = {i: r["pred"] for i, r in clean.items() if r}
         rows = []
         for p in run.perturbations:
             s = pick_strength(list(p.strengths), p.norm, reference)
-            if s is None or not any((m.name, p.label, s, i, "delta") in ex for i in samples):
+            delta = {i: d.astype(np.float32) for i in samples if (d := ex((m.name, p.label, s, i, "delta"))) is not None}
+            if not delta:
                 continue
-            delta = {i: ex[(m.name, p.label, s, i, "delta")].astype(np.float32) for i in samples
-                     if (m.name, p.label, s, i, "delta") in ex}
             if seg:
-                pred = {i: ex.get((m.name, p.label, s, i, "pred")) for i in delta}
+                pred = {i: ex((m.name, p.label, s, i, "pred")) for i in delta}
                 changed = {i: pred[i] is not None and clean_pred.get(i) is not None
                            and bool((pred[i] != clean_pred[i]).any()) for i in delta}
             else:
