@@ -20,6 +20,11 @@ ATTACK_CASES = {
     "deepfool": ({"steps": 30}, 2.0),
     "jsma": ({"gamma": 0.3}, 0.3),
     "cw": ({"steps": 40, "binary_search_steps": 3, "lr": 0.05, "initial_const": 1.0}, 3.0),
+    "apgd": ({"steps": 20}, 0.3),
+    "square": ({"queries": 300}, 0.3),
+    "autoattack": ({"steps": 20, "queries": 300}, 0.3),
+    # the sources are filled in by the test: the model itself (tests/test_transfer.py checks real transfer)
+    "transfer": ({"attack": "pgd", "attack_params": {"steps": 10}}, 0.3),
 }
 # Segmentation-only attacks, run on the toy segmenter (FGSM and PGD are also run there below).
 SEG_ATTACK_CASES = {
@@ -28,6 +33,10 @@ SEG_ATTACK_CASES = {
     "segpgd": ({"steps": 10}, 0.3),
     "dag": ({"steps": 60}, 3.0),
     "asma": ({"steps": 60}, 3.0),
+    "apgd": ({"steps": 20}, 0.3),
+    "square": ({"queries": 300}, 0.3),
+    "autoattack": ({"steps": 10, "queries": 100}, 0.3),
+    "transfer": ({"attack": "pgd", "attack_params": {"steps": 10}}, 0.3),
 }
 CORRUPTION_CASES = {
     "gaussian_noise": {"sigma": 0.6},
@@ -62,6 +71,8 @@ def test_segmentation_attack_conformance(name, toy_segmenter, toy_seg_batch):
     params, eps = SEG_ATTACK_CASES[name]
     task = get_task("segmentation")
     x, y = toy_seg_batch
+    if name == "transfer":
+        params = {**params, "sources": [toy_segmenter]}
     attack = ATTACKS.build(name, **params)
     runs = [attack(toy_segmenter, task, x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     x_adv = runs[0]
@@ -82,6 +93,8 @@ def test_attack_conformance(name, dtype, toy_model, toy_batch):
     model = toy_model.to(dtype)
     x, y = toy_batch
     x = x.to(dtype)
+    if name == "transfer":
+        params = {**params, "sources": [model]}
     attack = ATTACKS.build(name, **params)
     clean = accuracy(model, x, y)
     runs = [attack(model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]

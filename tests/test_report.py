@@ -249,6 +249,84 @@ def test_warnings_fire_on_broken_results(run_dir, tmp_path):
     assert "1.000" in html[html.index('id="headline-linf"'):html.index('id="curves"')]  # fgsm row, from the store
 
 
+def test_stored_sanity_checks_appear_in_the_warnings(run_dir, checkpoints, tmp_path, monkeypatch):
+    from medrobust.attacks.base import Attack
+    from medrobust.checks import MEANINGS, CheckResult
+    from medrobust.report.data import _fingerprints
+    from medrobust.store import Store
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report ran an attack")
+
+    monkeypatch.setattr(Attack, "detailed", refuse)
+    copy = copy_run(run_dir, tmp_path)
+    digest = _fingerprints({"tiny": checkpoints[0]})["tiny"]
+    store = Store(copy / "results.db")
+    store.write_checks("tiny", digest, [
+        CheckResult("logits", True, 0.0, "Outputs are logits.", MEANINGS["logits"]),
+        CheckResult("unbounded", False, 0.375, "PGD (Linf, 20 steps) with eps = 1 leaves accuracy 0.375.",
+                    MEANINGS["unbounded"]),
+        CheckResult("more_steps", True, float("nan"), "Skipped.", MEANINGS["more_steps"]),
+    ])
+    store.write_checks(EVIL, "weights-of-another-run", [CheckResult("gradients", False, 1.0, "stale", "stale")])
+    store.close()
+    html_path, md_path = build_report(copy)
+    html = html_path.read_text()
+    section = html[html.index('id="warnings"'):]
+    assert "unbounded attack fails</span>tiny: PGD (Linf, 20 steps) with eps = 1 leaves accuracy 0.375." in section
+    assert "<strong>What it means:</strong> With a budget covering the whole input range" in section
+    assert "Sanity checks passed for tiny: logits, more steps; failed (see above): unbounded.</li>" in section
+    # checks of other weights are not shown, and the report says so
+    assert "stale" not in section
+    assert "No sanity checks for evil&lt;script&gt;" in section
+    assert "ran on other weights than the ones shown" in html
+    assert re.search(r'href="#warnings">7 Warnings \((\d+)\)', html).group(1) == str(section.count('<span class="tag">'))
+    md = md_path.read_text()
+    assert "- **unbounded attack fails**: tiny: PGD (Linf, 20 steps)" in md and "*What it means:* With a budget" in md
+    assert "- Sanity checks passed for tiny: logits, more steps; failed (see above): unbounded." in md
+
+
+def test_black_box_finding_is_computed_from_the_records(tmp_path):
+    """A hand-written store (no spec, no model cards): Square fools 3 of the 4 samples PGD left correct."""
+    from medrobust.store import RECORD_COLUMNS, CellInfo, Store
+
+    run = tmp_path / "bb"
+    store = Store(run / "results.db")
+    run_id = store.start_run({"name": "bb"}, "hash", {"medrobust": "test"}, "cpu", 0)
+    labels = [i % 2 for i in range(10)]
+    clean = [lab if i != 9 else 1 - lab for i, lab in enumerate(labels)]  # sample 9 is wrong clean
+
+    def records(key, pert, kind, strength, fooled):
+        rows = []
+        for i, lab in enumerate(labels):
+            pred = 1 - lab if (i in fooled or i == 9) else lab
+            rows.append(tuple({
+                "cell_key": key, "model": "m", "perturbation": pert, "kind": kind, "strength": strength,
+                "sample_index": i, "sample_id": f"s{i}", "label": lab, "clean_pred": clean[i], "pred": pred,
+                "probs_json": json.dumps([0.5, 0.5]), "l2": 0.1, "linf": strength, "l0": 10.0, "ssim": 0.99,
+                "psnr": 40.0, "rho": 0.01, "score": float(pred == lab),
+                "detail_json": json.dumps({"queries": 100}) if pert == "square" else None,
+            }[c] for c in RECORD_COLUMNS))
+        return rows
+
+    store.write_cell(CellInfo("c", "m", "clean", "clean", {}, [0.0], {"bounds": [0, 1], "seed": 0}),
+                     records("c", "clean", "clean", 0.0, set()), run_id, 0.0)
+    for name, fooled in (("pgd", {0, 1, 2, 3, 4}), ("square", {0, 1, 2, 5, 6, 7})):
+        threat = {"bounds": [0, 1], "seed": 0, "norm": "linf", "eps": [0.03], "minimal": False, "strengths": [0.03]}
+        store.write_cell(CellInfo(name, "m", name, "attack", {}, [0.03], threat),
+                         records(name, name, "attack", 0.03, fooled), run_id, 0.0)
+    store.close()
+    html_path, md_path = build_report(run)
+    section = html_path.read_text()
+    section = section[section.index('id="warnings"'):]
+    assert ("black box beats white box</span>m: At Linf eps=0.03, black-box attacks (square) fooled 3 of the 4 "
+            "samples that every white-box attack (pgd) left correct (limit 2): samples 5, 6, 7.") in section
+    assert "What it means:</strong> Black-box attacks see only the model&#39;s outputs" in section
+    assert ("Sanity checks passed for m: none; failed (see above): black box. Its model-level checks are not in "
+            "results.db.") in section
+    assert "black box beats white box" in md_path.read_text()
+
+
 def test_incomplete_run_and_missing_model_cards_degrade_gracefully(run_dir, tmp_path, monkeypatch):
     from medrobust.attacks.base import Attack
 

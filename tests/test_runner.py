@@ -230,3 +230,36 @@ def test_gallery_examples_span_batches(checkpoint, tmp_path):
             assert delta.dtype == np.float16
             assert float(np.abs(delta.astype(np.float32)).max()) == pytest.approx(linf[(s, i)], rel=2e-3)
     assert len(ex) == 3 + 3 * 2  # no examples for matched noise, none for samples past the gallery
+
+
+def test_autoattack_and_transfer_cells(tmp_path, checkpoint):
+    # two models: the checkpoint and a second one trained in the run; a transfer attack from the checkpoint is
+    # evaluated on the other model only; autoattack records which member broke each sample
+    spec = load_config(make_spec(
+        checkpoint,
+        models=[{"name": "tiny", "checkpoint": str(checkpoint)},
+                {"name": "other", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 4}, "epochs": 2}}],
+        perturbations=[
+            {"attack": "autoattack", "strengths": [0.03], "params": {"steps": 10, "queries": 50}},
+            {"attack": "transfer", "strengths": [0.03], "params": {"sources": ["tiny"], "attack": "pgd"}},
+        ],
+    ))
+    run_experiment(spec, tmp_path, quiet=True)
+    con = sqlite3.connect(tmp_path / "results.db")
+    cells = {(m, p) for m, p in con.execute("SELECT model, perturbation FROM cells")}
+    assert ("other", "transfer") in cells and ("tiny", "transfer") not in cells
+    rows = con.execute("SELECT clean_pred, label, pred, detail_json FROM records WHERE perturbation='autoattack'").fetchall()
+    assert len(rows) == 24
+    for clean_pred, label, pred, detail in rows:
+        broken_by = json.loads(detail)["broken_by"]
+        # a member is named exactly for the clean-correct samples the ensemble made wrong
+        assert (broken_by is not None) == (clean_pred == label and pred != label)
+        assert broken_by in (None, "apgd-ce", "apgd-t", "square")
+    threat = json.loads(con.execute("SELECT threat_json FROM cells WHERE perturbation='transfer'").fetchone()[0])
+    assert threat["sources"] == ["tiny"] and threat["norm"] == "linf"
+    rows = summary(tmp_path)
+    # the worst case per sample includes autoattack and transfer: never above either
+    for model in ("tiny", "other"):
+        worst = [r["value"] for r in rows if r["model"] == model and r["perturbation"] == "worst_case" and r["metric"] == "accuracy"]
+        aa = [r["value"] for r in rows if r["model"] == model and r["perturbation"] == "autoattack" and r["metric"] == "accuracy"]
+        assert worst[0] <= aa[0]

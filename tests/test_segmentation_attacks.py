@@ -103,7 +103,7 @@ def test_segpgd_first_step_uses_correct_pixels_only(toy_segmenter, toy_seg_batch
     x, y = toy_seg_batch
     x_adv = x.clone()
     attack = SegPGD(steps=4)
-    got = attack.gradient(toy_segmenter, SEG, x_adv, y, step=0)
+    _, got = attack.gradient(toy_segmenter, SEG, x_adv, y, step=0)
     xr = x.clone().requires_grad_(True)
     logits = toy_segmenter(xr)
     correct = (logits.argmax(1) == y).float()
@@ -111,7 +111,7 @@ def test_segpgd_first_step_uses_correct_pixels_only(toy_segmenter, toy_seg_batch
     ((ce * correct).flatten(1).mean(1)).sum().backward()
     torch.testing.assert_close(got, xr.grad)
     # at step t the wrong pixels weigh t / (2T)
-    got3 = attack.gradient(toy_segmenter, SEG, x_adv, y, step=3)
+    _, got3 = attack.gradient(toy_segmenter, SEG, x_adv, y, step=3)
     xr.grad = None
     logits = toy_segmenter(xr)
     lam = 3 / 8

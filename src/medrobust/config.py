@@ -124,6 +124,19 @@ class PerturbationSpec(_Frozen):
         return "attack" if self.attack is not None else "corruption"
 
     @property
+    def sources(self) -> list[str]:
+        """A transfer attack's source models: names of the spec's models or checkpoint folders."""
+        if self.attack != "transfer":
+            return []
+        value = self.params.get("sources", [])
+        return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+    def applies_to(self, model: str) -> bool:
+        """Is this perturbation evaluated on ``model``? A transfer attack is evaluated on every model that is
+        not one of its sources (on a source it would be a white-box attack)."""
+        return model not in self.sources
+
+    @property
     def name(self) -> str:
         return str(self.attack if self.attack is not None else self.corruption)
 
@@ -152,6 +165,17 @@ class ExperimentSpec(_Frozen):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model names must be unique; repeated: {dup}")
+        for p in self.perturbations:
+            for source in p.sources:
+                if source not in names and not (Path(source) / "model.json").exists():
+                    raise ValueError(
+                        f"transfer source {source!r} is neither a model of this spec ({', '.join(names)}) nor a "
+                        "checkpoint folder with a model.json"
+                    )
+            if p.sources and not any(p.applies_to(n) for n in names):
+                raise ValueError(
+                    f"transfer from {p.sources} has no target: every model of the spec is one of its sources"
+                )
         return self
 
     def spec_hash(self) -> str:
@@ -212,6 +236,15 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
         for model in data.get("models") or []:
             if isinstance(model, dict) and model.get("checkpoint") and not Path(model["checkpoint"]).is_absolute():
                 model["checkpoint"] = str(base / model["checkpoint"])
+        names = {m.get("name") for m in data.get("models") or [] if isinstance(m, dict)}
+        for pert in data.get("perturbations") or []:
+            params = pert.get("params") if isinstance(pert, dict) and pert.get("attack") == "transfer" else None
+            if isinstance(params, dict) and isinstance(params.get("sources"), list):
+                # sources that are not model names are checkpoint folders, relative to the spec file
+                params["sources"] = [
+                    str(base / s) if isinstance(s, str) and s not in names and not Path(s).is_absolute() else s
+                    for s in params["sources"]
+                ]
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:

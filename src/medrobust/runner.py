@@ -22,7 +22,10 @@ import torch
 
 from medrobust.attacks import ATTACKS, Attack
 from medrobust.attacks.asma import target_iou
+from medrobust.attacks.autoattack import AutoAttack
 from medrobust.attacks.base import clip_perturbation, flat_norm
+from medrobust.attacks.transfer import Transfer
+from medrobust.checks import run_model_checks
 from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
 from medrobust.data import load_dataset
@@ -82,10 +85,13 @@ def expand(spec: ExperimentSpec, fingerprints: dict[str, str]) -> list[Cell]:
         base = {**common, "model": m.name, "weights": fingerprints[m.name]}
         cells.append(Cell(_hash({**base, "perturbation": "clean"}), m.name, "clean", None, (0.0,)))
         for label, p in zip(labels, spec.perturbations):
+            if not p.applies_to(m.name):
+                continue
             minimal = p.kind == "attack" and ATTACKS.get(p.name).minimal
             groups = [tuple(p.strengths)] if minimal else [(s,) for s in p.strengths]
+            extra = {"sources": {s: fingerprints.get(s) for s in p.sources}} if p.sources else {}
             for strengths in groups:
-                ident = {**base, "kind": p.kind, "name": p.name, "params": p.params, "strengths": strengths}
+                ident = {**base, "kind": p.kind, "name": p.name, "params": p.params, "strengths": strengths, **extra}
                 cells.append(Cell(_hash(ident), m.name, label, p, strengths))
     return cells
 
@@ -134,6 +140,19 @@ def prepare_model(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Cal
     return LoadedModel(model, card, _file_digest(folder / card.weights))
 
 
+def load_sources(spec: ExperimentSpec, models: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
+    """Every transfer source of the spec: its models by name, checkpoint folders loaded once."""
+    out: dict[str, LoadedModel] = {}
+    for p in spec.perturbations:
+        for source in p.sources:
+            if source in models:
+                out[source] = models[source]
+            elif source not in out:
+                model, card = load_model(source, device=spec.device)
+                out[source] = LoadedModel(model, card, _file_digest(Path(source) / card.weights))
+    return out
+
+
 def _finite(value: Any) -> Any:
     """NaN and inf -> None, recursively, so details are valid JSON."""
     if isinstance(value, list):
@@ -150,9 +169,14 @@ def _threat(p: PerturbationSpec | None, obj: Attack | None, bounds, strengths, s
     info["strengths"] = list(strengths)
     if obj is not None:
         info.update(norm=obj.threat_norm, eps=list(strengths), minimal=obj.minimal, params=p.params)
-        for key in ("steps", "restarts", "step_size", "random_start", "binary_search_steps", "gamma", "candidates"):
+        for key in ("steps", "restarts", "step_size", "random_start", "keep_best", "loss", "targeted", "target_classes",
+                    "queries", "version", "binary_search_steps", "gamma", "candidates"):
             if hasattr(obj, key):
                 info[key] = getattr(obj, key)
+        if isinstance(obj, AutoAttack):
+            info["members"] = [name for name, _ in obj.members()]
+        if p.sources:
+            info.update(sources=p.sources, source_attack=p.params.get("attack", "pgd"))
     else:
         info.update(strength_param=CORRUPTIONS.get(p.name).strength_param, params=p.params)
     return info
@@ -163,15 +187,23 @@ def _label_dtype(num_classes: int) -> type:
 
 
 def run_cell(
-    cell: Cell, lm: LoadedModel, dataset: ImageDataset, spec: ExperimentSpec, on_batch: Callable[[int], None] | None = None
+    cell: Cell,
+    lm: LoadedModel,
+    dataset: ImageDataset,
+    spec: ExperimentSpec,
+    on_batch: Callable[[int], None] | None = None,
+    sources: dict[str, LoadedModel] | None = None,
 ) -> tuple[list[tuple], dict[str, Any], list[tuple]]:
-    """Compute all records of one cell, its threat model and its gallery examples (nothing is written here)."""
+    """Compute all records of one cell, its threat model and its gallery examples (nothing is written here).
+    ``sources``: the loaded transfer sources by name (see :func:`load_sources`)."""
     device = torch.device(spec.device)
     model, task = lm.model, get_task(dataset.task)
     bounds = model.bounds
     span = bounds[1] - bounds[0]
     p = cell.pert
     obj = p and (ATTACKS.build(p.name, **p.params) if p.kind == "attack" else CORRUPTIONS.build(p.name, **p.params))
+    if isinstance(obj, Transfer):
+        obj = obj.with_sources([(sources or {})[s].model for s in p.sources])
     attack = obj if isinstance(obj, Attack) else None
     threat = _threat(p, attack, bounds, cell.strengths, spec.seed)
     if p is None and dataset.orientation:
@@ -189,7 +221,7 @@ def run_cell(
         # targeted structured-output attacks (ASMA) are scored by IoU with their target label map
         target_map = attack.target_for(y, clean_logits.shape[1]) if hasattr(attack, "target_for") else None
 
-        def add(label: str, kind: str, strength: float, x_pert: torch.Tensor) -> None:
+        def add(label: str, kind: str, strength: float, x_pert: torch.Tensor, info: dict[str, list] | None = None) -> None:
             with torch.no_grad():
                 logits = model(x_pert)
             pred = logits.argmax(1)
@@ -213,6 +245,7 @@ def run_cell(
                 }
                 if target_map is not None and kind == "attack":
                     details["target_iou"] = target_iou(pred, target_map).tolist()
+                details.update(info or {})
                 score = mean_foreground_dice(pred, y, k).tolist()
             else:
                 probs = logits.softmax(1).double().tolist()
@@ -240,7 +273,8 @@ def run_cell(
                     detail = json.dumps({key: _finite(v[i]) for key, v in details.items()})
                 else:
                     ints = (int(y[i]), int(clean_pred[i]), int(pred[i]), json.dumps([round(v, 7) for v in probs[i]]))
-                    detail = None
+                    # what the attack reports per sample (queries used, the ensemble member that broke it)
+                    detail = json.dumps({key: _finite(v[i]) for key, v in info.items()}) if info else None
                 records.append((
                     cell.key, cell.model, label, kind, float(strength), offset + i, batch.ids[i], *ints,
                     cols["l2"][i], cols["linf"][i], cols["l0"][i], cols["ssim"][i],
@@ -255,11 +289,13 @@ def run_cell(
         elif attack is not None:
             x_min = attack(model, task, x, y, generator=gen("attack")) if attack.minimal else None
             for s in cell.strengths:
+                info: dict[str, list] = {}
                 if x_min is not None:
                     x_adv = clip_perturbation(x, x_min, s, attack.threat_norm, bounds)
                 else:
-                    x_adv = attack(model, task, x, y, eps=s, generator=gen("attack", s))
-                add(cell.label, "attack", s, x_adv)
+                    result = attack.detailed(model, task, x, y, eps=s, generator=gen("attack", s))
+                    x_adv, info = result.x_adv, result.info
+                add(cell.label, "attack", s, x_adv, info)
                 if spec.matched_noise:
                     noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
                     add(f"matched_noise[{cell.label}]", "corruption", s, noise(x, generator=gen("matched", s), bounds=bounds))
@@ -270,6 +306,38 @@ def run_cell(
         if on_batch is not None:
             on_batch(x.shape[0])
     return records, threat, examples
+
+
+def check_strength(spec: ExperimentSpec) -> float | None:
+    """The Linf eps at which the "more steps" check compares attacks: the spec's reference strength, else the
+    smallest Linf attack strength; None when the spec has no Linf attack."""
+    if "linf" in spec.reference_strength:
+        return spec.reference_strength["linf"]
+    linf = [s for p in spec.perturbations if p.kind == "attack"
+            for s in p.strengths if ATTACKS.build(p.name, **p.params).threat_norm == "linf" and s > 0]
+    return min(linf) if linf else None
+
+
+def sanity_checks(
+    spec: ExperimentSpec, models: dict[str, LoadedModel], dataset: ImageDataset, store: Store,
+    notify: Callable[[str], None], n: int = 32,
+) -> None:
+    """Model-level sanity checks (logits, determinism, gradients, unbounded attack, more steps) once per model
+    and weights, on the first ``n`` test samples (at most one batch); stored for the report."""
+    device = torch.device(spec.device)
+    task = get_task(dataset.task)
+    size = min(n, spec.batch_size, spec.limit or n)
+    for name, lm in models.items():
+        if store.has_checks(name, lm.fingerprint):
+            continue
+        batch = next(iter(iterate_batches(dataset, size, size)))
+        results = run_model_checks(
+            lm.model, task, batch.x.to(device), batch.y.to(device), eps=check_strength(spec),
+            generator=make_generator(spec.seed, name, "checks", device=device),
+        )
+        failed = [r.name for r in results if not r.passed]
+        notify(f"sanity checks of {name}: " + (f"FAILED {', '.join(failed)} (see the report)" if failed else "passed"))
+        store.write_checks(name, lm.fingerprint, results)
 
 
 @dataclass
@@ -308,10 +376,12 @@ def _run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, quiet: bool, n
                 f"model {name!r} has {lm.card.num_classes} classes but dataset {spec.dataset.name!r} has "
                 f"{dataset.num_classes}"
             )
-    cells = expand(spec, {k: v.fingerprint for k, v in models.items()})
+    sources = load_sources(spec, models)
+    cells = expand(spec, {**{k: v.fingerprint for k, v in sources.items()}, **{k: v.fingerprint for k, v in models.items()}})
     store = Store(run_dir / "results.db")
     try:
         run_id = store.start_run(spec.model_dump(mode="json"), spec.spec_hash(), versions(), spec.device, spec.seed)
+        sanity_checks(spec, models, dataset, store, notify)
         done = store.done_keys()
         todo = [c for c in cells if c.key not in done]
         n_samples = min(len(dataset), spec.limit or len(dataset))
@@ -319,7 +389,7 @@ def _run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, quiet: bool, n
         with _progress(quiet, len(todo), n_samples) as advance:
             for cell in todo:
                 t0 = time.time()
-                records, threat, examples = run_cell(cell, models[cell.model], dataset, spec, advance.samples)
+                records, threat, examples = run_cell(cell, models[cell.model], dataset, spec, advance.samples, sources)
                 info = CellInfo(cell.key, cell.model, cell.label, cell.pert.kind if cell.pert else "clean",
                                 cell.pert.params if cell.pert else {}, list(cell.strengths), threat)
                 store.write_cell(info, records, run_id, t0, examples)

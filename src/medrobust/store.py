@@ -9,6 +9,10 @@ the test set) so the report can draw its gallery without re-running anything: th
 perturbation as ``delta = x_pert - x`` (float16), and for segmentation the ground truth (``label``) and the
 predicted label maps (``pred``). Arrays are stored as zlib-compressed .npy bytes.
 
+The ``checks`` table holds the model-level sanity checks of each model (``medrobust.checks``: logits, determinism,
+gradients, unbounded attack, more steps), one row per (model, check), with the fingerprint of the weights they
+ran on; a model's rows are replaced together.
+
 A cell is in the store whole or not at all: its records, its examples and its "done" row are written in one
 transaction, so a run killed at any moment leaves only finished cells, and re-running skips exactly those.
 """
@@ -17,15 +21,19 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sqlite3
 import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medrobust.checks import CheckResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -78,6 +86,17 @@ CREATE TABLE IF NOT EXISTS examples (
     array TEXT NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (cell_key, perturbation, strength, sample_index, array)
+);
+CREATE TABLE IF NOT EXISTS checks (
+    model TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    name TEXT NOT NULL,
+    passed INTEGER NOT NULL,
+    value REAL,
+    message TEXT NOT NULL,
+    meaning TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, name)
 );
 """
 EXAMPLE_ARRAYS = ("image", "delta", "label", "pred")
@@ -209,3 +228,32 @@ class Store:
 
     def runs(self) -> list[dict[str, Any]]:
         return self._dicts("SELECT * FROM runs ORDER BY id")
+
+    def write_checks(self, model: str, fingerprint: str, results: Iterable[CheckResult]) -> None:
+        """Replace all check rows of ``model`` by ``results`` (run on the weights ``fingerprint``), in one
+        transaction. A non-finite value is stored as NULL."""
+        created = time.time()
+        rows = []
+        for r in results:
+            value = float(r.value)
+            rows.append((model, fingerprint, r.name, int(bool(r.passed)), value if math.isfinite(value) else None,
+                         r.message, r.meaning, created))
+        names = [row[2] for row in rows]
+        if len(set(names)) != len(names):
+            raise ValueError(f"check names repeat for model {model!r}: {names}")
+        with self.conn:
+            self.conn.execute("DELETE FROM checks WHERE model=?", (model,))
+            self.conn.executemany("INSERT INTO checks VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def checks(self) -> list[dict[str, Any]]:
+        """All check rows (model, fingerprint, name, passed (bool), value (None when not finite), message,
+        meaning, created), by model, in the order they were written."""
+        rows = self._dicts("SELECT * FROM checks ORDER BY model, rowid")
+        for r in rows:
+            r["passed"] = bool(r["passed"])
+        return rows
+
+    def has_checks(self, model: str, fingerprint: str) -> bool:
+        """Whether checks of ``model`` on the weights ``fingerprint`` are stored."""
+        row = self.conn.execute("SELECT 1 FROM checks WHERE model=? AND fingerprint=? LIMIT 1", (model, fingerprint))
+        return row.fetchone() is not None

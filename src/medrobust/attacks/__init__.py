@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from medrobust.attacks.apgd import APGD
 from medrobust.attacks.asma import ASMA
+from medrobust.attacks.autoattack import AutoAttack
 from medrobust.attacks.base import Attack
 from medrobust.attacks.cw import CarliniWagnerL2
 from medrobust.attacks.dag import DAG
@@ -11,6 +13,8 @@ from medrobust.attacks.fgsm import FGSM
 from medrobust.attacks.jsma import JSMA
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.segpgd import SegPGD
+from medrobust.attacks.square import Square
+from medrobust.attacks.transfer import Transfer
 from medrobust.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
@@ -22,5 +26,9 @@ ATTACKS.register("cw")(CarliniWagnerL2)
 ATTACKS.register("dag")(DAG)
 ATTACKS.register("segpgd")(SegPGD)
 ATTACKS.register("asma")(ASMA)
+ATTACKS.register("apgd")(APGD)
+ATTACKS.register("square")(Square)
+ATTACKS.register("autoattack")(AutoAttack)
+ATTACKS.register("transfer")(Transfer)
 
-__all__ = ["ASMA", "ATTACKS", "DAG", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD", "SegPGD"]
+__all__ = ["APGD", "ASMA", "AutoAttack", "ATTACKS", "DAG", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD", "SegPGD", "Square", "Transfer"]

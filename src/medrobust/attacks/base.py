@@ -4,14 +4,19 @@ An attack is a frozen dataclass holding hyperparameters, called as
 ``attack(model, task, x, y, *, eps=None, generator=None) -> x_adv``. Subclasses write only ``run``, the core of
 the algorithm; ``__call__`` validates inputs, puts the model in attack mode (eval, no parameter gradients,
 restored afterwards), and for minimal-norm attacks clips the found perturbation to ``eps`` when one is given.
+
+``attack.detailed(...)`` does the same and returns an :class:`AttackResult`: x_adv plus per-sample facts the
+algorithm reports (the queries a black-box attack used, which member of an ensemble broke a sample). ``run`` may
+return a bare tensor (no facts) or an AttackResult.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,6 +27,15 @@ from medrobust.tasks import Task, get_task
 from medrobust.types import Bounds
 
 PERTURBATION_NORMS = ("linf", "l2", "l0")
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """x_adv: like the input x. info: per-sample facts, each a list of N JSON-serialisable values (e.g.
+    ``{"queries": [812, 5000, ...]}`` or ``{"broken_by": ["apgd-ce", None, ...]}``)."""
+
+    x_adv: torch.Tensor
+    info: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,19 @@ class Attack(ABC):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """x: (N, C, *spatial) floating inputs inside the model's bounds; y: labels. Returns x_adv like x."""
+        return self.detailed(model, task, x, y, eps=eps, generator=generator).x_adv
+
+    def detailed(
+        self,
+        model: nn.Module,
+        task: str | Task,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        """As ``__call__``, returning x_adv with the per-sample facts the algorithm reports."""
         model = as_model(model)
         task = get_task(task)
         name = type(self).__name__
@@ -74,11 +101,13 @@ class Attack(ABC):
         # enable_grad: attacks need input gradients even when called inside a no_grad block
         with attack_mode(model), torch.enable_grad():
             if eps is not None and float(eps) == 0.0:
-                return x.clone()
-            x_adv = self.run(model, task, x, y, eps=None if eps is None else float(eps), generator=gen)
+                return AttackResult(x.clone())
+            out = self.run(model, task, x, y, eps=None if eps is None else float(eps), generator=gen)
+        result = out if isinstance(out, AttackResult) else AttackResult(out)
+        x_adv = result.x_adv
         if self.minimal and eps is not None:
             x_adv = clip_perturbation(x, x_adv, float(eps), self.threat_norm, model.bounds)
-        return x_adv.detach().to(dtype=x.dtype)
+        return AttackResult(x_adv.detach().to(dtype=x.dtype), result.info)
 
     @abstractmethod
     def run(
@@ -90,7 +119,7 @@ class Attack(ABC):
         *,
         eps: float | None,
         generator: torch.Generator,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | AttackResult:
         """The algorithm. ``model`` is in eval mode with frozen parameters; ``x`` is detached."""
 
 
@@ -166,15 +195,56 @@ def clip_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: st
 
 
 def loss_and_grad(
-    model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module,
+    task: Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward and backward once. Returns (logits, per-sample loss (N,), d(sum of losses)/dx)."""
+    """Forward and backward once. Returns (logits, per-sample loss (N,), d(sum of losses)/dx).
+
+    ``loss_fn(logits) -> (N,)`` replaces the task's cross-entropy (APGD's DLR loss, targeted losses)."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
     task.check(logits, y)
-    loss = task.loss(logits, y)
+    loss = task.loss(logits, y) if loss_fn is None else loss_fn(logits)
     (grad,) = torch.autograd.grad(loss.sum(), x)
     return logits.detach(), loss.detach(), grad
+
+
+def improves(
+    score: torch.Tensor, loss: torch.Tensor, best_score: torch.Tensor, best_loss: torch.Tensor
+) -> torch.Tensor:
+    """Boolean (N,): is (score, loss) a better adversarial outcome than (best_score, best_loss)?
+
+    Lower task score first (for classification: misclassified beats correct; for segmentation: lower Dice),
+    then higher loss. Attacks use it to keep the best point they visited per sample, as AutoAttack does."""
+    return (score < best_score) | ((score == best_score) & (loss > best_loss))
+
+
+def outcome(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (task score, task loss) of ``x``, without gradients."""
+    with torch.no_grad():
+        logits = model(x)
+        task.check(logits, y)
+        return task.score(logits, y), task.loss(logits, y)
+
+
+def keep_better(
+    best: torch.Tensor, best_score: torch.Tensor, best_loss: torch.Tensor,
+    cand: torch.Tensor, score: torch.Tensor, loss: torch.Tensor, index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Write candidates that improve on the best into ``best``, ``best_score`` and ``best_loss`` in place.
+
+    ``index`` (M,): rows of the best tensors the M candidates belong to (None: all rows, M = N). Returns the
+    boolean (M,) mask of candidates taken."""
+    rows = torch.arange(best.shape[0], device=best.device) if index is None else index
+    take = improves(score, loss, best_score[rows], best_loss[rows])
+    idx = rows[take]
+    best[idx] = cand[take].to(best.dtype)
+    best_score[idx] = score[take]
+    best_loss[idx] = loss[take]
+    return take
 
 
 def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:

@@ -4,7 +4,7 @@ Boosting Segmentation Robustness", ECCV 2022).
 PGD whose per-pixel cross-entropy is re-weighted between pixels still labelled correctly (weight 1 - lambda_t)
 and pixels already wrong (weight lambda_t), with lambda_t = t / (2 T) growing over the T steps: early steps push
 the pixels that are still right, later ones keep the already fooled pixels fooled. Every other detail (step,
-projection, bounds, random start, restarts) is PGD's.
+projection, bounds, random start, restarts, keeping the best iterate) is PGD's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from medrobust.tasks import Task
 class SegPGD(PGD):
     tasks: ClassVar[tuple[str, ...]] = ("segmentation",)
 
-    def gradient(self, model: Model, task: Task, x_adv: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+    def gradient(
+        self, model: Model, task: Task, x_adv: torch.Tensor, y: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = x_adv.detach().requires_grad_(True)
         logits = model(x)
         task.check(logits, y)
@@ -33,4 +35,4 @@ class SegPGD(PGD):
         weights = torch.where(correct, 1.0 - lam, lam).to(unit.dtype)
         loss = (weights * unit).flatten(1).mean(dim=1).sum()
         (grad,) = torch.autograd.grad(loss, x)
-        return grad
+        return logits.detach(), grad

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medrobust.checks import CheckResult, black_box_outcomes
+from medrobust.checks import TITLES as CHECK_TITLES
 from medrobust.report.data import PerturbationInfo, RunData
 
 DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
@@ -444,6 +446,33 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
 class Finding:
     check: str
     message: str
+    meaning: str = ""  # what a failed sanity check means and what to do
+
+
+@dataclass(frozen=True)
+class ModelChecks:
+    """The sanity checks of one model: names of those passed and failed; ``stored``: whether the model-level
+    checks (medrobust.checks.run_model_checks) are in results.db for the weights shown."""
+
+    model: str
+    passed: list[str]
+    failed: list[str]
+    stored: bool
+
+    def sentence(self) -> str:
+        """E.g. "Sanity checks passed for m: logits, gradients; failed (see above): unbounded." """
+        def names(xs: list[str]) -> str:
+            return ", ".join(x.replace("_", " ") for x in xs)
+
+        if not self.passed and not self.failed:
+            return f"No sanity checks for {self.model}: its model-level checks are not in results.db."
+        text = f"Sanity checks passed for {self.model}: {names(self.passed) or 'none'}"
+        if self.failed:
+            text += f"; failed (see above): {names(self.failed)}"
+        text += "."
+        if not self.stored:
+            text += " Its model-level checks are not in results.db."
+        return text
 
 
 CHECKS = (
@@ -454,8 +483,35 @@ CHECKS = (
 )
 
 
-def warnings(run: RunData, values: Values, tol: float = 0.02, min_success: float = 0.5) -> list[Finding]:
-    """Sanity checks on the stored results. ``tol``: slack in the score (at least one sample more than 1/n)."""
+def model_checks(run: RunData) -> dict[str, list[CheckResult]]:
+    """Per model (in the run's order): its stored model-level checks, then the black-box-vs-white-box check
+    computed from its records (medrobust.checks.black_box_outcomes) where the run has both kinds of attack."""
+    out: dict[str, list[CheckResult]] = {m.name: [] for m in run.models}
+    for r in run.checks:
+        if r["model"] in out:
+            value = float("nan") if r["value"] is None else float(r["value"])
+            out[r["model"]].append(CheckResult(r["name"], bool(r["passed"]), value, r["message"], r["meaning"]))
+    attacks = run.attacks
+    black_box = black_box_outcomes(run.records, {p.label: p.name for p in attacks},
+                                   {p.label: p.norm for p in attacks if p.norm})
+    for model, result in black_box.items():
+        if model in out:
+            out[model].append(result)
+    return out
+
+
+def check_summary(run: RunData, checks: dict[str, list[CheckResult]] | None = None) -> list[ModelChecks]:
+    """One line per model for the report: which sanity checks passed and failed."""
+    checks = model_checks(run) if checks is None else checks
+    stored = {r["model"] for r in run.checks}
+    return [ModelChecks(model, [r.name for r in results if r.passed], [r.name for r in results if not r.passed],
+                        model in stored) for model, results in checks.items()]
+
+
+def warnings(run: RunData, values: Values, tol: float = 0.02, min_success: float = 0.5,
+             checks: dict[str, list[CheckResult]] | None = None) -> list[Finding]:
+    """Sanity checks on the stored results, then every failed sanity check of each model (``checks``, default
+    :func:`model_checks`). ``tol``: slack in the score (at least one sample more than 1/n)."""
     out = []
     n = max(run.n_samples, 1)
     slack = max(tol, 1.0 / n)
@@ -488,6 +544,10 @@ def warnings(run: RunData, values: Values, tol: float = 0.02, min_success: float
                         f"{p.label} on {m.name} fooled only {rate:.0%} of the clean-correct samples within its "
                         f"largest budget eps={top:.4g}. Either that budget is small for this model or the attack "
                         "stopped early (raise steps).")))
+    for model, results in (model_checks(run) if checks is None else checks).items():
+        for r in results:
+            if not r.passed:
+                out.append(Finding(CHECK_TITLES.get(r.name, r.name), f"{model}: {r.message}", r.meaning))
     if run.missing_cells:
         out.append(Finding("incomplete run", (
             f"{run.missing_cells} (model, perturbation, strength) cells of the spec are not in results.db; re-run "

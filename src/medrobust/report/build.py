@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medrobust.checks import DESCRIPTIONS as CHECK_DESCRIPTIONS
 from medrobust.report import analysis as A
 from medrobust.report import figures as F
 from medrobust.report.data import PerturbationInfo, RunData, load_run
@@ -146,7 +147,8 @@ def build_report(
     at_ref, minimal = A.perceptibility(run, reference)
     clinical = A.clinical(run, reference, malignant)
     structures = A.structures(run, values, reference)
-    findings = A.warnings(run, values)
+    checks = A.model_checks(run)
+    findings = A.warnings(run, values, checks=checks)
     galleries = A.gallery(run, reference)
     segmentation = [m.name for m in run.models if m.task == "segmentation"]
     which = "successful" if not segmentation else "all"
@@ -180,6 +182,8 @@ def build_report(
         "findings": findings,
         "galleries": galleries,
         "checks": A.CHECKS,
+        "model_checks": A.check_summary(run, checks),
+        "check_descriptions": CHECK_DESCRIPTIONS,
         "figures": figures,
         "styles": styles,
         "norm_name": _norm_name,

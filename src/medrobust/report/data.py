@@ -61,6 +61,8 @@ class RunData:
     examples: dict[tuple[str, str, float, int, str], bytes] = field(default_factory=dict)
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> input bounds of its cells
     orientation: dict[str, str] = field(default_factory=dict)  # model -> spatial axes of its data ("RAS")
+    # model-level sanity checks (Store.checks rows) of the models shown, run on the weights the report describes
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -115,20 +117,29 @@ def _model_folder(spec_obj, m, run_dir: Path) -> Path | None:
     return None
 
 
-def _exact_keys(spec_obj, folders: dict[str, Path | None], done: set[str]) -> list[str] | None:
-    """The cell keys the runner computed for this spec (needs every model's weights), or None."""
+def _fingerprints(folders: dict[str, Path | None]) -> dict[str, str]:
+    """Model name -> digest of its weights file (as the runner computes it), for the models whose card is found."""
     from medrobust.models.card import read_card
-    from medrobust.runner import _file_digest, expand
+    from medrobust.runner import _file_digest
 
-    fingerprints = {}
+    out = {}
     for name, folder in folders.items():
         if folder is None:
-            return None
+            continue
         try:
             card, _ = read_card(folder)
-            fingerprints[name] = _file_digest(folder / card.weights)
+            out[name] = _file_digest(folder / card.weights)
         except (OSError, ValueError):
-            return None
+            continue
+    return out
+
+
+def _exact_keys(spec_obj, fingerprints: dict[str, str], done: set[str]) -> list[str] | None:
+    """The cell keys the runner computed for this spec (needs every model's weights), or None."""
+    from medrobust.runner import expand
+
+    if any(m.name not in fingerprints for m in spec_obj.models):
+        return None
     try:
         keys = [c.key for c in expand(spec_obj, fingerprints)]
     except Exception as err:  # a registry changed since the run: fall back to name matching
@@ -208,7 +219,8 @@ def load_run(run_dir: str | Path) -> RunData:
         spec_obj = _validated_spec(spec) if spec else None
         folders = {m.name: _model_folder(spec_obj, m, run_dir) for m in spec_obj.models} if spec_obj else {}
         missing = 0
-        keys = _exact_keys(spec_obj, folders, {c["key"] for c in all_cells}) if spec_obj else None
+        fingerprints = _fingerprints(folders)
+        keys = _exact_keys(spec_obj, fingerprints, {c["key"] for c in all_cells}) if spec_obj else None
         if keys is not None:
             key_set = set(keys)
             cells = [c for c in all_cells if c["key"] in key_set]
@@ -218,6 +230,7 @@ def load_run(run_dir: str | Path) -> RunData:
             cells = all_cells
         records = store.records([c["key"] for c in cells]) if cells else []
         examples = store.examples([c["key"] for c in cells], decode=False)
+        check_rows = store.checks()
     finally:
         store.close()
 
@@ -254,6 +267,13 @@ def load_run(run_dir: str | Path) -> RunData:
         if r["perturbation"] == "clean":
             clean_counts[r["model"]] += 1
     notes = []
+    # checks of a model name whose weights changed since (another spec in this directory) are not shown
+    checks = [r for r in check_rows
+              if r["model"] in present and fingerprints.get(r["model"], r["fingerprint"]) == r["fingerprint"]]
+    stale = sorted({r["model"] for r in check_rows if r["model"] in present} - {r["model"] for r in checks})
+    if stale:
+        notes.append(f"The sanity checks stored for {', '.join(stale)} ran on other weights than the ones shown and "
+                     "are not shown; re-run the spec to check these weights.")
     if len(all_cells) > len(cells):
         notes.append(
             f"{len(all_cells) - len(cells)} finished cells in results.db belong to other specs run in this "
@@ -276,6 +296,7 @@ def load_run(run_dir: str | Path) -> RunData:
         bounds=_bounds(cells),
         orientation={c["model"]: o for c in cells if c["kind"] == "clean"
                      and (o := json.loads(c["threat_json"]).get("orientation"))},
+        checks=checks,
     )
 
 

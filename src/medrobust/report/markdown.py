@@ -105,5 +105,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         n = len(ctx["galleries"][0].samples)
         out += ["## Gallery", "", f"Example images ({n} samples per model, clean and perturbed) are in report.html.", ""]
     out += ["## Warnings", ""]
-    out += [f"- **{cell(w.check)}**: {cell(w.message)}" for w in ctx["findings"]] or ["No warnings."]
+    out += [f"- **{cell(w.check)}**: {cell(w.message)}" + (f" *What it means:* {cell(w.meaning)}" if w.meaning else "")
+            for w in ctx["findings"]] or ["No warnings."]
+    out += [""] + [f"- {cell(c.sentence())}" for c in ctx["model_checks"]]
     return "\n".join(out) + "\n"
