@@ -52,7 +52,7 @@ def test_custom_bounds_and_normalisation():
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_deterministic_given_generator(toy_model, toy_batch, norm):
     x, y = toy_batch
-    attack = Square(queries=60, norm=norm)
+    attack = Square(queries=40, norm=norm)
     eps = 0.1 if norm == "linf" else 0.6
     a = attack.detailed(toy_model, "classification", x, y, eps=eps, generator=gen(5))
     b = attack.detailed(toy_model, "classification", x, y, eps=eps, generator=gen(5))
@@ -94,10 +94,9 @@ def test_no_gradients_used(toy_model, toy_batch):
 def test_fools_non_differentiable_model_where_pgd_cannot(toy_model, toy_batch):
     x, y = toy_batch
     model = Quantised(toy_model)
-    with torch.no_grad():
-        assert success(model, x, y) == 0.0
+    assert success(model, x, y) == 0.0
     eps = 0.15
-    square = Square(queries=500)(model, "classification", x, y, eps=eps, generator=gen())
+    square = Square(queries=300)(model, "classification", x, y, eps=eps, generator=gen())
     pgd = PGD(steps=20)(model, "classification", x, y, eps=eps, generator=gen())
     assert success(model, square, y) >= 0.7
     assert success(model, pgd, y) <= 0.2  # zero gradients: PGD is left with its random start
@@ -107,13 +106,14 @@ def test_queries_counted(toy_model, toy_batch):
     x, y = toy_batch
     y = y.clone()
     y[:3] = (y[:3] + 1) % 3  # wrong labels: these samples are adversarial before any perturbation
-    budget = 300
+    budget = 200
     res = Square(queries=budget).detailed(toy_model, "classification", x, y, eps=0.15, generator=gen())
     q = torch.tensor(res.info["queries"])
     assert q[:3].tolist() == [1, 1, 1]
     assert torch.equal(res.x_adv[:3], x[:3])
     assert int(q.max()) <= budget + 1  # the clean evaluation, then at most `budget` per restart
-    fooled = torch.tensor([bool(v) for v in (toy_model(res.x_adv).argmax(1) != y)])
+    with torch.no_grad():
+        fooled = toy_model(res.x_adv).argmax(1) != y
     assert int(fooled[3:].sum()) >= 15 and bool((q[3:][fooled[3:]] < budget + 1).all())  # stopped early
     assert bool((q[3:][~fooled[3:]] == budget + 1).all())  # the rest spent all of it
 
@@ -175,8 +175,8 @@ def test_l2_step_keeps_norm_and_changes_two_windows():
 
 
 def test_success_comparable_to_pgd(toy_model):
-    # 90 toy images at an eps where PGD fools some but not all (about 0.5): Square with 1,000 queries must come
-    # within 5 points of PGD-20 (the acceptance target, measured at scale on derm-synth, is the same).
+    # 90 toy images at an eps where PGD-20 fools about half (0.52; Square 0.60 when written): Square with 1,000
+    # queries must come within 5 points of PGD-20 here. This is the toy stand-in for the acceptance target, not it.
     from conftest import make_toy
 
     x, y = make_toy(90, seed=3)
@@ -191,12 +191,12 @@ def test_segmentation_lowers_dice(toy_segmenter, toy_seg_batch):
     x, y = toy_seg_batch
     task = get_task("segmentation")
     eps = 0.15
-    res = Square(queries=200).detailed(toy_segmenter, task, x, y, eps=eps, generator=gen())
+    res = Square(queries=100).detailed(toy_segmenter, task, x, y, eps=eps, generator=gen())
     with torch.no_grad():
         clean, adv = task.score(toy_segmenter(x), y), task.score(toy_segmenter(res.x_adv), y)
     assert float((res.x_adv - x).abs().max()) <= eps + 1e-6
     assert float(adv.mean()) < float(clean.mean()) - 0.2
-    assert max(res.info["queries"]) <= 201
+    assert max(res.info["queries"]) <= 101
 
 
 @pytest.mark.parametrize(

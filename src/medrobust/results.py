@@ -1,7 +1,8 @@
 """Records -> the summary every run writes (``summary.csv``, ``summary.json``): a pure function of the store.
 
 summary.json is a stable contract: a list of objects with keys model, perturbation, strength, metric, value, n.
-Clean results have perturbation "clean" and strength 0. Attack sizes (l2, linf, l0, ssim, rho) are medians
+Clean results have perturbation "clean" and strength 0. Black-box attacks add "queries", the median number of
+model queries per attacked sample. Attack sizes (l2, linf, l0, ssim, rho) are medians
 (ssim: mean) over the attack's successful adversarial examples; for noise and corruptions over all samples.
 "worst_case[NORM]" rows count a sample as robust at a strength only if it survives every attack of that norm at
 that strength (AutoAttack's per-sample worst case); with a single norm in the run the row is "worst_case".
@@ -47,6 +48,10 @@ def _group_rows(model: str, pert: str, strength: float, kind: str, recs: list[di
             metrics[key] = _median([r[key] for r in keep])
         ssims = [r["ssim"] for r in keep if r["ssim"] is not None]
         metrics["ssim"] = float(sum(ssims) / len(ssims)) if ssims else math.nan
+        # black-box attacks (square) store the model queries each sample used
+        queries = [d["queries"] for r in recs if r.get("detail_json") and (d := json.loads(r["detail_json"])).get("queries") is not None]
+        if queries:
+            metrics["queries"] = _median(queries)
     return [
         {"model": model, "perturbation": pert, "strength": float(strength), "metric": m, "value": v, "n": n}
         for m, v in metrics.items()
