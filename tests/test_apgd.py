@@ -54,7 +54,7 @@ def test_dlr_by_hand():
     z2 = torch.tensor([[1.0, 4.0]])
     scale = losses.logit_range(torch.tensor([[0.0, 2.0]]))
     assert float(losses.dlr(z2, torch.tensor([1]), scale)) == pytest.approx(-(4.0 - 1.0) / 2.0)
-    with pytest.raises(ValueError, match="two-class"):
+    with pytest.raises(ValueError, match="2-class"):
         losses.dlr(z2, torch.tensor([1]))
 
 
