@@ -88,3 +88,11 @@ def test_spec_sources_must_be_models_or_checkpoints(tmp_path):
         load_config({**base, "perturbations": [{"attack": "transfer", "strengths": [0.01], "params": {"sources": ["c"]}}]})
     with pytest.raises(SpecError, match="no target"):
         load_config({**base, "perturbations": [{"attack": "transfer", "strengths": [0.01], "params": {"sources": ["a", "b"]}}]})
+
+
+def test_a_repeated_perturbation_is_a_spec_error():
+    pgd = {"attack": "pgd", "strengths": [0.01], "params": {"steps": 5}}
+    spec = {"models": [{"name": "a", "train": {"architecture": "small-cnn"}}]}
+    with pytest.raises(SpecError, match="perturbations 0 and 1 are the same attack 'pgd'"):
+        load_config({**spec, "perturbations": [pgd, {**pgd, "strengths": [0.02]}]})
+    load_config({**spec, "perturbations": [pgd, {**pgd, "params": {"steps": 6}}]})

@@ -165,6 +165,15 @@ class ExperimentSpec(_Frozen):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model names must be unique; repeated: {dup}")
+        seen: dict[str, int] = {}
+        for i, p in enumerate(self.perturbations):
+            key = json.dumps([p.kind, p.name, p.params], sort_keys=True, default=str)
+            if key in seen:
+                raise ValueError(
+                    f"perturbations {seen[key]} and {i} are the same {p.kind} {p.name!r} with the same parameters; "
+                    "merge their strengths into one entry"
+                )
+            seen[key] = i
         for p in self.perturbations:
             for source in p.sources:
                 if source not in names and not (Path(source) / "model.json").exists():
