@@ -74,6 +74,9 @@ def test_bad_parameters_are_clear_errors(toy_model, toy_batch):
     with pytest.raises(ValueError, match="are names"):
         Transfer(sources=["small-cnn"])(toy_model, "classification", x, y, eps=0.1)
     assert Transfer(sources=["a"], attack="pgd", attack_params={"norm": "l2"}).threat_norm == "l2"
+    other_range = Model(toy_model, bounds=(0.0, 255.0))
+    with pytest.raises(ValueError, match="disagree with the model's own bounds"):
+        Transfer(sources=[other_range])(toy_model, "classification", x, y, eps=0.1)
 
 
 def test_spec_sources_must_be_models_or_checkpoints(tmp_path):

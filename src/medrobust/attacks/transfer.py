@@ -78,9 +78,7 @@ class Transfer(Attack):
                 f"transfer sources {unresolved} are names; pass source models (nn.Module), or run the attack from a "
                 "spec, where names refer to the spec's models"
             )
-        surrogates = [as_model(s, model.bounds) if not isinstance(s, Model) else s for s in self.sources]
-        for s in surrogates:
-            if s.bounds != model.bounds:
-                raise ValueError(f"a transfer source has input bounds {s.bounds}, the target {model.bounds}; they must agree")
+        # plain modules take the target's bounds; a source Model whose bounds differ is an error (as_model says so)
+        surrogates = [as_model(s, model.bounds) for s in self.sources]
         surrogate = Model(LogitEnsemble(surrogates), bounds=model.bounds)
         return self.inner()(surrogate, task, x, y, eps=eps, generator=generator)
