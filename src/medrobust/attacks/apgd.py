@@ -136,9 +136,17 @@ class APGD(Attack):
         """One run on the rows ``rows`` of the batch; improvements go into best, best_score, best_loss."""
         bounds = model.bounds
         marks = set(checkpoints(self.steps))
+        if self.norm == "linf":
+            # the eps-box intersected with the bounds, once: projecting is then one in-place clamp per step
+            lo, hi = (x - eps).clamp_min(bounds[0]), (x + eps).clamp_max(bounds[1])
 
-        def ball(z: torch.Tensor) -> torch.Tensor:
-            return clamp_bounds(x + project(z - x, eps, self.norm), bounds)
+            def ball_(z: torch.Tensor) -> torch.Tensor:
+                return z.clamp_(lo, hi)
+        else:
+            lo = hi = x  # unused for L2; kept so that dropping finished rows below treats both norms alike
+
+            def ball_(z: torch.Tensor) -> torch.Tensor:
+                return clamp_bounds(x + project(z - x, eps, self.norm), bounds)
 
         def evaluate(x_at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits, f, g = loss_and_grad(model, task, x_at, y, loss_fn)
@@ -154,9 +162,12 @@ class APGD(Attack):
         rises = torch.zeros_like(f)
         last = 0
         for i in range(self.steps):
-            z = ball(x_adv + per_sample(eta, x) * step_direction(grad, self.norm))
-            a = 1.0 if i == 0 else self.momentum
-            x_prev, x_adv = x_adv, ball(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev))
+            # z = P(x + eta d(grad)), written into the direction's buffer
+            z = ball_(step_direction(grad, self.norm).mul_(per_sample(eta, x)).add_(x_adv))
+            if i > 0:  # x + a (z - x) + (1 - a)(x - x_prev) = a z + 2 (1 - a) x - (1 - a) x_prev
+                a = self.momentum
+                z = ball_(z.mul_(a).add_(x_adv, alpha=2 * (1 - a)).sub_(x_prev, alpha=1 - a))
+            x_prev, x_adv = x_adv, z
             f_new, grad = evaluate(x_adv)
             rises += (f_new > f).to(rises.dtype)
             f = f_new
@@ -179,6 +190,7 @@ class APGD(Attack):
                 return
             if not bool(live.all()):
                 x, y, rows, x_adv, x_prev, grad, eta, f = (t[live] for t in (x, y, rows, x_adv, x_prev, grad, eta, f))
+                lo, hi = lo[live], hi[live]  # ball_ reads x, lo and hi from this scope
                 x_max, f_max, g_max, f_max_at_check = x_max[live], f_max[live], g_max[live], f_max_at_check[live]
                 halved_at_check, rises = halved_at_check[live], rises[live]
                 loss_fn = _subset(loss_fn, live)
