@@ -286,6 +286,37 @@ def test_stored_sanity_checks_appear_in_the_warnings(run_dir, checkpoints, tmp_p
     assert "- Sanity checks passed for tiny: logits, more steps; failed (see above): unbounded." in md
 
 
+def test_worst_cases_without_a_strong_attack_are_flagged():
+    """Per norm, the strengths whose worst case rests on no autoattack/apgd are named; L0 has no strong attack."""
+    from medrobust.report.analysis import Values, unchecked_worst_cases
+    from medrobust.report.data import PerturbationInfo, RunData
+
+    def pert(name, norm, strengths):
+        return PerturbationInfo(name, "attack", name, norm, False, tuple(strengths), {})
+
+    def run_of(*perts):
+        return RunData(Path("."), {}, [], [], list(perts), [], [], 10, 0.0)
+
+    rows = [{"model": "m", "perturbation": label, "strength": s, "metric": "accuracy", "value": 0.5}
+            for label, strengths in [("worst_case[linf]", (0.01, 0.02, 0.03)), ("worst_case[l2]", (0.5,)),
+                                     ("worst_case[l0]", (0.01,))] for s in strengths]
+    values = Values(rows)
+    base = [pert("fgsm", "linf", (0.01, 0.02, 0.03)), pert("pgd", "linf", (0.01, 0.02)), pert("cw", "l2", (0.5,)),
+            pert("jsma", "l0", (0.01,))]
+    found = unchecked_worst_cases(run_of(*base, pert("autoattack", "linf", (0.02, 0.03))), values)
+    assert [f.message for f in found] == [
+        "worst_case[linf] at eps = 0.01 rests on fgsm, pgd only; no autoattack or apgd ran at this strength, so it "
+        "may be optimistic.",
+        "worst_case[l2] at eps = 0.5 rests on cw only; no autoattack or apgd ran at this strength, so it may be "
+        "optimistic.",
+    ]
+    assert all(f.check == "worst case not checked by a strong attack" and "autoattack" in f.meaning for f in found)
+    found = unchecked_worst_cases(run_of(*base, pert("apgd", "linf", (0.01,)), pert("autoattack", "l2", (0.5,))), values)
+    assert [f.message.split(" rests")[0] for f in found] == ["worst_case[linf] at eps = 0.02, 0.03"]
+    covered = [pert("autoattack", "linf", (0.01, 0.02, 0.03)), pert("autoattack", "l2", (0.5,))]
+    assert unchecked_worst_cases(run_of(*base, *covered), values) == []
+
+
 def test_black_box_finding_is_computed_from_the_records(tmp_path):
     """A hand-written store (no spec, no model cards): Square fools 3 of the 4 samples PGD left correct."""
     from medrobust.store import RECORD_COLUMNS, CellInfo, Store
@@ -410,7 +441,10 @@ def test_segmentation_run_reports_dice_and_structures(tmp_path):
     section = html[html.index('id="clinical"'):html.index('id="gallery"')]
     assert 'class="structures"' in section and "class 1" in section and "HD95" in section
     assert "malignant" not in section.split("</h2>", 1)[1]
-    assert "No warnings." in html
+    # the only warning: FGSM alone backs the worst case (no spurious findings from a segmentation store)
+    warned = html[html.index('id="warnings"'):]
+    assert warned.count('<span class="tag">') == 1
+    assert "worst case not checked by a strong attack</span>worst_case at eps = " in warned
 
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
