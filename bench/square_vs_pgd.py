@@ -3,6 +3,10 @@
 Success rate over the clean-correct samples among the first 200 test images; run by hand:
 
     .venv/bin/python bench/square_vs_pgd.py
+    PYTHONPATH=/tmp/ta .venv/bin/python bench/square_vs_pgd.py   # + torchattacks' Square as a reference
+
+The reference column needs torchattacks in a scratch folder (``pip install --no-deps --target /tmp/ta
+torchattacks``), never a dependency: it tells a weak implementation from a gap that is the attack's own.
 
 Models: the derm demo's small-cnn (runs/demo, `make demo`) and the PneumoniaMNIST models that
 bench/autoattack_reference.py trains under runs/bench-pneumonia (each skipped when absent).
@@ -33,10 +37,27 @@ def cases() -> list[tuple[str, Path, str, dict]]:
     return out
 
 
+def reference_square(model, x, y, eps: float, queries: int) -> torch.Tensor | None:
+    """torchattacks' Square (Linf, margin loss, p_init 0.8) on the same samples, when it is importable."""
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+
+    class Net(torch.nn.Module):
+        def forward(self, z):
+            return model(z)
+
+    attack = torchattacks.Square(Net(), norm="Linf", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8,
+                                 loss="margin", seed=0)
+    return attack(x, y)
+
+
 def main(n: int = 200, eps: float = 8 / 255, queries: int = 1000) -> None:
     torch.set_num_threads(2)
-    print(f"| model | clean-correct | PGD-20 success | Square-{queries} success | median queries | s PGD / s Square |")
-    print("|---|---|---|---|---|---|")
+    print(f"| model | clean-correct | PGD-20 success | Square-{queries} success | reference Square success | "
+          "median queries | s PGD / s Square |")
+    print("|---|---|---|---|---|---|---|")
     for label, folder, dataset, params in cases():
         model, _ = medrobust.load_model(folder)
         batch = next(iterate_batches(medrobust.load_dataset(dataset, split="test", **params), n, n))
@@ -54,8 +75,10 @@ def main(n: int = 200, eps: float = 8 / 255, queries: int = 1000) -> None:
         res = Square(queries=queries).detailed(model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(0))
         t2 = time.perf_counter()
         q = sorted(res.info["queries"])
-        print(f"| {label} | {len(y)} | {pgd:.3f} | {success(res.x_adv):.3f} | {q[len(q) // 2]} | {t1 - t0:.1f} / {t2 - t1:.1f} |",
-              flush=True)
+        ref = reference_square(model, x, y, eps, queries)
+        ref_text = "-" if ref is None else f"{success(ref):.3f}"
+        print(f"| {label} | {len(y)} | {pgd:.3f} | {success(res.x_adv):.3f} | {ref_text} | {q[len(q) // 2]} | "
+              f"{t1 - t0:.1f} / {t2 - t1:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def test_unknown_dataset_suggests_a_name():
 def test_bad_split_and_unknown_param_are_clear():
     with pytest.raises(ValueError, match="train, val, test"):
         load_dataset("derm-synth", split="training")
-    with pytest.raises(TypeError, match="derm-synth"):
+    with pytest.raises(ValueError, match="derm-synth has no parameter 'colour'.* Valid: split, size"):
         load_dataset("derm-synth", colour="red")
 
 

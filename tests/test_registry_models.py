@@ -67,10 +67,13 @@ def test_factory_spec(tmp_path, monkeypatch):
         "    return nn.Sequential(nn.Flatten(), nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    net = build_network("userzoo:build", in_channels=1, num_classes=5, hidden=7)
+    # a factory runs code: refused unless the caller opts in, and the refusal says how
+    with pytest.raises(ValueError, match="--trust-code .* trust_code: true .* trust_code=True"):
+        build_network("userzoo:build", in_channels=1, num_classes=5, hidden=7)
+    net = build_network("userzoo:build", in_channels=1, num_classes=5, hidden=7, trust_code=True)
     assert net[1].out_features == 7 and net[3].out_features == 5
     with pytest.raises(ImportError, match="no attribute 'nope'"):
-        build_network("userzoo:nope", in_channels=1, num_classes=5)
+        build_network("userzoo:nope", in_channels=1, num_classes=5, trust_code=True)
     with pytest.raises(KeyError, match="unknown model"):
         build_network("resnett", in_channels=1, num_classes=5)
 

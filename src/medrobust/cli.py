@@ -55,6 +55,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+def _notify(message: str) -> None:
+    """Progress lines of a run; they carry user names, so they are printed as plain text, never as markup."""
+    _consoles.err.print(message, highlight=False, markup=False)
+
+
 def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
@@ -114,6 +119,7 @@ def train(
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     out: Path = typer.Option(..., "--out", "-o", help="checkpoint folder to write"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train a model, keep the best validation checkpoint, write weights and a JSON model card."""
@@ -132,6 +138,7 @@ def train(
             lr=lr,
             seed=seed,
             device=device,
+            trust_code=trust_code,
         )
 
         def show(epoch: int, row: dict[str, float]) -> None:
@@ -200,6 +207,7 @@ def evaluate(
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows as JSON"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Clean metrics and metrics under each attack and corruption, with perturbation sizes."""
@@ -210,9 +218,12 @@ def evaluate(
 
     setup_logging(verbose)
     with user_errors():
+        from medrobust.types import check_device
+
+        check_device(device)
         perts = [parse_perturbation("attack", s) for s in attack or []]
         perts += [parse_perturbation("corruption", s) for s in corruption or []]
-        net, card = load_model(model, device=device)
+        net, card = load_model(model, device=device, trust_code=trust_code)
         params = parse_pairs(data_param, "--data-param")
         if dataset is None:
             dataset = card.dataset.get("name")
@@ -230,7 +241,8 @@ def evaluate(
             )
     rows = result["rows"]
     n = rows[0]["n"]
-    _consoles.out.print(results_table(f"{card.name} on {dataset}/{split} (n={n}, bounds {list(net.bounds)}, seed {seed})", rows))
+    title = escape(f"{card.name} on {dataset}/{split} (n={n}, bounds {list(net.bounds)}, seed {seed})")
+    _consoles.out.print(results_table(title, rows))
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2, default=str))
         _consoles.out.print(f"wrote {json_out}")
@@ -264,7 +276,7 @@ def robustness_table(
     table = Table(title=f"Generalizability vs robustness ({metric})", title_justify="left")
     table.add_column("perturbation @ strength", overflow="fold")
     for m in models:
-        table.add_column(m, justify="right", no_wrap=True)
+        table.add_column(escape(m), justify="right", no_wrap=True)
     table.add_row("clean", *(fmt(value.get((m, "clean", 0.0, metric))) for m in models))
     for p in perts:
         s = ref_strength(p)
@@ -314,6 +326,8 @@ def run(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="experiment spec (YAML)"),
     out: Path = typer.Option(..., "--out", "-o", help="run directory; re-running resumes"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="logs only, no progress bars"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
+    force: bool = typer.Option(False, "--force", help="add to a run folder that holds another experiment"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run an experiment spec: every model x perturbation x strength; finished cells are skipped."""
@@ -323,7 +337,7 @@ def run(
     setup_logging(verbose or quiet)
     with user_errors():
         spec = load_config(spec_path)
-        result = run_experiment(spec, out, quiet=quiet, notify=lambda m: _consoles.err.print(m, highlight=False))
+        result = run_experiment(spec, out, quiet=quiet, notify=_notify, trust_code=trust_code, force=force)
     _print_run(result, spec)
 
 
@@ -373,7 +387,7 @@ def demo(
             raise ValueError(unknown_name_message("demo task", task, list(specs)))
         spec = load_config(Path(__file__).parent / "specs" / specs[task])
         out = out or Path("runs/demo" if task == "classification" else "runs/demo-segmentation")
-        result = run_experiment(spec, out, quiet=quiet, notify=lambda m: _consoles.err.print(m, highlight=False))
+        result = run_experiment(spec, out, quiet=quiet, notify=_notify)
     _print_run(result, spec)
 
 

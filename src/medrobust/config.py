@@ -5,10 +5,10 @@ Unknown keys and bad values are errors that name the key path and the valid opti
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +68,25 @@ class TrainSpec(_Frozen):
         return value
 
 
+MAX_NAME_LENGTH = 128
+
+
 class ModelSpec(_Frozen):
-    name: str = Field(min_length=1)
+    """A model by name: a checkpoint folder, or an architecture to train. The name is shown, never used as a
+    path as is (files go to a safe folder name). ``class_map``: the card's class names -> the dataset's, for
+    data whose classes are spelled differently (same order)."""
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     checkpoint: Path | None = None
     train: TrainSpec | None = None
+    class_map: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError(f"model name {value!r} must be printable text (no control characters or newlines)")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -92,9 +107,9 @@ class PerturbationSpec(_Frozen):
     @field_validator("strengths")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:
-        bad = [v for v in value if not v >= 0]
+        bad = [v for v in value if not (v >= 0 and math.isfinite(v))]
         if bad:
-            raise ValueError(f"strengths {bad} must be >= 0")
+            raise ValueError(f"strengths {bad} must be finite numbers >= 0")
         return sorted(set(float(v) for v in value))
 
     @model_validator(mode="after")
@@ -109,14 +124,7 @@ class PerturbationSpec(_Frozen):
             raise ValueError(unknown_name_message(registry.kind, str(name), registry.names()))
         if self.corruption == "matched_noise":
             raise ValueError("matched_noise is added per attack by the runner (set matched_noise: true)")
-        cls = registry.get(name)
-        valid = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-        for key in self.params:
-            if valid and key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{name} has no parameter {key!r}{hint} Valid: {', '.join(valid)}")
-        registry.build(name, **self.params)  # validates parameter values now
+        registry.build(name, **self.params)  # validates parameter names and values now
         return self
 
     @property
@@ -142,9 +150,11 @@ class PerturbationSpec(_Frozen):
 
 
 class ExperimentSpec(_Frozen):
-    name: str = "experiment"
+    name: str = Field("experiment", max_length=MAX_NAME_LENGTH)
     seed: int = 0
     device: str = "cpu"
+    # allow module:function architectures (in this spec and in the cards of its checkpoints): they run code
+    trust_code: bool = False
     # CUDA only: deterministic kernels, so a re-run gives the same records bit for bit (false: cuDNN may autotune)
     deterministic: bool = True
     batch_size: int = Field(64, ge=1)
@@ -158,6 +168,17 @@ class ExperimentSpec(_Frozen):
     # it applies to cells computed from then on (it is not part of a cell's identity)
     gallery: int = Field(2, ge=0, le=16)
     reference_strength: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device {value!r} is not a torch device; expected cpu, cuda, cuda:N or mps") from None
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> "ExperimentSpec":
@@ -234,10 +255,16 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"spec file {str(path)!r} does not exist")
+        if not path.is_file():
+            raise SpecError(f"spec {str(path)!r} is a folder; pass the spec's YAML file")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a text file; expected a YAML spec") from None
         except yaml.YAMLError as err:
-            raise SpecError(f"{path}: not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise SpecError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
         label = str(path)
         if not isinstance(data, dict):
             raise SpecError(f"{path}: expected a mapping of keys at the top level")

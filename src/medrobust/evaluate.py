@@ -80,7 +80,15 @@ def parse_perturbation(kind: str, spec: str) -> Perturbation:
         strength = params.pop(key, None) if key else None
     else:
         raise ValueError(f"kind={kind!r}; expected 'attack' or 'corruption'")
-    pert = Perturbation(kind, name, params, None if strength is None else float(strength))
+    label = "eps" if kind == "attack" else key
+    if strength is not None:
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            raise ValueError(f"{spec!r}: {label}={strength!r} is not a number") from None
+        if not (math.isfinite(strength) and strength >= 0):
+            raise ValueError(f"{spec!r}: {label}={strength!r} must be a finite number >= 0")
+    pert = Perturbation(kind, name, params, strength)
     built = pert.build()  # validates parameters now, before any compute
     if kind == "attack" and strength is None and not built.minimal:
         raise ValueError(f"attack {name!r} needs a budget: write {name}:eps=VALUE")
@@ -166,6 +174,8 @@ def evaluate(
     attack's perturbation (the paper's "adversarial vs noise of the same size" baseline). Returns a dict with
     ``y``, ``clean`` and ``outcomes`` (label -> Outcome) and ``rows`` (summary dicts in order).
     """
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise ValueError(f"limit={limit!r} must be a whole number of samples >= 1 (or None for all)")
     device = torch.device(device)
     task = get_task(dataset.task)
     model = model.to(device).eval()
@@ -179,6 +189,11 @@ def evaluate(
     def record(label: str, kind: str, name: str, strength, threat, x, x_pert, elapsed: float) -> None:
         with torch.no_grad():
             logits = model(x_pert)
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError(
+                f"the model returned NaN or infinite outputs under {label} (samples {batch.ids[0]!r}..); "
+                "scores on such outputs would be meaningless (check the weights and the input range)"
+            )
         delta = (x_pert - x).flatten(1)
         data = collected.setdefault(label, {})
         meta.setdefault(label, (kind, name, strength, threat))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -32,7 +33,14 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def build(self, name: str, /, **params: Any) -> Any:
+        """Call the builder; an unknown parameter is a ValueError naming the valid ones ("did you mean")."""
         builder = self.get(name)
+        valid = parameter_names(builder)
+        for key in params:
+            if valid is not None and key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{name} has no parameter {key!r}{hint} Valid: {', '.join(valid)}")
         try:
             return builder(**params)  # type: ignore[operator]
         except TypeError as err:
@@ -43,6 +51,17 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def parameter_names(builder: Any) -> list[str] | None:
+    """Keyword parameters a builder accepts (None when it takes ``**kwargs`` or has no signature)."""
+    try:
+        params = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from medrobust.attacks import ATTACKS, Attack
 from medrobust.attacks.asma import target_iou
@@ -35,9 +39,10 @@ from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
 from medrobust.results import summarise, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
-from medrobust.store import CellInfo, Store
+from medrobust.store import CellInfo, Store, check_database
 from medrobust.tasks import get_task
 from medrobust.train import TrainSettings, train, versions
+from medrobust.types import check_device
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +114,41 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_model(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Callable[[str], None]) -> LoadedModel:
+def safe_name(name: str, limit: int = 48) -> str:
+    """A folder name for a user-given name: letters, digits and ``-_.`` only, no leading dot, bounded length."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".")[:limit]
+    return slug or "model"
+
+
+def inside(run_dir: Path, path: Path) -> Path:
+    """``path``, after checking that it resolves inside ``run_dir`` (every path the runner writes)."""
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise ValueError(f"refusing to write {str(path)!r}: it resolves outside the run folder {str(run_dir)!r}")
+    return path
+
+
+def load_checkpoint(spec: ExperimentSpec, m: ModelSpec, trust_code: bool) -> LoadedModel:
+    assert m.checkpoint is not None
+    model, card = load_model(m.checkpoint, device=spec.device, trust_code=trust_code or spec.trust_code)
+    folder = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else Path(m.checkpoint).parent
+    return LoadedModel(model, card, _file_digest(folder / card.weights))
+
+
+def trained_folder(spec: ExperimentSpec, m: ModelSpec, run_dir: Path) -> Path:
+    """Where the run caches model ``m`` trained from ``m.train``: a safe name plus a hash of what defines it."""
+    assert m.train is not None
+    data = spec.train_dataset or spec.dataset
+    seed = spec.seed if m.train.seed is None else m.train.seed
+    ident = _hash([m.train.model_dump(mode="json"), data.model_dump(mode="json"), seed])
+    return inside(run_dir, run_dir / "models" / f"{safe_name(m.name)}-{ident}")
+
+
+def prepare_model(
+    spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Callable[[str], None], trust_code: bool = False
+) -> LoadedModel:
     """Load a checkpoint, or train (once; cached under ``run_dir/models``) a registered architecture."""
     if m.checkpoint is not None:
-        model, card = load_model(m.checkpoint, device=spec.device)
-        folder = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else Path(m.checkpoint).parent
-        return LoadedModel(model, card, _file_digest(folder / card.weights))
+        return load_checkpoint(spec, m, trust_code)
     assert m.train is not None
     data = spec.train_dataset or spec.dataset
     settings = TrainSettings(
@@ -128,11 +162,12 @@ def prepare_model(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Cal
         seed=spec.seed if m.train.seed is None else m.train.seed,
         device=spec.device,
         name=m.name,
+        trust_code=trust_code or spec.trust_code,
     )
-    folder = run_dir / "models" / f"{m.name}-{_hash([m.train.model_dump(mode='json'), data.model_dump(mode='json'), settings.seed])}"
+    folder = trained_folder(spec, m, run_dir)
     if (folder / "model.json").exists():
         notify(f"reusing trained model {m.name} from {folder}")
-        model, card = load_model(folder, device=spec.device)
+        model, card = load_model(folder, device=spec.device, trust_code=settings.trust_code)
     else:
         notify(f"training {m.name} ({m.train.architecture}) on {data.name}")
         model, card = train(settings, folder)
@@ -140,15 +175,18 @@ def prepare_model(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Cal
     return LoadedModel(model, card, _file_digest(folder / card.weights))
 
 
-def load_sources(spec: ExperimentSpec, models: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
+def load_sources(spec: ExperimentSpec, models: dict[str, LoadedModel], trust_code: bool = False) -> dict[str, LoadedModel]:
     """Every transfer source of the spec: its models by name, checkpoint folders loaded once."""
     out: dict[str, LoadedModel] = {}
+    names = {m.name for m in spec.models}
     for p in spec.perturbations:
         for source in p.sources:
             if source in models:
                 out[source] = models[source]
+            elif source in names:
+                continue  # a model of the spec not loaded yet (one to train): the caller adds it
             elif source not in out:
-                model, card = load_model(source, device=spec.device)
+                model, card = load_model(source, device=spec.device, trust_code=trust_code or spec.trust_code)
                 out[source] = LoadedModel(model, card, _file_digest(Path(source) / card.weights))
     return out
 
@@ -215,6 +253,10 @@ def run_cell(
         x, y = batch.x.to(device), batch.y.to(device)
         with torch.no_grad():
             clean_logits = model(x)
+        try:
+            task.check(clean_logits, y)
+        except ValueError as err:  # NaN outputs, wrong shapes: say which model and samples
+            raise ValueError(f"model {cell.model!r} on samples {batch.ids[0]!r}..{batch.ids[-1]!r}: {err}") from None
         clean_pred = clean_logits.argmax(1)
         x_norm = flat_norm(x, "l2").clamp_min(1e-12)
         segmentation = task.name == "segmentation"
@@ -356,27 +398,144 @@ def run_experiment(
     *,
     quiet: bool = False,
     notify: Callable[[str], None] = log.info,
+    trust_code: bool = False,
+    force: bool = False,
 ) -> RunResult:
     """Run (or resume) ``spec`` in ``run_dir``; writes results.db, summary.csv and summary.json. On CUDA the run
-    uses deterministic kernels unless the spec says ``deterministic: false``."""
-    with deterministic_algorithms(spec.device, spec.deterministic):
-        return _run_experiment(spec, run_dir, quiet=quiet, notify=notify)
+    uses deterministic kernels unless the spec says ``deterministic: false``.
 
-
-def _run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, quiet: bool, notify: Callable[[str], None]) -> RunResult:
-    started = time.perf_counter()
+    Before anything is written the folder is locked against a second run, its results.db and stored spec are
+    checked (a folder holding another experiment is refused unless ``force``), and the data and checkpoints are
+    loaded. ``trust_code`` (or the spec's ``trust_code``) allows ``module:function`` architectures."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    with deterministic_algorithms(spec.device, spec.deterministic), run_lock(run_dir):
+        return _run_experiment(spec, run_dir, quiet=quiet, notify=notify, trust_code=trust_code, force=force)
+
+
+LOCK_NAME = ".medrobust.lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``run_dir`` for one run at a time. The operating system drops it when the process
+    ends, however it ends, so a killed run never leaves a lock behind that blocks the resume."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run folder {str(run_dir)!r} is a file; pass a folder (new or from an earlier run)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {str(run_dir)!r}: {err.strerror or err}") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"run folder {str(run_dir)!r} is not writable; pass a folder you can write to")
+    lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(
+            f"run folder {str(run_dir)!r} is in use by another medrobust run; wait for it to finish (it resumes "
+            "from what that run stored) or pass another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# Spec keys that define which experiment a run folder holds; other keys (models, perturbations, strengths,
+# limit, ...) may change between runs in one folder, since every cell is keyed by what it computes.
+IDENTITY_KEYS = ("dataset", "train_dataset")
+
+
+def check_stored_spec(spec: ExperimentSpec, run_dir: Path, force: bool) -> None:
+    path = run_dir / "spec.json"
+    if not path.exists() or force:
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{str(path)!r} cannot be read ({err}); pass --force to replace it or use a new run folder"
+        ) from None
+    new = spec.model_dump(mode="json")
+    differ = [k for k in IDENTITY_KEYS if isinstance(stored, dict) and stored.get(k) != new.get(k)]
+    if differ or not isinstance(stored, dict):
+        k = differ[0] if differ else "spec"
+        raise ValueError(
+            f"run folder {str(run_dir)!r} holds another experiment ({k}: stored {json.dumps(stored.get(k) if differ else stored)}, "
+            f"this spec {json.dumps(new.get(k))}); use a new run folder, or --force to add this run to it"
+        )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def warn_large_eps(spec: ExperimentSpec, models: dict[str, LoadedModel], notify: Callable[[str], None]) -> None:
+    """A Linf eps at or above a model's whole input range makes every input reachable: almost surely a unit slip
+    (eps in 0-255 units for [0, 1] data)."""
+    for p in spec.perturbations:
+        if p.kind != "attack" or ATTACKS.build(p.name, **p.params).threat_norm != "linf":
+            continue
+        for name, lm in models.items():
+            span = lm.model.bounds[1] - lm.model.bounds[0]
+            big = [s for s in p.strengths if s >= span]
+            if big and p.applies_to(name):
+                notify(f"warning: {p.name} eps {big} on {name} is at least its whole input range {span:g} "
+                       f"(bounds {list(lm.model.bounds)}); every input is reachable. Is eps in the data's units?")
+
+
+def normalised(name: str) -> str:
+    return re.sub(r"[\s_-]+", "_", name.strip().lower())
+
+
+def check_classes(name: str, class_map: dict[str, str], card: ModelCard, dataset: ImageDataset, label: str) -> None:
+    """Model and data must have the same classes in the same order (up to case, spaces, '-' and '_'), after the
+    spec's ``class_map`` (card name -> data name)."""
+    if card.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"model {name!r} has {card.num_classes} classes but dataset {label!r} has {dataset.num_classes}"
+        )
+    unknown = sorted(set(class_map) - set(card.class_names))
+    if unknown:
+        raise ValueError(f"model {name!r}: class_map names {unknown}, which are not classes of its card {list(card.class_names)}")
+    mapped = [class_map.get(c, c) for c in card.class_names]
+    if [normalised(c) for c in mapped] != [normalised(c) for c in dataset.class_names]:
+        raise ValueError(
+            f"model {name!r} predicts classes {mapped} but dataset {label!r} has {list(dataset.class_names)}; "
+            "a score would compare different things. If they are the same classes under other names, map them "
+            "in the spec: models: [{name: ..., class_map: {card name: data name}}]"
+        )
+
+
+def _run_experiment(
+    spec: ExperimentSpec, run_dir: Path, *, quiet: bool, notify: Callable[[str], None], trust_code: bool, force: bool
+) -> RunResult:
+    started = time.perf_counter()
+    # checks first: nothing in the folder changes until the data and the checkpoints have loaded
+    check_device(spec.device)
+    check_database(run_dir / "results.db")
+    if (run_dir / "results.db").exists() and not os.access(run_dir / "results.db", os.W_OK):
+        raise ValueError(f"{str(run_dir / 'results.db')!r} is read-only; this run could not store its results")
+    check_stored_spec(spec, run_dir, force)
     dataset = load_dataset(spec.dataset.name, split=spec.dataset.split, **spec.dataset.params)
-    models = {m.name: prepare_model(spec, m, run_dir, notify) for m in spec.models}
-    for name, lm in models.items():
-        if lm.card.num_classes != dataset.num_classes:
-            raise ValueError(
-                f"model {name!r} has {lm.card.num_classes} classes but dataset {spec.dataset.name!r} has "
-                f"{dataset.num_classes}"
-            )
-    sources = load_sources(spec, models)
+    loaded = {m.name: load_checkpoint(spec, m, trust_code) for m in spec.models if m.checkpoint is not None}
+    for m in spec.models:
+        if m.name in loaded:
+            check_classes(m.name, m.class_map, loaded[m.name].card, dataset, spec.dataset.name)
+    sources = load_sources(spec, loaded, trust_code)
+    for name, lm in sources.items():
+        if name not in loaded:
+            check_classes(name, {}, lm.card, dataset, spec.dataset.name)
+    models = {m.name: loaded.get(m.name) or prepare_model(spec, m, run_dir, notify, trust_code) for m in spec.models}
+    for m in spec.models:
+        if m.name not in loaded:
+            check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)
+    sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
+    warn_large_eps(spec, models, notify)
+    write_atomic(run_dir / "spec.json", json.dumps(spec.model_dump(mode="json"), indent=2))
     cells = expand(spec, {**{k: v.fingerprint for k, v in sources.items()}, **{k: v.fingerprint for k, v in models.items()}})
     store = Store(run_dir / "results.db")
     try:
@@ -399,7 +558,7 @@ def _run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, quiet: bool, n
             store.records(keys),
             norms={c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm for c in cells if c.pert and c.pert.kind == "attack"},
             num_classes={k: v.card.num_classes for k, v in models.items()},
-            class_names={k: list(v.card.class_names) for k, v in models.items()},
+            class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
             tasks={k: v.card.task for k, v in models.items()},
         )
         write_summary(summary, run_dir)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sqlite3
 import time
 import zlib
@@ -131,21 +132,63 @@ class CellInfo:
     threat: dict[str, Any]
 
 
+class StoreError(ValueError):
+    """A results.db that cannot be used (empty, not SQLite, not writable); the message says what to do."""
+
+
+def check_database(path: Path) -> None:
+    """Refuse an existing ``results.db`` that is empty or not a SQLite file, before anything opens it."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise StoreError(f"{str(path)!r} is a folder; expected the run's SQLite database file")
+    size = path.stat().st_size
+    if size == 0:
+        raise StoreError(
+            f"{str(path)!r} is empty (0 bytes), so it holds no results: delete it to start this run folder "
+            "afresh, or restore it from a copy"
+        )
+    with path.open("rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            raise StoreError(
+                f"{str(path)!r} is not a SQLite database (corrupt or another file): move it away to start afresh, "
+                "or restore it from a copy"
+            )
+
+
 class Store:
     """Open (or create) ``results.db`` in a run directory."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        check_database(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        present = {row[1] for row in self.conn.execute("PRAGMA table_info(records)")}
-        with self.conn:
-            for name, kind in ADDED_COLUMNS:
-                if name not in present:
-                    self.conn.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
+        try:
+            if not self.path.exists():
+                self._create()
+            self.conn = sqlite3.connect(str(self.path), timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(SCHEMA)
+            present = {row[1] for row in self.conn.execute("PRAGMA table_info(records)")}
+            with self.conn:
+                for name, kind in ADDED_COLUMNS:
+                    if name not in present:
+                        self.conn.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
+        except sqlite3.DatabaseError as err:  # OperationalError (read-only, locked) included
+            raise StoreError(f"{str(self.path)!r} cannot be used as the run's database: {err}") from None
+
+    def _create(self) -> None:
+        """A new database appears whole: built under a temporary name, then renamed, so a run killed at any
+        moment never leaves an empty results.db behind (which a later run would refuse)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        con = sqlite3.connect(str(tmp))
+        try:
+            con.executescript(SCHEMA)
+            con.commit()
+        finally:
+            con.close()
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         self.conn.close()

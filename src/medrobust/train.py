@@ -19,9 +19,11 @@ import torch.nn.functional as F
 
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, load_all
+from medrobust.metrics import accuracy, auc_ovr, balanced_accuracy, mean_foreground_dice
 from medrobust.models.card import ModelCard, build_model, save_checkpoint
 from medrobust.models.wrapper import Model
-from medrobust.metrics import accuracy, auc_ovr, balanced_accuracy, mean_foreground_dice
+from medrobust.models.zoo import resolve_factory
+from medrobust.types import check_device
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,12 @@ class TrainSettings:
     select_metric: str | None = None  # default: balanced_accuracy (classification), dice (segmentation)
     device: str = "cpu"
     name: str | None = None
+    trust_code: bool = False  # allow a module:function architecture (it runs code); not stored in the card
 
     def __post_init__(self) -> None:
+        check_device(self.device)
+        if ":" in self.architecture and not self.trust_code:
+            resolve_factory(self.architecture)  # raises UntrustedCodeError before any data is loaded
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs!r} must be >= 1")
         if self.batch_size < 1:
@@ -156,13 +162,13 @@ def train(
         std=std,
         dataset={"name": s.dataset, "params": dict(s.dataset_params), "sizes": {k: len(v) for k, v in data.items()}},
         seed=s.seed,
-        training={k: v for k, v in asdict(s).items() if k not in ("dataset", "dataset_params", "architecture")},
+        training={k: v for k, v in asdict(s).items() if k not in ("dataset", "dataset_params", "architecture", "trust_code")},
         versions=versions(),
     )
     device = torch.device(s.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
-        model = build_model(card).to(device)
+        model = build_model(card, trust_code=s.trust_code).to(device)
         gen = torch.Generator().manual_seed(s.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         steps_per_epoch = -(-len(x_train) // s.batch_size)

@@ -31,6 +31,21 @@ def check_bounds(bounds: Bounds) -> Bounds:
     return (low, high)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device named by ``device``, after checking that this machine has it."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {str(device)!r} is not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
+    return d
+
+
 @dataclass(frozen=True)
 class Batch:
     """A batch of samples.

@@ -85,6 +85,18 @@ class Attack(ABC):
             )
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        y = torch.as_tensor(y, device=x.device)
+        if x.dim() < 2 or y.dim() < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)} do not form a batch: expected x "
+                "(N, C, *spatial) and y with the same N (add the batch dimension with x.unsqueeze(0))"
+            )
+        if y.is_floating_point() or y.is_complex():
+            if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+                raise ValueError(f"labels y must be integer class indices, got non-integer values of dtype {y.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise ValueError(f"x holds NaN or infinite values in {bad} of {x.shape[0]} samples; attacks need finite inputs")
         if eps is None and not self.minimal:
             raise ValueError(f"{name} is a budget attack and needs eps (in input units, norm {self.threat_norm})")
         if eps is not None and (not math.isfinite(float(eps)) or float(eps) < 0):
@@ -95,7 +107,9 @@ class Attack(ABC):
                 f"x ranges over [{float(x.min()):.4g}, {float(x.max()):.4g}], outside the model's bounds "
                 f"{model.bounds}; pass the bounds the data are in"
             )
-        y = y.to(x.device).long()
+        y = y.long()
+        if x.shape[0] == 0:  # an empty batch has nothing to attack
+            return AttackResult(x.detach().clone())
         gen = generator_for(x, generator)
         x = x.detach()
         # enable_grad: attacks need input gradients even when called inside a no_grad block

@@ -40,8 +40,18 @@ class ImageDataset(Dataset, ABC):
 
     def __init__(self, class_names: Sequence[str], labels: torch.Tensor, ids: Sequence[str], split: str) -> None:
         self.class_names = tuple(str(c) for c in class_names)
-        self.labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         self.ids = [str(i) for i in ids]
+        raw = torch.as_tensor(labels).reshape(-1)
+        if raw.is_floating_point():  # a cast would truncate 1.5 to 1 and NaN to garbage: refuse non-integers
+            bad = ~torch.isfinite(raw) | (raw != raw.round())
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                name = self.ids[i] if i < len(self.ids) else str(i)
+                raise ValueError(
+                    f"sample {name!r} has label {float(raw[i])!r}; class labels must be integers 0..K-1 "
+                    f"({int(bad.sum())} of {len(raw)} labels are not)"
+                )
+        self.labels = raw.to(torch.long)
         self.split = split
         if len(self.ids) != len(self.labels):
             raise ValueError(f"{len(self.ids)} ids but {len(self.labels)} labels")
@@ -115,6 +125,13 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, limit: int | None = 
         idx = range(start, min(start + batch_size, n))
         items = [dataset[i] for i in idx]
         x = _stack([it[0] for it in items], items)
+        finite = torch.isfinite(x).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = [items[i][2] for i in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(
+                f"{len(bad)} sample(s) of dataset {dataset.name or type(dataset).__name__!r} hold NaN or infinite "
+                f"values (first: {bad[0]!r}); inputs must be finite"
+            )
         if isinstance(items[0][1], torch.Tensor):  # segmentation masks
             y = _stack([it[1] for it in items], items).long()
         else:

@@ -8,6 +8,7 @@ multi-label ChestMNIST and the 3D volumes are refused with a clear error. Pixels
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def _download(flag: str, file: Path) -> None:
 
 def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Images (N, C, H, W) uint8 (or float in [0, 1]), labels (N,), and the class count over all splits."""
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"MedMNIST file {file} is not a .npz archive (not a zip file); expected numpy.savez output")
     try:
         npz = np.load(file, allow_pickle=False)
     except Exception as err:
@@ -131,7 +134,20 @@ def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
             if key not in keys:
                 raise KeyError(f"MedMNIST file {file} has no key {key!r}; keys present: {keys}")
         images, labels = npz[img_key], npz[lab_key]
-        n_classes = 1 + max(int(npz[k].max()) for k in keys if k.endswith("_labels") and npz[k].size)
+        all_labels = {k: npz[k] for k in keys if k.endswith("_labels")}
+    for key, values in all_labels.items():
+        # class indices: a float or negative label would be truncated or wrap around, so refuse it here
+        if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_)):
+            if not np.issubdtype(values.dtype, np.floating) or not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+                raise ValueError(
+                    f"MedMNIST file {file}: {key} has dtype {values.dtype} with non-integer values; expected class "
+                    "indices 0..K-1"
+                )
+        if values.size and values.min() < 0:
+            raise ValueError(f"MedMNIST file {file}: {key} has negative labels ({values.min()}); expected 0..K-1")
+    n_classes = 1 + max(int(v.max()) for v in all_labels.values() if v.size)
+    if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+        raise ValueError(f"MedMNIST file {file}: {img_key} holds NaN or infinite values; inputs must be finite")
 
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise ValueError(

@@ -1,8 +1,9 @@
 """Model cards and safe checkpoint loading.
 
 A checkpoint is a folder holding ``model.json`` (the card below) and ``model.safetensors`` (weights only).
-Loading never unpickles: weights come from safetensors, or from a ``.pt`` file through
-``torch.load(weights_only=True)``.
+A checkpoint is data, never code: loading never unpickles (weights come from safetensors, or from a ``.pt``
+file through ``torch.load(weights_only=True)``), the weights must be a plain file name inside the folder, and a
+card whose architecture is a ``module:function`` factory loads only with ``trust_code=True``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medrobust.models.wrapper import Model
 from medrobust.models.zoo import build_network
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
 class ModelCard(BaseModel):
@@ -48,14 +50,27 @@ class ModelCard(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("weights")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if (not value or Path(value).name != value or "\\" in value or value.startswith(".")
+                or Path(value).suffix not in WEIGHTS_SUFFIXES):
+            raise ValueError(
+                f"weights {value!r} must be a plain file name inside the checkpoint folder ending in "
+                f"{', '.join(WEIGHTS_SUFFIXES)} (no folders, no '..')"
+            )
+        return value
 
-def build_model(card: ModelCard) -> Model:
-    """A freshly initialised Model for ``card`` (architecture, channels, classes, bounds, normalisation)."""
+
+def build_model(card: ModelCard, *, trust_code: bool = False) -> Model:
+    """A freshly initialised Model for ``card`` (architecture, channels, classes, bounds, normalisation); a
+    ``module:function`` architecture runs only with ``trust_code=True``."""
     net = build_network(
         card.architecture,
         in_channels=card.in_channels,
         num_classes=card.num_classes,
         spatial_dims=card.spatial_dims,
+        trust_code=trust_code,
         **card.arch_kwargs,
     )
     return Model(net, bounds=card.bounds, mean=card.mean, std=card.std)
@@ -87,27 +102,56 @@ def read_card(path: str | Path) -> tuple[ModelCard, Path]:
         )
     try:
         card = ModelCard.model_validate(json.loads(card_path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise ValueError(f"model card {str(card_path)!r} is not valid: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"model card {str(card_path)!r} is not valid JSON: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+        )
+        raise ValueError(f"model card {str(card_path)!r} is not valid: {problems}") from None
     return card, card_path.parent
 
 
+def weights_path(card: ModelCard, folder: Path) -> Path:
+    """The card's weights file, which must resolve (links followed) to a file directly inside ``folder``."""
+    path = folder / card.weights
+    if path.resolve().parent != folder.resolve():
+        raise ValueError(
+            f"weights {card.weights!r} of the model card in {str(folder)!r} resolve to {str(path.resolve())!r}, "
+            "outside the checkpoint folder; a checkpoint's weights must be a file inside its folder"
+        )
+    return path
+
+
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} named by the model card does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: safetensors, zipfile and unpickler errors vary
+        raise ValueError(f"weights file {str(path)!r} cannot be read: {type(err).__name__}: {err}") from None
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Model, ModelCard]:
-    """Load a checkpoint written by ``save_checkpoint``; the model is returned in eval mode."""
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", *, trust_code: bool = False
+) -> tuple[Model, ModelCard]:
+    """Load a checkpoint written by ``save_checkpoint``; the model is returned in eval mode. A card naming a
+    ``module:function`` factory loads only with ``trust_code=True``."""
     card, folder = read_card(path)
-    model = build_model(card)
-    state = load_weights(folder / card.weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    model = build_model(card, trust_code=trust_code)
+    state = load_weights(weights_path(card, folder))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ from the card's architecture
+        first = str(err).split("\n\t")[1:2] or [str(err)]
+        raise ValueError(
+            f"weights in {str(folder / card.weights)!r} do not fit the card's architecture {card.architecture!r} "
+            f"({card.in_channels} channels, {card.num_classes} classes): {first[0].strip()}"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"weights in {str(folder / card.weights)!r} do not match architecture {card.architecture!r}: "

@@ -130,11 +130,28 @@ def efficientnet(
     )
 
 
-def resolve_factory(spec: str) -> Callable[..., nn.Module]:
-    """Import ``module:function`` (e.g. ``torchvision.models:resnet18`` or ``mypkg.nets:build``)."""
+TRUST_HINT = (
+    "pass --trust-code on the command line, set trust_code: true in the spec, or call with trust_code=True"
+)
+
+
+class UntrustedCodeError(ValueError):
+    """A ``module:function`` factory named by data (a model card, a spec) without the user's opt-in."""
+
+
+def resolve_factory(spec: str, *, trust_code: bool = False) -> Callable[..., nn.Module]:
+    """Import ``module:function`` (e.g. ``torchvision.models:resnet18`` or ``mypkg.nets:build``).
+
+    Importing a module and calling one of its functions runs code, so a factory resolves only with
+    ``trust_code=True``: model cards and specs are data and must not run code unless the user says so."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"model factory {spec!r} must look like 'package.module:function'")
+    if not trust_code:
+        raise UntrustedCodeError(
+            f"architecture {spec!r} is a module:function factory, which imports and runs code; medrobust runs "
+            f"factories only when you trust their source: {TRUST_HINT}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -151,17 +168,24 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
 
 
 def build_network(
-    architecture: str, *, in_channels: int, num_classes: int, spatial_dims: int = 2, **kwargs: Any
+    architecture: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    trust_code: bool = False,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a network by registered name or ``module:function`` factory.
 
     Registered builders receive ``in_channels``, ``num_classes``, ``spatial_dims`` and their own kwargs. A
     factory (e.g. ``torchvision.models:resnet18``) receives its kwargs plus whichever of ``in_channels``,
-    ``num_classes``, ``spatial_dims`` its signature accepts and the kwargs do not already set.
+    ``num_classes``, ``spatial_dims`` its signature accepts and the kwargs do not already set; factories run
+    only with ``trust_code=True`` (see :func:`resolve_factory`).
     """
     shape_args = {"in_channels": in_channels, "num_classes": num_classes, "spatial_dims": spatial_dims}
     if ":" in architecture:
-        factory = resolve_factory(architecture)
+        factory = resolve_factory(architecture, trust_code=trust_code)
         try:
             params = inspect.signature(factory).parameters
             accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())

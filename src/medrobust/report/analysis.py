@@ -480,6 +480,7 @@ CHECKS = (
     "the score must not rise with attack strength (the clean score counts as strength 0)",
     "a minimal-norm attack must fool most clean-correct samples at its largest budget",
     "every cell of the spec is in the store",
+    "every Linf and L2 worst case rests on a strong attack (autoattack or apgd) at its strength",
 )
 
 

@@ -95,15 +95,16 @@ def _validated_spec(spec: dict[str, Any]):
 
 def _model_folder(spec_obj, m, run_dir: Path) -> Path | None:
     """The checkpoint folder the runner used for model spec ``m`` (None when it cannot be found)."""
-    from medrobust.runner import _hash
+    from medrobust.runner import trained_folder
 
     if m.checkpoint is not None:
         path = Path(m.checkpoint)
         folder = path if path.is_dir() else path.parent
         return folder if (folder / "model.json").exists() else None
-    data = spec_obj.train_dataset or spec_obj.dataset
-    seed = spec_obj.seed if m.train.seed is None else m.train.seed
-    folder = run_dir / "models" / f"{m.name}-{_hash([m.train.model_dump(mode='json'), data.model_dump(mode='json'), seed])}"
+    try:
+        folder = trained_folder(spec_obj, m, run_dir)
+    except ValueError:  # it would resolve outside the run folder
+        return None
     if (folder / "model.json").exists():
         return folder
     # The cache key changed between versions: take the newest cached card of that model name.
@@ -209,6 +210,8 @@ def load_run(run_dir: str | Path) -> RunData:
     try:
         runs = store.runs()
         all_cells = [c for c in store.cells() if c["status"] == "done"]
+        if not all_cells:  # nothing to show: keep any report already written instead of replacing it
+            raise ValueError(f"{str(db)!r} holds no finished cells, so there is nothing to report; run the spec first")
         spec_path = run_dir / "spec.json"
         if spec_path.exists():
             spec = json.loads(spec_path.read_text())

@@ -93,7 +93,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
              for r in ct.rows],
         )
         if not ct.malignant:
-            out += [f"No class of {cell(ct.model)} is in the malignant group ({', '.join(ctx['malignant'])}).", ""]
+            out += [f"No class of {cell(ct.model)} is in the malignant group ({', '.join(cell(m) for m in ctx['malignant'])}).", ""]
     for st in ctx["structures"]:
         out += [f"### {cell(st.model)}: per-structure Dice / HD95 / flipped", ""]
         out += table(

@@ -23,6 +23,12 @@ class Task(ABC):
                 f"{tuple(y.shape)}; expected output (N, K{', *spatial' if y.dim() > 1 else ''}) for labels "
                 f"{tuple(y.shape)}"
             )
+        if not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits)).reshape(logits.shape[0], -1).any(1).sum())
+            raise ValueError(
+                f"{self.name}: the model returned NaN or infinite outputs for {bad} of {logits.shape[0]} samples; "
+                "scores on such outputs would be meaningless (check the weights and the input range)"
+            )
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
             raise ValueError(
                 f"{self.name}: labels range over [{int(y.min())}, {int(y.max())}] but the model has "

@@ -1,0 +1,383 @@
+"""Bad input, table-driven: every case gives exit code 2 and one line naming the problem (or the documented
+behaviour), writes nothing outside the run folder, and no payload of a crafted checkpoint or spec ever runs.
+
+Each case builds its files in a fresh folder, runs one command line in-process, and checks: the exit code, a
+message, no traceback, and that the only files created or changed are the ones the case allows (its run
+folder). Security cases also check that the marker file their payload would create does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from filelock import FileLock
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import medrobust
+from medrobust.cli import app
+from medrobust.models import load_model
+from medrobust.train import TrainSettings, train
+
+runner = CliRunner()
+DATA = {"name": "derm-synth", "params": {"size": 16, "n": 40}}
+MARKER = "PAYLOAD_RAN"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bad-input") / "tiny"
+    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
+                        dataset_params=DATA["params"], epochs=1, seed=0), out)
+    return out
+
+
+# --- helpers that build the files of a case inside its folder `d` ----------------------------------------------
+
+
+def copy_ckpt(ckpt: Path, d: Path, **card_changes) -> Path:
+    """A copy of the tiny checkpoint with fields of its model card replaced."""
+    out = d / "ckpt"
+    shutil.copytree(ckpt, out)
+    card = json.loads((out / "model.json").read_text())
+    card.update(card_changes)
+    (out / "model.json").write_text(json.dumps(card))
+    return out
+
+
+def write_spec(d: Path, ckpt: Path | None, *, models=None, perturbations=None, **extra) -> Path:
+    spec = {"name": "bad", "batch_size": 8, "limit": 8, "dataset": DATA,
+            "models": models if models is not None else [{"name": "tiny", "checkpoint": str(ckpt)}],
+            "perturbations": perturbations if perturbations is not None else [{"attack": "fgsm", "strengths": [0.01]}]}
+    spec.update(extra)
+    path = d / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def payload(d: Path) -> dict:
+    """arch_kwargs that would create the marker file if the architecture's factory ran."""
+    return {"command": f"touch {d / MARKER}"}
+
+
+def write_npz(d: Path, *, labels=None, images=None) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 20), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) if images is None else images(n)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None] if labels is None else labels(n)
+    path = d / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def nan_weights(ckpt: Path, d: Path) -> Path:
+    out = copy_ckpt(ckpt, d)
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "model.safetensors"))
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() and k.startswith("net.head") else v
+             for k, v in state.items()}
+    save_file(state, str(out / "model.safetensors"))
+    return out
+
+
+def finished_run(ckpt: Path, d: Path) -> Path:
+    run = d / "run"
+    assert runner.invoke(app, ["run", str(write_spec(d, ckpt)), "--out", str(run), "--quiet"]).exit_code == 0
+    (d / "spec.yaml").unlink()
+    return run
+
+
+@dataclass
+class Case:
+    name: str
+    setup: Callable[[Path, Path], list[str]]  # (ckpt, case folder) -> argv
+    message: str  # a regular expression the output must match
+    code: int = 2
+    # paths (relative to the case folder, prefixes) the command may create or change
+    may_write: tuple[str, ...] = ("run",)
+    unchanged: tuple[str, ...] = field(default_factory=tuple)  # files that must keep their bytes
+    marker: bool = False  # a payload case: the marker must not exist afterwards
+
+
+def run_args(d: Path, spec: Path, *extra: str) -> list[str]:
+    return ["run", str(spec), "--out", str(d / "run"), "--quiet", *extra]
+
+
+CASES = [
+    # --- security: checkpoints and specs are data ---------------------------------------------------------------
+    Case("card factory os:system (evaluate)", lambda c, d: ["evaluate", "--model", str(copy_ckpt(
+        c, d, architecture="os:system", arch_kwargs=payload(d)))], r"'os:system' is a module:function factory.*--trust-code",
+        marker=True),
+    Case("card factory numpy:load with pickles (evaluate)", lambda c, d: ["evaluate", "--model", str(copy_ckpt(
+        c, d, architecture="numpy:load", arch_kwargs={"file": str(d / "evil.pkl"), "allow_pickle": True}))],
+        r"'numpy:load' is a module:function factory", marker=True),
+    Case("card factory in a spec checkpoint (run)", lambda c, d: run_args(d, write_spec(d, copy_ckpt(
+        c, d, architecture="os:system", arch_kwargs=payload(d)))), r"module:function factory.*trust_code: true",
+        marker=True),
+    Case("spec train.architecture factory (run)", lambda c, d: run_args(d, write_spec(d, None, models=[
+        {"name": "m", "train": {"architecture": "os:system", "arch_kwargs": payload(d), "epochs": 1}}])),
+        r"'os:system' is a module:function factory", marker=True),
+    Case("train --arch factory", lambda c, d: ["train", "--arch", "os:system", "-a", f"command=touch {d / MARKER}",
+                                               "--out", str(d / "run")], r"module:function factory", marker=True),
+    Case("transfer source with a factory card", lambda c, d: run_args(d, write_spec(d, c, perturbations=[
+        {"attack": "transfer", "strengths": [0.01], "params": {"sources": [str(copy_ckpt(
+            c, d, architecture="os:system", arch_kwargs=payload(d)))]}}])), r"module:function factory", marker=True),
+    Case("card weights ../ path", lambda c, d: ["evaluate", "--model", str(copy_ckpt(
+        c, d, weights="../../../etc/passwd"))], r"weights '\.\./\.\./\.\./etc/passwd' must be a plain file name"),
+    Case("card weights absolute path", lambda c, d: ["evaluate", "--model", str(copy_ckpt(
+        c, d, weights="/etc/passwd"))], r"must be a plain file name inside the checkpoint folder"),
+    Case("card weights symlink out of the folder", lambda c, d: ["evaluate", "--model", str(_symlinked(c, d))],
+         r"outside the checkpoint folder"),
+    Case("card weights hidden file", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d, weights=".w.safetensors"))],
+         r"must be a plain file name"),
+    Case("card weights not a weights suffix", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d, weights="model.pkl"))],
+         r"ending in \.safetensors, \.pt, \.pth"),
+    Case("model name with a newline", lambda c, d: run_args(d, write_spec(d, c, models=[
+        {"name": "a\nb", "checkpoint": str(c)}])), r"must be printable text"),
+    Case("model name too long", lambda c, d: run_args(d, write_spec(d, c, models=[
+        {"name": "x" * 200, "checkpoint": str(c)}])), r"at most 128 characters"),
+    # --- silently wrong results -------------------------------------------------------------------------------
+    Case("NaN logits (run)", lambda c, d: run_args(d, write_spec(d, nan_weights(c, d))), r"NaN or infinite outputs",
+         may_write=("run", "ckpt")),
+    Case("NaN logits (evaluate)", lambda c, d: ["evaluate", "--model", str(nan_weights(c, d)), "--limit", "8"],
+         r"NaN or infinite outputs", may_write=("ckpt",)),
+    Case("NaN in the images", lambda c, d: ["evaluate", "--model", str(c), "--dataset", "medmnist", "-d",
+                                            f"path={write_npz(d, images=_nan_images)}"], r"NaN or infinite values"),
+    Case("float labels", lambda c, d: ["evaluate", "--model", str(c), "--dataset", "medmnist", "-d",
+                                       f"path={write_npz(d, labels=lambda n: np.full((n, 1), 0.5))}"],
+         r"non-integer values; expected class indices"),
+    Case("negative labels", lambda c, d: ["evaluate", "--model", str(c), "--dataset", "medmnist", "-d",
+                                          f"path={write_npz(d, labels=lambda n: -np.ones((n, 1), dtype=int))}"],
+         r"negative labels"),
+    Case("class names differ from the card", lambda c, d: run_args(d, write_spec(d, copy_ckpt(
+        c, d, class_names=["benign", "malignant", "other"]))), r"predicts classes \['benign', 'malignant', 'other'\] but"),
+    Case("class_map names an unknown class", lambda c, d: run_args(d, write_spec(d, c, models=[
+        {"name": "tiny", "checkpoint": str(c), "class_map": {"mole": "nevus"}}])), r"class_map names \['mole'\]"),
+    Case("failed spec keeps a finished run's spec.json", lambda c, d: run_args(
+        d, write_spec(d, c, perturbations=[{"attack": "pgd", "strengths": [0.01], "params": {"stepz": 3}}])
+        if finished_run(c, d) else None), r"did you mean 'steps'", unchanged=("run/spec.json", "run/results.db")),
+    Case("empty results.db (run)", lambda c, d: [*run_args(d, write_spec(d, c))] if _empty_db(d) else [],
+         r"results\.db' is empty \(0 bytes\)", unchanged=("run/results.db",)),
+    Case("empty results.db (report)", lambda c, d: ["report", str(d / "run")] if _empty_db(d) else [],
+         r"is empty \(0 bytes\)", unchanged=("run/results.db",)),
+    Case("corrupt results.db (run)", lambda c, d: run_args(d, write_spec(d, c)) if _junk_db(d) else [],
+         r"is not a SQLite database", unchanged=("run/results.db",)),
+    Case("corrupt results.db (export)", lambda c, d: ["export", str(d / "run")] if _junk_db(d) else [],
+         r"is not a SQLite database", unchanged=("run/results.db",)),
+    Case("report keeps a good report.html", lambda c, d: ["report", str(_report_then_empty(c, d))],
+         r"holds no finished cells", unchanged=("run/report.html",)),
+    Case("strength .inf", lambda c, d: run_args(d, write_spec(d, c, perturbations=[{"attack": "fgsm", "strengths": [float("inf")]}])),
+         r"must be finite numbers >= 0"),
+    Case("strength NaN", lambda c, d: run_args(d, write_spec(d, c, perturbations=[{"attack": "fgsm", "strengths": [float("nan")]}])),
+         r"must be finite numbers >= 0"),
+    Case("negative strength", lambda c, d: run_args(d, write_spec(d, c, perturbations=[{"attack": "fgsm", "strengths": [-0.1]}])),
+         r"must be finite numbers >= 0"),
+    Case("another experiment in the folder", lambda c, d: run_args(d, write_spec(d, c, dataset={
+        "name": "derm-synth", "params": {"size": 16, "n": 48}})) if finished_run(c, d) else [],
+         r"holds another experiment \(dataset: .*--force", unchanged=("run/spec.json", "run/results.db")),
+    Case("a second run while one holds the folder", lambda c, d: run_args(d, write_spec(d, c)) if _locked(d) else [],
+         r"is in use by another medrobust run", may_write=("run",)),
+    # --- tracebacks before: now one line -------------------------------------------------------------------------
+    Case("weights of another shape", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d, num_classes=5,
+         class_names=list("abcde")))], r"do not fit the card's architecture 'small-cnn' \(3 channels, 5 classes\)"),
+    Case("weights file truncated", lambda c, d: ["evaluate", "--model", str(_truncated(c, d))], r"cannot be read"),
+    Case("weights file missing", lambda c, d: ["evaluate", "--model", str(_no_weights(c, d))], r"does not exist"),
+    Case("card not JSON", lambda c, d: ["evaluate", "--model", str(_card_text(c, d, "{not json"))], r"is not valid"),
+    Case("card with an unknown key", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d, shell="rm -rf /"))],
+         r"Extra inputs are not permitted"),
+    Case("spec device cuda without CUDA", lambda c, d: run_args(d, write_spec(d, c, device="cuda")),
+         r"CUDA is not available here"),
+    Case("spec device bogus", lambda c, d: run_args(d, write_spec(d, c, device="gpu0")), r"'gpu0' is not a torch device"),
+    Case("evaluate --device bogus", lambda c, d: ["evaluate", "--model", str(c), "--device", "gpu0"],
+         r"'gpu0' is not a torch device"),
+    Case("spec path is a folder", lambda c, d: ["run", str(d), "--out", str(d / "run")], r"is a folder"),
+    Case("spec file missing", lambda c, d: ["run", str(d / "nope.yaml"), "--out", str(d / "run")], r"does not exist"),
+    Case("spec not YAML", lambda c, d: ["run", str(_text(d, "spec.yaml", "a: [b")), "--out", str(d / "run")],
+         r"not valid YAML"),
+    Case("spec is a list", lambda c, d: ["run", str(_text(d, "spec.yaml", "- 1\n- 2\n")), "--out", str(d / "run")],
+         r"expected a mapping"),
+    Case("--out is a file", lambda c, d: ["run", str(write_spec(d, c)), "--out", str(_text(d, "run", "x"))],
+         r"is a file", unchanged=("run",)),
+    Case(".npz that is not a zip", lambda c, d: ["evaluate", "--model", str(c), "--dataset", "medmnist", "-d",
+                                                f"path={_text(d, 'x.npz', 'hello')}"], r"is not a \.npz archive"),
+    Case("evaluate --limit 0", lambda c, d: ["evaluate", "--model", str(c), "--limit", "0"], r"limit=0 must be"),
+    Case("pgd:eps=abc", lambda c, d: ["evaluate", "--model", str(c), "--attack", "pgd:eps=abc"],
+         r"eps='abc' is not a number"),
+    Case("pgd:eps=-1", lambda c, d: ["evaluate", "--model", str(c), "--attack", "pgd:eps=-1"],
+         r"eps=-1.0 must be a finite number >= 0"),
+    Case("unknown attack parameter", lambda c, d: ["evaluate", "--model", str(c), "--attack", "pgd:eps=0.1,stepz=2"],
+         r"did you mean 'steps'"),
+    Case("duplicate model names", lambda c, d: run_args(d, write_spec(d, c, models=[
+        {"name": "a", "checkpoint": str(c)}, {"name": "a", "checkpoint": str(c)}])), r"repeated: \['a'\]"),
+    Case("transfer source missing", lambda c, d: run_args(d, write_spec(d, c, perturbations=[
+        {"attack": "transfer", "strengths": [0.01], "params": {"sources": [str(d / "none")]}}])),
+         r"neither a model of this spec"),
+    Case("train --epochs 0", lambda c, d: ["train", "--epochs", "0", "--out", str(d / "run")], r"epochs=0 must be >= 1"),
+    Case("report on a folder without results.db", lambda c, d: ["report", str(d)], r"has no results\.db"),
+    Case("export on a missing folder", lambda c, d: ["export", str(d / "nope")], r"has no results\.db"),
+    # --- documented behaviour (exit 0) --------------------------------------------------------------------------
+    Case("model name ../../x stays inside the run folder", lambda c, d: run_args(d, write_spec(d, None, models=[
+        {"name": "../../x", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],
+        perturbations=[])), r"cells run", code=0),
+    Case("model name with Rich markup", lambda c, d: run_args(d, write_spec(d, c, models=[
+        {"name": "a[/]b [bold]", "checkpoint": str(c)}])), r"a\[/\]b \[bold\]", code=0),
+    Case("eps above the input range warns", lambda c, d: run_args(d, write_spec(d, c, perturbations=[
+        {"attack": "fgsm", "strengths": [2.0]}])), r"warning: fgsm eps \[2\.0\] on tiny is at least its whole input range",
+        code=0),
+    Case("--force adds to another experiment's folder", lambda c, d: [*run_args(d, write_spec(d, c, dataset={
+        "name": "derm-synth", "params": {"size": 16, "n": 48}}), "--force")] if finished_run(c, d) else [],
+         r"cells run", code=0),
+]
+
+
+def _nan_images(n: int) -> np.ndarray:
+    images = np.random.default_rng(0).random((n, 28, 28)).astype(np.float32)
+    images[0, 3, 3] = np.nan
+    return images
+
+
+def _symlinked(ckpt: Path, d: Path) -> Path:
+    out = copy_ckpt(ckpt, d, weights="w.safetensors")
+    (out / "w.safetensors").symlink_to(ckpt / "model.safetensors")
+    return out
+
+
+def _truncated(ckpt: Path, d: Path) -> Path:
+    out = copy_ckpt(ckpt, d)
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 3])
+    return out
+
+
+def _no_weights(ckpt: Path, d: Path) -> Path:
+    out = copy_ckpt(ckpt, d)
+    (out / "model.safetensors").unlink()
+    return out
+
+
+def _card_text(ckpt: Path, d: Path, text: str) -> Path:
+    out = copy_ckpt(ckpt, d)
+    (out / "model.json").write_text(text)
+    return out
+
+
+def _text(d: Path, name: str, text: str) -> Path:
+    (d / name).write_text(text)
+    return d / name
+
+
+def _empty_db(d: Path) -> bool:
+    (d / "run").mkdir()
+    (d / "run" / "results.db").write_bytes(b"")
+    return True
+
+
+def _junk_db(d: Path) -> bool:
+    (d / "run").mkdir()
+    (d / "run" / "results.db").write_bytes(os.urandom(4096))
+    return True
+
+
+def _report_then_empty(ckpt: Path, d: Path) -> Path:
+    """A run folder whose report.html is good but whose results.db now holds no finished cells."""
+    run = finished_run(ckpt, d)
+    con = sqlite3.connect(run / "results.db")
+    with con:
+        con.execute("DELETE FROM records")
+        con.execute("DELETE FROM cells")
+    con.close()
+    return run
+
+
+_held: list[FileLock] = []
+
+
+def _locked(d: Path) -> bool:
+    (d / "run").mkdir()
+    lock = FileLock(str(d / "run" / ".medrobust.lock"), timeout=0, thread_local=False)
+    lock.acquire()
+    _held.append(lock)
+    return True
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink() or p.is_dir():
+            out[str(p.relative_to(root))] = None
+        else:
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    if case.name == "spec device cuda without CUDA" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    d = tmp_path / "case"
+    d.mkdir()
+    monkeypatch.chdir(d)  # anything written to a relative path lands here and is seen by the snapshot
+    args = case.setup(ckpt, d)
+    before = snapshot(tmp_path)
+    outside_before = snapshot(ckpt)
+    try:
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    finally:
+        while _held:
+            _held.pop().release()
+    out = result.output  # stdout and stderr
+    assert result.exit_code == case.code, (case.name, out, result.exception)
+    assert re.search(case.message, out, flags=re.S), (case.name, out)
+    assert "Traceback" not in out
+    if case.code == 2:  # one line on stderr
+        assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, out
+    after = snapshot(tmp_path)
+    allowed = tuple(f"case/{p}" for p in case.may_write)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k) or (k in before) != (k in after)}
+    stray = sorted(k for k in changed if not k.startswith(allowed))
+    assert not stray, (case.name, stray)
+    for rel in case.unchanged:
+        assert before.get(f"case/{rel}") == after.get(f"case/{rel}"), (case.name, rel)
+    assert snapshot(ckpt) == outside_before  # the shared checkpoint is never touched
+    if case.marker:
+        assert not (d / MARKER).exists(), f"{case.name}: the payload ran"
+
+
+def test_at_least_45_cases() -> None:
+    assert len(CASES) >= 45
+
+
+def test_api_refuses_factories_and_bad_tensors(ckpt: Path, tmp_path: Path) -> None:
+    """The Python API: the same refusals as the command line, and clear errors for bad tensors."""
+    evil = copy_ckpt(ckpt, tmp_path, architecture="os:system", arch_kwargs=payload(tmp_path))
+    with pytest.raises(ValueError, match="module:function factory"):
+        medrobust.load_model(evil)
+    assert not (tmp_path / MARKER).exists()
+    model, _ = load_model(ckpt)
+    x = torch.rand(4, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"do not form a batch.*unsqueeze"):
+        medrobust.attack("pgd", model, x[0], y[:1], eps=0.01)
+    with pytest.raises(ValueError, match="labels y must be integer class indices"):
+        medrobust.attack("pgd", model, x, y.float() + 0.5, eps=0.01)
+    bad = x.clone()
+    bad[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 of 4 samples"):
+        medrobust.attack("pgd", model, bad, y, eps=0.01)
+    # integer-valued float labels are accepted; an empty batch comes back empty
+    assert medrobust.attack("fgsm", model, x, y.float(), eps=0.01).shape == x.shape
+    empty = medrobust.attack("pgd", model, x[:0], y[:0], eps=0.01)
+    assert empty.shape == (0, 3, 16, 16)
