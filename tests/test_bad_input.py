@@ -110,6 +110,8 @@ class Case:
     may_write: tuple[str, ...] = ("run",)
     unchanged: tuple[str, ...] = field(default_factory=tuple)  # files that must keep their bytes
     marker: bool = False  # a payload case: the marker must not exist afterwards
+    check: Callable[[Path], None] | None = None  # further assertions on the case folder afterwards
+    skip: Callable[[], str] | None = None  # a reason to skip on this machine ("" runs the case)
 
 
 def run_args(d: Path, spec: Path, *extra: str) -> list[str]:
@@ -228,7 +230,23 @@ CASES = [
     Case("train --epochs 0", lambda c, d: ["train", "--epochs", "0", "--out", str(d / "run")], r"epochs=0 must be >= 1"),
     Case("report on a folder without results.db", lambda c, d: ["report", str(d)], r"has no results\.db"),
     Case("export on a missing folder", lambda c, d: ["export", str(d / "nope")], r"has no results\.db"),
+    Case("model outputs 5 classes, card says 3 (trusted factory)", lambda c, d: [
+        "evaluate", "--model", str(_five_way(d)), "--limit", "8", "--trust-code"],
+         r"returns 5 outputs per sample but dataset 'derm-synth' has 3 classes", may_write=("ckpt5",)),
+    Case("evaluate --device cuda without CUDA", lambda c, d: ["evaluate", "--model", str(c), "--device", "cuda"],
+         r"CUDA is not available here", skip=lambda: "this machine has CUDA" if torch.cuda.is_available() else ""),
+    Case("summary.csv links out of the run folder", lambda c, d: run_args(d, write_spec(d, c)) if _link_out(d) else [],
+         r"refusing to write .*summary\.csv.*resolves outside the run folder", unchanged=("target.txt",)),
+    Case("read-only run folder", lambda c, d: run_args(d, write_spec(d, c)) if _read_only(d) else [],
+         r"is not writable", unchanged=("run",),
+         skip=lambda: "root writes to read-only folders" if os.geteuid() == 0 else ""),
     # --- documented behaviour (exit 0) --------------------------------------------------------------------------
+    Case("absolute model name stays inside the run folder", lambda c, d: run_args(d, write_spec(d, None, models=[
+        {"name": str(d / "elsewhere"), "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],
+        perturbations=[])), r"cells run", code=0, check=lambda d: _no_path(d / "elsewhere")),
+    Case("--malignant is escaped in summary.md", lambda c, d: ["report", str(finished_run(c, d)), "--malignant",
+                                                               "<img src=x onerror=alert(1)>|"], r"report:", code=0,
+         check=lambda d: _escaped_summary(d / "run" / "summary.md")),
     Case("model name ../../x stays inside the run folder", lambda c, d: run_args(d, write_spec(d, None, models=[
         {"name": "../../x", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],
         perturbations=[])), r"cells run", code=0),
@@ -241,6 +259,56 @@ CASES = [
         "name": "derm-synth", "params": {"size": 16, "n": 48}}), "--force")] if finished_run(c, d) else [],
          r"cells run", code=0),
 ]
+
+
+FIVE_WAY = """
+from medrobust.models.zoo import SmallCNN
+
+
+def build(in_channels, num_classes, width=4):
+    return SmallCNN(in_channels, 5, width=width)  # ignores num_classes: five outputs whatever the card says
+"""
+
+
+def _five_way(d: Path) -> Path:
+    """A checkpoint whose (trusted) factory returns 5 outputs while its card says 3 classes."""
+    import sys
+
+    from medrobust.models.card import ModelCard, build_model, save_checkpoint
+
+    module = f"fiveway_{abs(hash(str(d)))}"
+    (d / f"{module}.py").write_text(FIVE_WAY)
+    sys.path.insert(0, str(d))  # stays importable for the command; the module name is unique to this case
+    card = ModelCard(name="five", architecture=f"{module}:build", in_channels=3, num_classes=3,
+                     class_names=["nevus", "melanoma", "seborrheic_keratosis"], input_shape=[3, 16, 16],
+                     dataset=DATA)
+    save_checkpoint(build_model(card, trust_code=True), card, d / "ckpt5")
+    return d / "ckpt5"
+
+
+def _link_out(d: Path) -> bool:
+    (d / "run").mkdir()
+    (d / "target.txt").write_text("keep me")
+    (d / "run" / "summary.csv").symlink_to(d / "target.txt")
+    return True
+
+
+def _read_only(d: Path) -> bool:
+    (d / "run").mkdir()
+    (d / "run").chmod(0o555)
+    return True
+
+
+def _no_path(path: Path) -> None:
+    """The model named by an absolute path was cached inside the run folder, under a safe name."""
+    assert not list(path.parent.glob(path.name + "*")), "a model name became a path outside the run folder"
+    (folder,) = (path.parent / "run" / "models").iterdir()
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*elsewhere-[0-9a-f]{16}", folder.name), folder.name
+
+
+def _escaped_summary(path: Path) -> None:
+    text = path.read_text()
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|" in text
 
 
 def _nan_images(n: int) -> np.ndarray:
@@ -327,6 +395,9 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 def test_bad_input(case: Case, ckpt: Path, tmp_path: Path, monkeypatch) -> None:
     if case.name == "spec device cuda without CUDA" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    reason = case.skip() if case.skip else ""
+    if reason:
+        pytest.skip(reason)
     d = tmp_path / "case"
     d.mkdir()
     monkeypatch.chdir(d)  # anything written to a relative path lands here and is seen by the snapshot
@@ -354,6 +425,8 @@ def test_bad_input(case: Case, ckpt: Path, tmp_path: Path, monkeypatch) -> None:
     assert snapshot(ckpt) == outside_before  # the shared checkpoint is never touched
     if case.marker:
         assert not (d / MARKER).exists(), f"{case.name}: the payload ran"
+    if case.check:
+        case.check(d)
 
 
 def test_at_least_45_cases() -> None:

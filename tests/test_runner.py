@@ -88,7 +88,18 @@ def test_run_summary_contract_and_numbers(checkpoint, tmp_path):
     # 1 clean + 2 fgsm + 1 deepfool (all strengths in one cell) + 2 noise
     assert (result.cells_total, result.cells_run) == (6, 6)
     rows = summary(tmp_path / "run")
-    assert all(set(r) == {"model", "perturbation", "strength", "metric", "value", "n"} for r in rows)
+    assert all(set(r) == {"model", "perturbation", "strength", "metric", "value", "n", "ci_low", "ci_high"} for r in rows)
+    # accuracy-type values carry a 95% interval around them (Wilson for accuracy); sizes carry none
+    from medrobust.stats import wilson
+
+    for r in rows:
+        if r["metric"] in ("accuracy", "balanced_accuracy", "success_rate") and r["value"] is not None:
+            assert r["ci_low"] <= r["value"] <= r["ci_high"], r
+        if r["metric"] in ("l2", "linf", "ssim"):
+            assert r["ci_low"] is None and r["ci_high"] is None
+    clean_row = next(r for r in rows if r["perturbation"] == "clean" and r["metric"] == "accuracy")
+    assert (clean_row["ci_low"], clean_row["ci_high"]) == pytest.approx(wilson(round(clean_row["value"] * 12), 12))
+    assert json.loads((tmp_path / "run" / "comparisons.json").read_text()) == []  # one model: no pairs
     assert {r["metric"] for r in rows} >= {"accuracy", "balanced_accuracy", "auc", "success_rate", "l2", "linf", "ssim"}
     assert all(r["n"] == 12 for r in rows)
     clean = value(rows, "clean", 0.0, "accuracy")

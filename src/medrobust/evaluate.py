@@ -189,6 +189,11 @@ def evaluate(
     def record(label: str, kind: str, name: str, strength, threat, x, x_pert, elapsed: float) -> None:
         with torch.no_grad():
             logits = model(x_pert)
+        if logits.shape[1] != dataset.num_classes:
+            raise ValueError(
+                f"the model returns {logits.shape[1]} outputs per sample but dataset {dataset.name or 'given'!r} has "
+                f"{dataset.num_classes} classes {list(dataset.class_names)}"
+            )
         if not bool(torch.isfinite(logits).all()):
             raise ValueError(
                 f"the model returned NaN or infinite outputs under {label} (samples {batch.ids[0]!r}..); "

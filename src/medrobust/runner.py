@@ -37,7 +37,7 @@ from medrobust.data.base import ImageDataset, iterate_batches
 from medrobust.metrics import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice, psnr, ssim
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
-from medrobust.results import summarise, write_summary
+from medrobust.results import compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, Store, check_database
 from medrobust.tasks import get_task
@@ -115,8 +115,9 @@ def _file_digest(path: Path) -> str:
 
 
 def safe_name(name: str, limit: int = 48) -> str:
-    """A folder name for a user-given name: letters, digits and ``-_.`` only, no leading dot, bounded length."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".")[:limit]
+    """A folder name for a user-given name: letters, digits and ``-_.`` only, no leading dot, at most ``limit``
+    characters (the end of a long name, where a path-like name is most telling)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-limit:].lstrip(".")
     return slug or "model"
 
 
@@ -255,6 +256,11 @@ def run_cell(
             clean_logits = model(x)
         try:
             task.check(clean_logits, y)
+            if clean_logits.shape[1] != dataset.num_classes:
+                raise ValueError(
+                    f"the model returns {clean_logits.shape[1]} outputs per {'pixel' if y.dim() > 1 else 'sample'} "
+                    f"but its card and the data have {dataset.num_classes} classes"
+                )
         except ValueError as err:  # NaN outputs, wrong shapes: say which model and samples
             raise ValueError(f"model {cell.model!r} on samples {batch.ids[0]!r}..{batch.ids[-1]!r}: {err}") from None
         clean_pred = clean_logits.argmax(1)
@@ -413,6 +419,9 @@ def run_experiment(
 
 
 LOCK_NAME = ".medrobust.lock"
+# what a run writes in its folder (besides temporary files it renames into these)
+RUN_FILES = ("spec.json", "results.db", "results.db-wal", "results.db-shm", "summary.csv", "summary.json",
+             "comparisons.csv", "comparisons.json", "report.html", "summary.md", "models", LOCK_NAME)
 
 
 @contextmanager
@@ -421,6 +430,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     ends, however it ends, so a killed run never leaves a lock behind that blocks the resume."""
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run folder {str(run_dir)!r} is a file; pass a folder (new or from an earlier run)")
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -437,7 +447,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         ) from None
     try:
         yield
-    finally:
+    except BaseException:
+        lock.release()
+        if created and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+            # a run that failed before writing anything leaves no folder behind
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
+        raise
+    else:
         lock.release()
 
 
@@ -516,6 +533,8 @@ def _run_experiment(
     started = time.perf_counter()
     # checks first: nothing in the folder changes until the data and the checkpoints have loaded
     check_device(spec.device)
+    for name in RUN_FILES:  # a crafted folder may hold links out of it: refuse to write through them
+        inside(run_dir, run_dir / name)
     check_database(run_dir / "results.db")
     if (run_dir / "results.db").exists() and not os.access(run_dir / "results.db", os.W_OK):
         raise ValueError(f"{str(run_dir / 'results.db')!r} is read-only; this run could not store its results")
@@ -553,15 +572,18 @@ def _run_experiment(
                                 cell.pert.params if cell.pert else {}, list(cell.strengths), threat)
                 store.write_cell(info, records, run_id, t0, examples)
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
-        keys = [c.key for c in cells]
+        records = store.records([c.key for c in cells])
+        norms = {c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm for c in cells if c.pert and c.pert.kind == "attack"}
+        tasks = {k: v.card.task for k, v in models.items()}
         summary = summarise(
-            store.records(keys),
-            norms={c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm for c in cells if c.pert and c.pert.kind == "attack"},
+            records,
+            norms=norms,
             num_classes={k: v.card.num_classes for k, v in models.items()},
             class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
-            tasks={k: v.card.task for k, v in models.items()},
+            tasks=tasks,
         )
         write_summary(summary, run_dir)
+        write_comparisons(compare_models(records, norms, tasks), run_dir)
         store.finish_run(run_id)
     finally:
         store.close()

@@ -37,6 +37,13 @@ class Values:
         for pert in self.strengths:
             self.strengths[pert].sort()
 
+    def interval(self, model: str, pert: str, strength: float, metric: str | None = None) -> tuple[float, float] | None:
+        """The stored 95% interval of a value (``ci_low``, ``ci_high``), None where the summary has none."""
+        row = self.rows.get((model, pert, float(strength), metric or self.metric))
+        if row is None or is_nan(row.get("ci_low")) or is_nan(row.get("ci_high")):
+            return None
+        return float(row["ci_low"]), float(row["ci_high"])
+
     def get(self, model: str, pert: str, strength: float, metric: str | None = None) -> float | None:
         row = self.rows.get((model, pert, float(strength), metric or self.metric))
         if row is None or row["value"] is None or (isinstance(row["value"], float) and math.isnan(row["value"])):
@@ -88,15 +95,58 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
             rows.append({
                 "model": m.name,
                 "clean": values.clean(m.name),
+                "clean_ci": values.interval(m.name, "clean", 0.0),
                 "worst": values.get(m.name, label, strength),
+                "worst_ci": values.interval(m.name, label, strength),
                 "attacks": {a: (values.get(m.name, a, strength), values.get(m.name, f"matched_noise[{a}]", strength)) for a in attacks},
             })
         out.append(Headline(norm, label, strength, attacks, rows, norm in reference))
     return out
 
 
-def headline_sentence(heads: list[Headline], metric: str = "accuracy") -> str:
-    """One plain sentence of the paper's point: clean scores close, robust scores apart (or not)."""
+def pair_tests(run: RunData, heads: list[Headline]) -> list[dict[str, Any]]:
+    """The paired tests the headline rests on: clean data, then each headline's worst case at its strength."""
+    wanted = [("clean", 0.0, "clean")] + [(h.label, h.strength, f"{h.label} @ {h.strength:.4g}") for h in heads]
+    out = []
+    for pert, strength, title in wanted:
+        rows = [c for c in run.comparisons if c["perturbation"] == pert and math.isclose(c["strength"], strength)]
+        if rows:
+            out.append({"title": title, "rows": rows})
+    return out
+
+
+def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float, name: str, alpha: float = 0.05) -> str:
+    """What the paired tests say about one (perturbation, strength): the significant differences, largest first,
+    or that none is, with the samples a test would need for the largest observed difference."""
+    rows = [c for c in comparisons if c["perturbation"] == pert and math.isclose(c["strength"], strength)
+            and c.get("p_adjusted") is not None]
+    if not rows:
+        return ""
+    points = "points" if name != "Dice" else "Dice points"
+    significant = sorted((c for c in rows if c["p_adjusted"] < alpha), key=lambda c: -abs(c["difference"]))
+    if significant:
+        parts = []
+        for c in significant[:3]:
+            hi, lo = (c["model_a"], c["model_b"]) if c["difference"] > 0 else (c["model_b"], c["model_a"])
+            parts.append(f"{lo} is {100 * abs(c['difference']):.0f} {points} below {hi} (p = {_p(c['p_adjusted'])})")
+        more = f"; {len(significant) - 3} more pairs differ" if len(significant) > 3 else ""
+        return "; ".join(parts) + more
+    smallest = min(c["p_adjusted"] for c in rows)
+    text = f"no pair differs significantly (Holm-adjusted p >= {_p(smallest)}, n = {rows[0]['n']})"
+    needed = [c["samples_needed"] for c in rows if c.get("samples_needed")]
+    if needed:
+        text += f"; detecting the largest observed difference would take about {min(needed)} test samples"
+    return text
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+def headline_sentence(heads: list[Headline], metric: str = "accuracy",
+                      comparisons: list[dict[str, Any]] | None = None) -> str:
+    """The paper's point in plain words: clean scores close, robust scores apart (or not), and which of the
+    differences the paired tests (exact McNemar or Wilcoxon, Holm-adjusted) call significant."""
     if not heads:
         return "This run has no attacks, so there is no robustness headline; see the corruption curves below."
     h = heads[0]
@@ -111,9 +161,17 @@ def headline_sentence(heads: list[Headline], metric: str = "accuracy") -> str:
         return (f"{pairs[0][0]} scores {cleans[0]:.3f} {name} on clean data and {worsts[0]:.3f} under the "
                 f"per-sample worst case of the {NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g}.")
     best = max(pairs, key=lambda p: p[2])[0]
-    return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models; worst-case "
-            f"{name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f} "
-            f"(most robust: {best}).")
+    if comparisons is None:
+        return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models; worst-case "
+                f"{name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f} "
+                f"(most robust: {best}).")
+    clean_test = _significance(comparisons, "clean", 0.0, name)
+    worst_test = _significance(comparisons, h.label, h.strength, name)
+    return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models"
+            + (f" ({clean_test})" if clean_test else "")
+            + f"; worst-case {name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f}"
+            + (f": {worst_test}." if worst_test else f" (highest: {best}).")
+            )
 
 
 # --- 3. curves -------------------------------------------------------------------------------------------

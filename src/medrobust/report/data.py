@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medrobust.results import summarise
+from medrobust.results import compare_models, summarise
 from medrobust.store import Store
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class RunData:
     orientation: dict[str, str] = field(default_factory=dict)  # model -> spatial axes of its data ("RAS")
     # model-level sanity checks (Store.checks rows) of the models shown, run on the weights the report describes
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # paired tests between the models (medrobust.results.compare_models) on clean data and every worst case
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -265,6 +267,7 @@ def load_run(run_dir: str | Path) -> RunData:
         class_names={m.name: list(m.class_names) for m in models},
         tasks={m.name: m.task for m in models},
     ) if records else []
+    comparisons = compare_models(records, norms, {m.name: m.task for m in models}) if records else []
     clean_counts: dict[str, int] = defaultdict(int)
     for r in records:
         if r["perturbation"] == "clean":
@@ -290,6 +293,7 @@ def load_run(run_dir: str | Path) -> RunData:
         perturbations=perts,
         records=records,
         summary=summary,
+        comparisons=comparisons,
         n_samples=max(clean_counts.values(), default=0),
         compute_seconds=float(sum(c["seconds"] or 0.0 for c in cells)),
         missing_cells=missing,

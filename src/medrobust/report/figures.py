@@ -94,6 +94,13 @@ def headline_figure(heads: list[Headline], styles: dict[str, ModelStyle], metric
                 if r["clean"] is None or r["worst"] is None:
                     continue
                 st = styles[r["model"]]
+                # 95% intervals of both scores as error bars (Wilson or bootstrap, from the summary)
+                cx, wy = r.get("clean_ci"), r.get("worst_ci")
+                if cx or wy:
+                    ax.errorbar([r["clean"]], [r["worst"]],
+                                xerr=[[r["clean"] - cx[0]], [cx[1] - r["clean"]]] if cx else None,
+                                yerr=[[r["worst"] - wy[0]], [wy[1] - r["worst"]]] if wy else None,
+                                fmt="none", ecolor=st.color, elinewidth=1, capsize=2, alpha=0.8, zorder=2)
                 ax.scatter([r["clean"]], [r["worst"]], s=80, color=st.color, marker=st.marker, edgecolor="black",
                            linewidth=0.6, zorder=3)
                 points.append((r["clean"], r["worst"], text(r["model"], 24)))
@@ -105,7 +112,7 @@ def headline_figure(heads: list[Headline], styles: dict[str, ModelStyle], metric
             ax.set_title(f"{NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g} (input units)\n"
                          f"worst case over {len(h.attacks)}: {text(', '.join(h.attacks), 40)}")
         fig.legend(handles=_model_handles(styles), loc="outside lower center", ncols=min(len(styles), 6), frameon=False)
-        fig.suptitle("Generalizability (x) vs robustness (y): one point per model", fontsize=11)
+        fig.suptitle("Generalizability (x) vs robustness (y): one point per model, bars: 95% intervals", fontsize=11)
         return to_data_uri(fig)
 
 

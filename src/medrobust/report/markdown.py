@@ -15,6 +15,12 @@ def cell(value: Any, digits: int = 3) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _ci(interval: tuple[float, float] | None) -> str:
+    if interval is None or any(is_nan(v) for v in interval):
+        return "-"
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -56,8 +62,18 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     for h in ctx["heads"]:
         out += [f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} (in brackets: matched Gaussian noise).", ""]
         out += table(
-            ["model", "clean", f"{h.label} @ {h.strength:.4g}", *h.attacks],
-            [[r["model"], r["clean"], r["worst"], *[_acc(r["attacks"][a]) for a in h.attacks]] for r in h.rows],
+            ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks],
+            [[r["model"], r["clean"], _ci(r["clean_ci"]), r["worst"], _ci(r["worst_ci"]),
+              *[_acc(r["attacks"][a]) for a in h.attacks]] for r in h.rows],
+        )
+    if ctx["pair_tests"]:
+        out += ["Paired tests on the same samples (difference A - B with a 95% bootstrap interval; "
+                + ("Wilcoxon signed-rank" if ctx["segmentation"] else "exact McNemar") + "; p after Holm's correction "
+                "over the pairs of one perturbation):", ""]
+        out += table(
+            ["perturbation", "model A", "model B", "A - B", "95% interval", "p", "p (Holm)"],
+            [[g["title"], c["model_a"], c["model_b"], f"{c['difference']:+.3f}", _ci((c["ci_low"], c["ci_high"])),
+              f"{c['p']:.2g}", f"{c['p_adjusted']:.2g}"] for g in ctx["pair_tests"] for c in g["rows"]],
         )
     out += [f"## Robustness curves ({score}; in brackets: matched Gaussian noise)", ""]
     out += table(

@@ -1,0 +1,174 @@
+"""Intervals and paired tests for the summary: pure functions of per-sample values, deterministic.
+
+- ``wilson``: the Wilson score interval of a proportion k / n (accuracy, attack success rate); it keeps its
+  nominal coverage near 0 and 1, where robust accuracies live, unlike the Wald interval.
+- ``bootstrap``: a percentile bootstrap over samples for statistics that are not one proportion (balanced
+  accuracy, AUC, mean Dice), with a generator seeded from the caller's key, so a summary is the same bytes every
+  time it is computed.
+- ``mcnemar``: the exact McNemar test for two models scored on the same samples (a two-sided binomial test on
+  the discordant pairs); ``wilcoxon``: the Wilcoxon signed-rank test on paired per-sample scores (Dice);
+  ``holm``: Holm's step-down adjustment of a family of p-values.
+- ``mcnemar_samples``: how many samples a McNemar test needs to detect the observed difference (Connor 1987).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+BOOTSTRAP = 1000
+
+
+def _z(confidence: float) -> float:
+    return float(sps.norm.ppf(0.5 + confidence / 2))
+
+
+def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``k / n``; (nan, nan) without samples."""
+    if n <= 0:
+        return math.nan, math.nan
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} successes must be within 0..n={n}")
+    z = _z(confidence)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # at k = 0 (k = n) the bound is exactly 0 (1); the formula leaves rounding error there
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+
+
+def seed_of(*key: object) -> int:
+    """A stable 64-bit seed from any key (not Python's salted ``hash``)."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little")
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    key: object,
+    resamples: int = BOOTSTRAP,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval. ``statistic(indices)`` gets an integer array (B, n) of resampled sample
+    indices and returns the B statistics (NaN where undefined, e.g. AUC of a resample with one class; those
+    resamples are left out). ``key`` seeds the resampling."""
+    if n <= 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed_of("bootstrap", key))
+    values = np.asarray(statistic(rng.integers(0, n, size=(resamples, n))), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < resamples // 2:
+        return math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def mean_interval(values: Sequence[float], *, key: object) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-sample values (Dice, flip rate); NaN values are left out."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    return bootstrap(lambda idx: v[idx].mean(axis=1), v.size, key=key)
+
+
+def balanced_accuracy_interval(pred: Sequence[int], y: Sequence[int], num_classes: int, *, key: object) -> tuple[float, float]:
+    """Bootstrap interval of the balanced accuracy (mean recall over the classes present in each resample)."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    correct = (pred == y).astype(np.float64)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        yy, cc = y[idx], correct[idx]
+        recalls = []
+        for k in range(num_classes):
+            members = (yy == k)
+            count = members.sum(axis=1)
+            hits = (members * cc).sum(axis=1)
+            recalls.append(np.where(count > 0, hits / np.maximum(count, 1), np.nan))
+        return np.nanmean(np.stack(recalls, axis=1), axis=1)
+
+    return bootstrap(stat, y.size, key=key)
+
+
+def auc_interval(probs: np.ndarray, y: Sequence[int], num_classes: int, *, key: object) -> tuple[float, float]:
+    """Bootstrap interval of the one-vs-rest AUC (macro mean over classes; the positive-class AUC for two
+    classes), by the rank-sum formula (ties count 1/2) on each resample."""
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    # as medrobust.metrics.auc_ovr: classes without positives or without negatives in the data are left out
+    classes = [k for k in ([1] if num_classes == 2 else range(num_classes)) if 0 < int((y == k).sum()) < y.size]
+    if not classes:
+        return math.nan, math.nan
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        yy = y[idx]
+        aucs = []
+        for k in classes:
+            score = probs[idx, k]
+            ranks = sps.rankdata(score, axis=1)
+            pos = yy == k
+            n_pos = pos.sum(axis=1)
+            n_neg = yy.shape[1] - n_pos
+            u = (ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2
+            ok = (n_pos > 0) & (n_neg > 0)
+            aucs.append(np.where(ok, u / np.maximum(n_pos * n_neg, 1), np.nan))
+        stacked = np.stack(aucs, axis=1)
+        # a resample without every class has no macro AUC comparable to the full-data one
+        return np.where(np.isnan(stacked).any(axis=1), np.nan, stacked.mean(axis=1))
+
+    return bootstrap(stat, y.size, key=key)
+
+
+def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:
+    """Exact McNemar test. Returns (b, c, p): b = samples only A gets right, c = only B, and the two-sided
+    exact p-value, min(1, 2 * P(Binomial(b + c, 1/2) <= min(b, c)))."""
+    a, b_ = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    if a.shape != b_.shape:
+        raise ValueError(f"paired samples differ in number: {a.shape} vs {b_.shape}")
+    only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())
+    m = only_a + only_b
+    p = 1.0 if m == 0 else min(1.0, 2.0 * float(sps.binom.cdf(min(only_a, only_b), m, 0.5)))
+    return only_a, only_b, p
+
+
+def wilcoxon(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value for paired scores (1.0 when every pair is equal)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0 or np.all(d == 0):
+        return 1.0
+    return float(sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order."""
+    p = list(pvalues)
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adjusted = [0.0] * len(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_difference_interval(a: Sequence[float], b: Sequence[float], *, key: object) -> tuple[float, float]:
+    """Bootstrap interval of mean(a) - mean(b) over paired samples (resampling pairs)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    return bootstrap(lambda idx: d[idx].mean(axis=1), d.size, key=key)
+
+
+def mcnemar_samples(only_a: int, only_b: int, n: int, *, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Samples a two-sided McNemar test at ``alpha`` needs to detect, with ``power``, the discordance seen in
+    ``n`` samples (only_a, only_b); None when the observed rates show no difference (Connor 1987)."""
+    if n <= 0 or only_a == only_b:
+        return None
+    p10, p01 = only_a / n, only_b / n
+    disc, delta = p10 + p01, abs(p10 - p01)
+    za, zb = _z(1 - alpha), float(sps.norm.ppf(power))
+    root = max(disc - delta * delta, 0.0)
+    return math.ceil((za * math.sqrt(disc) + zb * math.sqrt(root)) ** 2 / (delta * delta))
