@@ -139,7 +139,8 @@ def table(rows: list[dict], queries: int) -> str:
     lines = [
         SECTION, "",
         f"{date.today().isoformat()}, {platform.machine()} CPU ({torch.get_num_threads()} threads), torch "
-        f"{torch.__version__}. Command: `PYTHONPATH=/tmp/ta .venv/bin/python bench/autoattack_reference.py --write`.",
+        f"{torch.__version__}. Command: `PYTHONPATH=/tmp/ta .venv/bin/python bench/autoattack_reference.py "
+        f"{' '.join(sys.argv[1:])}`.",
         "Robust accuracy under Linf attacks on the first N test images. `autoattack`: medrobust's ensemble "
         f"(APGD-CE 100 steps, APGD-T 100 steps over all other classes, Square {queries} queries, in cascade). "
         "`reference`: torchattacks 3.5.1 APGD-CE 100 steps, then APGD-T 100 steps on what is left. `PGD-10`: the "

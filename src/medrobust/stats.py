@@ -76,47 +76,55 @@ def mean_interval(values: Sequence[float], *, key: object) -> tuple[float, float
     return bootstrap(lambda idx: v[idx].mean(axis=1), v.size, key=key)
 
 
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of the n samples occurs in each resample: (B, n) from resampled indices (B, n)."""
+    counts = np.zeros((idx.shape[0], n))
+    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
+    return counts
+
+
 def balanced_accuracy_interval(pred: Sequence[int], y: Sequence[int], num_classes: int, *, key: object) -> tuple[float, float]:
     """Bootstrap interval of the balanced accuracy (mean recall over the classes present in each resample)."""
     pred, y = np.asarray(pred), np.asarray(y)
-    correct = (pred == y).astype(np.float64)
+    members = np.stack([y == k for k in range(num_classes)], axis=1).astype(np.float64)  # (n, K)
+    hits = members * (pred == y)[:, None]
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        yy, cc = y[idx], correct[idx]
-        recalls = []
-        for k in range(num_classes):
-            members = (yy == k)
-            count = members.sum(axis=1)
-            hits = (members * cc).sum(axis=1)
-            recalls.append(np.where(count > 0, hits / np.maximum(count, 1), np.nan))
-        return np.nanmean(np.stack(recalls, axis=1), axis=1)
+        counts = _counts(idx, y.size)
+        size, right = counts @ members, counts @ hits  # (B, K)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(size > 0, right / size, np.nan)
+        return np.nanmean(recall, axis=1)
 
     return bootstrap(stat, y.size, key=key)
 
 
 def auc_interval(probs: np.ndarray, y: Sequence[int], num_classes: int, *, key: object) -> tuple[float, float]:
     """Bootstrap interval of the one-vs-rest AUC (macro mean over classes; the positive-class AUC for two
-    classes), by the rank-sum formula (ties count 1/2) on each resample."""
+    classes), by the Mann-Whitney statistic (ties count 1/2) on each resample: with c the resample's sample
+    counts, U = c_pos^T H c_neg for the fixed matrix H[i, j] = 1 (s_i > s_j), 1/2 (tie), 0."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
     # as medrobust.metrics.auc_ovr: classes without positives or without negatives in the data are left out
     classes = [k for k in ([1] if num_classes == 2 else range(num_classes)) if 0 < int((y == k).sum()) < y.size]
     if not classes:
         return math.nan, math.nan
+    parts = []
+    for k in classes:
+        pos, neg = y == k, y != k
+        s_pos, s_neg = probs[pos, k], probs[neg, k]
+        heaviside = (s_pos[:, None] > s_neg[None, :]) + 0.5 * (s_pos[:, None] == s_neg[None, :])
+        parts.append((pos, neg, heaviside))
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        yy = y[idx]
+        counts = _counts(idx, y.size)
         aucs = []
-        for k in classes:
-            score = probs[idx, k]
-            ranks = sps.rankdata(score, axis=1)
-            pos = yy == k
-            n_pos = pos.sum(axis=1)
-            n_neg = yy.shape[1] - n_pos
-            u = (ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2
-            ok = (n_pos > 0) & (n_neg > 0)
-            aucs.append(np.where(ok, u / np.maximum(n_pos * n_neg, 1), np.nan))
+        for pos, neg, heaviside in parts:
+            c_pos, c_neg = counts[:, pos], counts[:, neg]
+            u = np.einsum("bi,ij,bj->b", c_pos, heaviside, c_neg, optimize=True)
+            pairs = c_pos.sum(axis=1) * c_neg.sum(axis=1)
+            # a resample without positives or negatives of a class has no macro AUC comparable to the data's
+            aucs.append(np.where(pairs > 0, u / np.maximum(pairs, 1), np.nan))
         stacked = np.stack(aucs, axis=1)
-        # a resample without every class has no macro AUC comparable to the full-data one
         return np.where(np.isnan(stacked).any(axis=1), np.nan, stacked.mean(axis=1))
 
     return bootstrap(stat, y.size, key=key)

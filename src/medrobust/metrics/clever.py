@@ -107,7 +107,7 @@ def clever_estimate(
     target_classes: int | None = None,
     bounds: Bounds | None = None,
     generator: torch.Generator | None = None,
-    chunk: int = 2048,
+    chunk: int = 128,
 ) -> CleverEstimate:
     """CLEVER for every sample of ``x`` (N, C, *spatial) with labels ``y`` (N,). See the module docstring."""
     if norm not in DUAL:

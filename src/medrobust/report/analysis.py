@@ -132,11 +132,10 @@ def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float,
         more = f"; {len(significant) - 3} more pairs differ" if len(significant) > 3 else ""
         return "; ".join(parts) + more
     smallest = min(c["p_adjusted"] for c in rows)
-    text = f"no pair differs significantly (Holm-adjusted p >= {_p(smallest)}, n = {rows[0]['n']})"
     needed = [c["samples_needed"] for c in rows if c.get("samples_needed")]
-    if needed:
-        text += f"; detecting the largest observed difference would take about {min(needed)} test samples"
-    return text
+    more = (f"; about {min(needed)} test samples would be needed to detect the largest observed difference"
+            if needed else "")
+    return f"no pair differs significantly (Holm-adjusted p >= {_p(smallest)} at n = {rows[0]['n']}{more})"
 
 
 def _p(p: float) -> str:
@@ -168,8 +167,8 @@ def headline_sentence(heads: list[Headline], metric: str = "accuracy",
     clean_test = _significance(comparisons, "clean", 0.0, name)
     worst_test = _significance(comparisons, h.label, h.strength, name)
     return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models"
-            + (f" ({clean_test})" if clean_test else "")
-            + f"; worst-case {name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f}"
+            + (f": {clean_test}" if clean_test else "")
+            + f". Worst-case {name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f}"
             + (f": {worst_test}." if worst_test else f" (highest: {best}).")
             )
 
