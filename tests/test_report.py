@@ -286,6 +286,32 @@ def test_stored_sanity_checks_appear_in_the_warnings(run_dir, checkpoints, tmp_p
     assert "- Sanity checks passed for tiny: logits, more steps; failed (see above): unbounded." in md
 
 
+def test_intervals_paired_tests_and_curve_areas_match_the_stored_results(report, run_dir):
+    html_path, md_path, html = report
+    rows = json.loads((run_dir / "summary.json").read_text())
+    index = {(r["model"], r["perturbation"], r["strength"], r["metric"]): r for r in rows}
+    # the headline shows each clean score's 95% interval from summary.json
+    clean = index[("tiny", "clean", 0.0, "accuracy")]
+    assert f"[{clean['ci_low']:.3f}, {clean['ci_high']:.3f}]" in html[html.index('id="headline-linf"'):]
+    # the paired tests are those of comparisons.json (one pair: tiny vs the other model)
+    comparisons = json.loads((run_dir / "comparisons.json").read_text())
+    shown = re.findall(r'data-pair="([^"]+)" data-difference="([^"]+)" data-p="([^"]+)"', html)
+    assert shown, "no paired tests in the report"
+    stored = {(c["model_a"], c["model_b"], c["perturbation"], c["strength"]): c for c in comparisons}
+    for pair, diff, p_adj in shown:
+        a, b, pert, strength = pair.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').split("|")
+        c = stored[(a, b, pert, float(strength))]
+        assert float(diff) == pytest.approx(c["difference"]) and float(p_adj) == pytest.approx(c["p_adjusted"])
+    # a curve's area is the mean score over its strengths (every sample is scored at every strength)
+    (area,) = [float(v) for v in re.findall(r'data-area="([^"]+)" data-model="tiny" data-perturbation="fgsm"', html)]
+    expected = (index[("tiny", "fgsm", 0.01, "accuracy")]["value"] + index[("tiny", "fgsm", 0.05, "accuracy")]["value"]) / 2
+    assert area == pytest.approx(expected)
+    sentence = re.search(r'<p class="lead">(.*?)</p>', html, flags=re.S).group(1)
+    assert "differs significantly" in sentence or "(p = " in sentence
+    md = md_path.read_text()
+    assert "Paired tests on the same samples" in md and "| tiny | fgsm | 2 |" in md
+
+
 def test_worst_cases_without_a_strong_attack_are_flagged():
     """Per norm, the strengths whose worst case rests on no autoattack/apgd are named; L0 has no strong attack."""
     from medrobust.report.analysis import Values, unchecked_worst_cases

@@ -79,7 +79,7 @@ def _rows(model: str, pert: str, strength: float, metrics: dict[str, float],
     return out
 
 
-def _score(r: dict[str, Any]) -> float:
+def sample_score(r: dict[str, Any]) -> float:
     """Per-sample score: stored Dice or correctness; records written before the score column get correctness."""
     if r.get("score") is not None:
         return float(r["score"])
@@ -141,7 +141,7 @@ def summarise(
     ``class_names`` and ``tasks`` ("classification" or "segmentation"): per model."""
     tasks = tasks or {}
     class_names = class_names or {}
-    groups = _grouped(records)
+    groups = group_records(records)
     clean_records = {
         model: {r["sample_index"]: r for r in recs}
         for (model, pert, _, _), recs in groups.items()
@@ -162,7 +162,7 @@ def summarise(
     return rows
 
 
-def _grouped(records: list[dict[str, Any]]) -> dict[tuple[str, str, float, str], list[dict[str, Any]]]:
+def group_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, float, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["model"], r["perturbation"], float(r["strength"]), r["kind"])].append(r)
@@ -185,7 +185,7 @@ def worst_cases(
             for r in recs:
                 cur = worst.get(r["sample_index"])
                 # the lower score is the worse outcome (0/1 correctness, or Dice)
-                if cur is None or _score(r) < _score(cur):
+                if cur is None or sample_score(r) < sample_score(cur):
                     worst[r["sample_index"]] = {**r, "perturbation": label}
     return out
 
@@ -205,13 +205,13 @@ def compare_models(
     ``samples_needed``: for McNemar, the samples a test at 0.05 with power 0.8 would need for the observed
     discordance (None when the models disagree symmetrically)."""
     tasks = tasks or {}
-    groups = _grouped(records)
+    groups = group_records(records)
     scored: dict[tuple[str, float], dict[str, dict[int, float]]] = defaultdict(dict)
     for (model, pert, strength, _), recs in groups.items():
         if pert == "clean":
-            scored[(pert, strength)][model] = {r["sample_index"]: _score(r) for r in recs}
+            scored[(pert, strength)][model] = {r["sample_index"]: sample_score(r) for r in recs}
     for (label, model, strength), worst in worst_cases(groups, norms).items():
-        scored[(label, strength)][model] = {i: _score(r) for i, r in worst.items()}
+        scored[(label, strength)][model] = {i: sample_score(r) for i, r in worst.items()}
     rows: list[dict[str, Any]] = []
     for (pert, strength), by_model in sorted(scored.items()):
         family = []

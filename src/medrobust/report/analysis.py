@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medrobust import stats
 from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.checks import TITLES as CHECK_TITLES
 from medrobust.report.data import PerturbationInfo, RunData
@@ -207,12 +208,58 @@ def curves(run: RunData, values: Values) -> list[Curve]:
             main = [(s, values.get(m.name, label, s)) for s in values.strengths.get(label, [])]
             noise_label = f"matched_noise[{label}]"
             noise = [(s, values.get(m.name, noise_label, s)) for s in values.strengths.get(noise_label, [])]
+            clean_ci = values.interval(m.name, "clean", 0.0)
+            band = [(0.0, *clean_ci)] if clean is not None and clean_ci else []
+            band += [(s, *ci) for s, _ in main if (ci := values.interval(m.name, label, s))]
             curve.series[m.name] = {
                 "main": start + [(s, v) for s, v in main if v is not None],
                 "noise": (start + [(s, v) for s, v in noise if v is not None]) if noise else [],
+                "band": band,  # (strength, low, high): the 95% interval of each point
             }
         out.append(curve)
     return out
+
+
+def curve_areas(run: RunData) -> list[dict[str, Any]]:
+    """One number per model and perturbation: the mean score over the perturbation's strengths (the area under
+    its robustness curve over the strengths, clean excluded), with a bootstrap 95% interval over samples (each
+    sample's mean score over the strengths; samples scored at every strength)."""
+    from medrobust.results import group_records, sample_score, worst_cases
+
+    groups = group_records(run.records)
+    scored: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(dict)
+    for (model, pert, strength, _), recs in groups.items():
+        if pert != "clean" and not pert.startswith("matched_noise["):
+            scored[(model, pert)][strength] = {r["sample_index"]: sample_score(r) for r in recs}
+    norms = {p.label: p.norm for p in run.attacks if p.norm}
+    for (label, model, strength), worst in worst_cases(groups, norms).items():
+        scored[(model, label)][strength] = {i: sample_score(r) for i, r in worst.items()}
+    order = {p.label: i for i, p in enumerate(run.perturbations)}
+    rows = []
+    for (model, label), by_strength in scored.items():
+        if len(by_strength) < 2:
+            continue
+        common = sorted(set.intersection(*(set(d) for d in by_strength.values())))
+        if not common:
+            continue
+        means = [statistics.fmean(by_strength[s][i] for s in by_strength) for i in common]
+        lo, hi = stats.mean_interval(means, key=("area", model, label))
+        rows.append({"model": model, "perturbation": label, "strengths": sorted(by_strength), "n": len(common),
+                     "area": statistics.fmean(means), "ci_low": lo, "ci_high": hi})
+    models = [m.name for m in run.models]
+    rows.sort(key=lambda r: (order.get(r["perturbation"], len(order)), r["perturbation"],
+                             models.index(r["model"]) if r["model"] in models else len(models)))
+    return rows
+
+
+def area_table(areas: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """:func:`curve_areas` as one row per perturbation with a cell per model (None where absent)."""
+    table: dict[str, dict[str, Any]] = {}
+    for a in areas:
+        row = table.setdefault(a["perturbation"], {"perturbation": a["perturbation"], "strengths": a["strengths"],
+                                                   "cells": {}})
+        row["cells"][a["model"]] = a
+    return [{**row, "cells": [row["cells"].get(m) for m in models]} for row in table.values()]
 
 
 # --- 4. perceptibility -----------------------------------------------------------------------------------

@@ -150,6 +150,7 @@ def build_report(
     checks = A.model_checks(run)
     findings = A.warnings(run, values, checks=checks)
     galleries = A.gallery(run, reference)
+    areas = A.curve_areas(run)
     segmentation = [m.name for m in run.models if m.task == "segmentation"]
     which = "successful" if not segmentation else "all"
 
@@ -174,6 +175,8 @@ def build_report(
         "reference": reference,
         "curves": curves,
         "curve_table": curve_table(run, values),
+        "areas": areas,
+        "area_table": A.area_table(areas, [m.name for m in run.models]),
         "clean_acc": {m.name: values.clean(m.name) for m in run.models},
         "at_ref": at_ref,
         "minimal": minimal,

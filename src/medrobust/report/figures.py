@@ -130,6 +130,9 @@ def curves_figure(curves: list[Curve], styles: dict[str, ModelStyle], metric: st
                 if series["main"]:
                     xs, ys = zip(*series["main"])
                     ax.plot(xs, ys, color=st.color, marker=st.marker, ms=4, lw=1.6)
+                if len(series.get("band", [])) >= 2:  # the 95% interval of each point, as a shaded band
+                    bx, blo, bhi = zip(*series["band"])
+                    ax.fill_between(bx, blo, bhi, color=st.color, alpha=0.12, linewidth=0)
                 if series["noise"]:
                     any_noise = True
                     xs, ys = zip(*series["noise"])

@@ -80,6 +80,13 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         ["perturbation", "strength", *models],
         [[r["perturbation"], f"{r['strength']:.4g}", *[_acc(c) for c in r["cells"]]] for r in ctx["curve_table"]],
     )
+    if ctx["areas"]:
+        out += [f"Mean {score} over each curve's strengths (clean excluded), with a 95% bootstrap interval over samples:", ""]
+        out += table(
+            ["model", "perturbation", "strengths", f"mean {score}", "95% interval"],
+            [[a["model"], a["perturbation"], str(len(a["strengths"])), a["area"], _ci((a["ci_low"], a["ci_high"]))]
+             for a in ctx["areas"]],
+        )
     out += ["## Perturbation size of " + ("successful attacks" if not ctx["segmentation"] else "attacks (all samples)"), ""]
     out += table(
         ["model", "attack", "eps", "samples" if ctx["segmentation"] else "successful", "median L2", "median Linf",
