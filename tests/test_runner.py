@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import sqlite3
@@ -347,3 +348,42 @@ def test_checkpoint_results_are_bit_identical_across_thread_counts(checkpoint, t
     assert len(rows["1"]) == 12 * (1 + 2 + 2 + 2 + 1)
     assert rows["1"] == rows["2"]
     assert rows["1summary"] == rows["2summary"]
+
+
+def test_clever_scores_are_stored_summarised_reused_and_reported(checkpoint, tmp_path, monkeypatch):
+    import numpy as np
+
+    from medrobust.report import build_report
+    from medrobust.store import Store
+
+    spec = load_config(make_spec(checkpoint, clever={"norm": "l2", "n_batches": 6, "batch_size": 4, "radius": 2.0}))
+    run_experiment(spec, tmp_path / "run", quiet=True)
+    store = Store(tmp_path / "run" / "results.db")
+    (stored,) = store.all_model_scores()
+    store.close()
+    scores = stored["scores"]
+    assert [s["sample_index"] for s in scores] == list(range(12)) and stored["name"] == "clever[l2]"
+    kept = [s["score"] for s in scores if s["fit"] != "misclassified"]
+    clean_correct = round(value(summary(tmp_path / "run"), "clean", 0.0, "accuracy") * 12)
+    assert len(kept) == clean_correct and all(0 < v <= 2.0 for v in kept)
+    rows = summary(tmp_path / "run")
+    assert value(rows, "clever[l2]", 0.0, "clever") == pytest.approx(float(np.median(kept)))
+    # a re-run reuses the stored scores instead of recomputing them
+    import medrobust.runner as R
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CLEVER recomputed")
+
+    monkeypatch.setattr(R, "clever_estimate", refuse)
+    run_experiment(spec, tmp_path / "run", quiet=True)
+    html = build_report(tmp_path / "run")[0].read_text()
+    (shown,) = re.findall(r'data-model="tiny" data-clever="([^"]+)"', html)
+    assert float(shown) == pytest.approx(float(np.median(kept)))
+
+
+def test_clever_refuses_segmentation(tmp_path):
+    spec = load_config({"name": "seg", "dataset": {"name": "mni152-tissue", "params": {}}, "clever": {},
+                        "models": [{"name": "u", "train": {"architecture": "unet", "epochs": 1}}]})
+    with pytest.raises(ValueError, match="CLEVER scores classifiers"):
+        run_experiment(spec, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # a failed first run leaves no folder

@@ -282,7 +282,8 @@ def robustness_table(
         s = ref_strength(p)
         cells = []
         for m in models:
-            acc = value.get((m, p, s, metric))
+            # CLEVER rows hold an estimated minimal perturbation, not a score
+            acc = value.get((m, p, s, "clever" if p.startswith("clever[") else metric))
             noise = value.get((m, f"matched_noise[{p}]", s, metric))
             cells.append(fmt(acc) + (f" ({fmt(noise)})" if noise is not None else ""))
         table.add_row(escape(f"{p} @ {s:.4g}"), *cells)

@@ -149,6 +149,28 @@ class PerturbationSpec(_Frozen):
         return str(self.attack if self.attack is not None else self.corruption)
 
 
+class CleverSpec(_Frozen):
+    """CLEVER scores of every model on the evaluated samples (``medrobust.clever``), stored and reported beside
+    the attacks; classification only."""
+
+    norm: str = "l2"
+    n_batches: int = Field(10, ge=1)
+    batch_size: int = Field(5, ge=1)
+    radius: float = Field(5.0, gt=0, allow_inf_nan=False)
+    target_classes: int | None = Field(None, ge=1)
+
+    @field_validator("norm")
+    @classmethod
+    def _norm(cls, value: str) -> str:
+        if value not in ("l2", "linf", "l1"):
+            raise ValueError(f"clever norm {value!r} is not one of l2, linf, l1")
+        return value
+
+    @property
+    def label(self) -> str:
+        return f"clever[{self.norm}]"
+
+
 class ExperimentSpec(_Frozen):
     name: str = Field("experiment", max_length=MAX_NAME_LENGTH)
     seed: int = 0
@@ -168,6 +190,7 @@ class ExperimentSpec(_Frozen):
     # it applies to cells computed from then on (it is not part of a cell's identity)
     gallery: int = Field(2, ge=0, le=16)
     reference_strength: dict[str, float] = Field(default_factory=dict)
+    clever: CleverSpec | None = None
 
     @field_validator("device")
     @classmethod

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medrobust import stats
@@ -160,6 +161,20 @@ def summarise(
     for (label, model, strength), worst in sorted(worst_cases(groups, norms).items()):
         rows += rows_for(model, label, strength, "attack", list(worst.values()))
     return rows
+
+
+def clever_rows(model: str, label: str, scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary rows of a model's CLEVER scores (``label`` e.g. "clever[l2]", strength 0): ``clever``, the
+    median over the clean-correct samples with a bootstrap 95% interval of the median, and ``clever_flagged``,
+    the fraction of those whose fit was degenerate."""
+    kept = [s for s in scores if s["fit"] != "misclassified"]
+    values = np.asarray([s["score"] for s in kept], dtype=np.float64)
+    median = float(np.median(values)) if values.size else math.nan
+    lo, hi = stats.bootstrap(lambda idx: np.median(values[idx], axis=1), values.size, key=("clever", model, label))
+    flagged = float(np.mean([bool(s["flagged"]) for s in kept])) if kept else math.nan
+    return _rows(model, label, 0.0, {"clever": median, "clever_flagged": flagged},
+                 {"clever": (lo, hi), "clever_flagged": stats.wilson(int(round(flagged * len(kept))), len(kept)) if kept else None},
+                 len(kept))
 
 
 def group_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, float, str], list[dict[str, Any]]]:

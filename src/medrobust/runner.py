@@ -35,9 +35,10 @@ from medrobust.corruptions import CORRUPTIONS
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
 from medrobust.metrics import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice, psnr, ssim
+from medrobust.metrics.clever import clever_estimate
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
-from medrobust.results import compare_models, summarise, write_comparisons, write_summary
+from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, Store, check_database
 from medrobust.tasks import get_task
@@ -388,6 +389,47 @@ def sanity_checks(
         store.write_checks(name, lm.fingerprint, results)
 
 
+def clever_settings(spec: ExperimentSpec) -> dict[str, Any]:
+    """What a stored CLEVER score set depends on besides the weights."""
+    assert spec.clever is not None
+    return {**spec.clever.model_dump(mode="json"), "limit": spec.limit, "seed": spec.seed,
+            "dataset": spec.dataset.model_dump(mode="json")}
+
+
+def clever_scores(
+    spec: ExperimentSpec, models: dict[str, LoadedModel], dataset: ImageDataset, store: Store,
+    notify: Callable[[str], None],
+) -> dict[str, list[dict[str, Any]]]:
+    """CLEVER scores of every model on the evaluated samples (spec ``clever``), computed once per weights and
+    settings and stored in results.db (table model_scores). Returns model -> per-sample scores."""
+    if spec.clever is None:
+        return {}
+    c, settings, device = spec.clever, clever_settings(spec), torch.device(spec.device)
+    out = {}
+    for name, lm in models.items():
+        stored = store.model_scores(name, lm.fingerprint, c.label, settings)
+        if stored is not None:
+            out[name] = stored
+            continue
+        t0, scores = time.perf_counter(), []
+        for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
+            est = clever_estimate(
+                lm.model, batch.x.to(device), batch.y.to(device), norm=c.norm, n_batches=c.n_batches,
+                batch_size=c.batch_size, radius=c.radius, target_classes=c.target_classes,
+                generator=make_generator(spec.seed, name, c.label, b, device=device),
+            )
+            start = b * spec.batch_size
+            scores += [{"sample_index": start + i, "sample_id": batch.ids[i], "score": float(est.scores[i]),
+                        "fit": est.fit[i], "flagged": bool(est.flagged[i])} for i in range(len(batch))]
+        seconds = time.perf_counter() - t0
+        store.write_model_scores(name, lm.fingerprint, c.label, settings, scores, seconds)
+        flagged = sum(s["flagged"] for s in scores)
+        notify(f"{c.label} of {name}: {len(scores)} samples in {seconds:.1f} s"
+               + (f", {flagged} degenerate fits flagged" if flagged else ""))
+        out[name] = scores
+    return out
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -540,6 +582,8 @@ def _run_experiment(
         raise ValueError(f"{str(run_dir / 'results.db')!r} is read-only; this run could not store its results")
     check_stored_spec(spec, run_dir, force)
     dataset = load_dataset(spec.dataset.name, split=spec.dataset.split, **spec.dataset.params)
+    if spec.clever is not None and dataset.task != "classification":
+        raise ValueError(f"clever: CLEVER scores classifiers; dataset {spec.dataset.name!r} is a {dataset.task} task")
     loaded = {m.name: load_checkpoint(spec, m, trust_code) for m in spec.models if m.checkpoint is not None}
     for m in spec.models:
         if m.name in loaded:
@@ -560,6 +604,7 @@ def _run_experiment(
     try:
         run_id = store.start_run(spec.model_dump(mode="json"), spec.spec_hash(), versions(), spec.device, spec.seed)
         sanity_checks(spec, models, dataset, store, notify)
+        clever = clever_scores(spec, models, dataset, store, notify)
         done = store.done_keys()
         todo = [c for c in cells if c.key not in done]
         n_samples = min(len(dataset), spec.limit or len(dataset))
@@ -582,6 +627,8 @@ def _run_experiment(
             class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
             tasks=tasks,
         )
+        for name, scores in clever.items():
+            summary += clever_rows(name, spec.clever.label, scores)
         write_summary(summary, run_dir)
         write_comparisons(compare_models(records, norms, tasks), run_dir)
         store.finish_run(run_id)

@@ -99,6 +99,16 @@ CREATE TABLE IF NOT EXISTS checks (
     created REAL NOT NULL,
     PRIMARY KEY (model, name)
 );
+CREATE TABLE IF NOT EXISTS model_scores (
+    model TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    name TEXT NOT NULL,
+    settings_json TEXT NOT NULL,
+    scores_json TEXT NOT NULL,
+    seconds REAL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, fingerprint, name, settings_json)
+);
 """
 EXAMPLE_ARRAYS = ("image", "delta", "label", "pred")
 
@@ -294,6 +304,33 @@ class Store:
         rows = self._dicts("SELECT * FROM checks ORDER BY model, rowid")
         for r in rows:
             r["passed"] = bool(r["passed"])
+        return rows
+
+    def write_model_scores(self, model: str, fingerprint: str, name: str, settings: dict[str, Any],
+                           scores: list[dict[str, Any]], seconds: float) -> None:
+        """Store per-sample model-level scores (CLEVER) of ``model`` on the weights ``fingerprint``: a list of
+        {sample_index, sample_id, score, fit, flagged}, replaced whole for the same name and settings."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO model_scores VALUES (?,?,?,?,?,?,?)",
+                (model, fingerprint, name, json.dumps(settings, sort_keys=True), json.dumps(scores), seconds,
+                 time.time()),
+            )
+
+    def model_scores(self, model: str, fingerprint: str, name: str, settings: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The stored scores of :meth:`write_model_scores`, or None."""
+        row = self.conn.execute(
+            "SELECT scores_json FROM model_scores WHERE model=? AND fingerprint=? AND name=? AND settings_json=?",
+            (model, fingerprint, name, json.dumps(settings, sort_keys=True)),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def all_model_scores(self) -> list[dict[str, Any]]:
+        """Every stored model-level score set (model, fingerprint, name, settings, scores), oldest first."""
+        rows = self._dicts("SELECT * FROM model_scores ORDER BY created")
+        for r in rows:
+            r["settings"] = json.loads(r.pop("settings_json"))
+            r["scores"] = json.loads(r.pop("scores_json"))
         return rows
 
     def has_checks(self, model: str, fingerprint: str) -> bool:

@@ -79,8 +79,9 @@ class Headline:
     label: str  # worst-case label in the summary
     strength: float
     attacks: list[str]
-    rows: list[dict[str, Any]]  # model, clean, worst, attacks: {label: (acc, matched-noise acc)}
+    rows: list[dict[str, Any]]  # model, clean, worst, attacks: {label: (acc, matched-noise acc)}, clever
     reference_given: bool
+    clever: str | None = None  # label of the CLEVER scores in the summary ("clever[l2]"), if the run has them
 
 
 def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[Headline]:
@@ -101,7 +102,11 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
                 "worst_ci": values.interval(m.name, label, strength),
                 "attacks": {a: (values.get(m.name, a, strength), values.get(m.name, f"matched_noise[{a}]", strength)) for a in attacks},
             })
-        out.append(Headline(norm, label, strength, attacks, rows, norm in reference))
+        clever = next((p for p in values.strengths if p == f"clever[{norm}]"), None)
+        for r in rows:
+            r["clever"] = values.get(r["model"], clever, 0.0, "clever") if clever else None
+            r["clever_ci"] = values.interval(r["model"], clever, 0.0, "clever") if clever else None
+        out.append(Headline(norm, label, strength, attacks, rows, norm in reference, clever))
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medrobust.results import compare_models, summarise
+from medrobust.results import clever_rows, compare_models, summarise
 from medrobust.store import Store
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,7 @@ def load_run(run_dir: str | Path) -> RunData:
         records = store.records([c["key"] for c in cells]) if cells else []
         examples = store.examples([c["key"] for c in cells], decode=False)
         check_rows = store.checks()
+        score_rows = store.all_model_scores()
     finally:
         store.close()
 
@@ -268,6 +269,13 @@ def load_run(run_dir: str | Path) -> RunData:
         tasks={m.name: m.task for m in models},
     ) if records else []
     comparisons = compare_models(records, norms, {m.name: m.task for m in models}) if records else []
+    # model-level scores (CLEVER) of the weights shown; the newest set per model and score wins
+    latest: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in score_rows:
+        if r["model"] in present and fingerprints.get(r["model"], r["fingerprint"]) == r["fingerprint"]:
+            latest[(r["model"], r["name"])] = r["scores"]
+    for (model, name), scores in sorted(latest.items()):
+        summary += clever_rows(model, name, scores)
     clean_counts: dict[str, int] = defaultdict(int)
     for r in records:
         if r["perturbation"] == "clean":

@@ -61,10 +61,12 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         out += ["No attacks in this run.", ""]
     for h in ctx["heads"]:
         out += [f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} (in brackets: matched Gaussian noise).", ""]
+        clever = [f"CLEVER ({h.norm}) median"] if h.clever else []
         out += table(
-            ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks],
+            ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks, *clever],
             [[r["model"], r["clean"], _ci(r["clean_ci"]), r["worst"], _ci(r["worst_ci"]),
-              *[_acc(r["attacks"][a]) for a in h.attacks]] for r in h.rows],
+              *[_acc(r["attacks"][a]) for a in h.attacks],
+              *([f"{r['clever']:.4g}" if r["clever"] is not None else "-"] if h.clever else [])] for r in h.rows],
         )
     if ctx["pair_tests"]:
         out += ["Paired tests on the same samples (difference A - B with a 95% bootstrap interval; "
