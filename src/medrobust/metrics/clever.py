@@ -19,10 +19,12 @@ gives the gradient of that margin at every point (points are independent, so the
 is each point's own gradient). The reverse Weibull fits are maximum likelihood for all (sample, class) pairs at
 once (:func:`fit_locations`: the likelihood profiled over the location, shape and scale solved in closed form
 or by bisection), about 20x faster than one scipy fit at a time and equal to it where scipy converges. A fit
-is accepted when its optimum is interior and its location lies between the largest observed maximum and twice
-it; otherwise (the degenerate fits that make other tools report spurious ~1e-6 scores) the largest observed
-maximum is used and the sample is flagged (``fit`` = "max"). Maxima that are all equal (a locally linear
-model) give that value exactly (``fit`` = "constant").
+is accepted when its optimum is interior, or at the largest observed maximum itself (shape <= 1, where the
+likelihood rises towards it). A fit whose location runs off more than ``RUNAWAY`` spreads of the maxima above
+the largest one (a flat likelihood: the degenerate fits that make other tools report spurious ~1e-6 scores)
+is not used: the largest observed maximum is, and the sample is flagged (``fit`` = "max"). With few batches
+(ART's default of 10 x 5 points) many fits are degenerate on real networks; more batches help. Maxima that are
+all equal (a locally linear model) give that value exactly (``fit`` = "constant").
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from medrobust.models.wrapper import as_model, attack_mode
 from medrobust.types import Bounds
 
 DUAL = {"l2": 2.0, "linf": 1.0, "l1": math.inf}
+# a fitted upper end more than this many spreads (largest - smallest batch maximum) above the largest maximum is
+# a fit that ran off on a flat likelihood, not an estimate
+RUNAWAY = 5.0
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,9 @@ def fit_locations(maxima: np.ndarray, grid: int = 48, refine: int = 24) -> tuple
     """Upper ends (locations) of reverse Weibull distributions fitted by maximum likelihood to each row of
     ``maxima`` (M, B), all rows at once: the profile likelihood over the location on a log grid above the
     largest maximum, refined by golden-section search. Returns (locations, how): "weibull" for an interior
-    optimum within [max, 2 max]; "constant" for equal maxima (their value, exactly); "max" where the optimum
-    lies on the grid's edge or outside [max, 2 max] (a degenerate fit: the largest maximum is used)."""
+    optimum within RUNAWAY spreads above the largest maximum, or for the largest maximum itself when the
+    likelihood rises towards it; "constant" for equal maxima (their value, exactly); "max" where the fit runs
+    off (a degenerate fit: the largest maximum is used)."""
     maxima = np.asarray(maxima, dtype=np.float64)
     top, bottom = maxima.max(axis=1), maxima.min(axis=1)
     spread = top - bottom
@@ -131,9 +137,14 @@ def fit_locations(maxima: np.ndarray, grid: int = 48, refine: int = 24) -> tuple
             f1 = _profile_loglik(m, (t + np.exp(x1) * r)[:, None])[:, 0]
             f2 = _profile_loglik(m, (t + np.exp(x2) * r)[:, None])[:, 0]
             a, b = np.where(f1 < f2, x1, a), np.where(f1 < f2, b, x2)
-        fitted = t + np.exp((a + b) / 2) * r
-        ok = interior & np.isfinite(fitted) & (fitted >= t) & (fitted <= 2 * t)
-        locs[rows] = np.where(ok, fitted, t)
+        step = np.exp((a + b) / 2)
+        fitted = t + step * r
+        # at the grid's lower edge the likelihood rises towards the largest maximum (shape <= 1): the MLE is
+        # that maximum itself; beyond RUNAWAY spreads above it the fit has run off (a flat likelihood that
+        # makes the score spuriously small): degenerate
+        at_max = best == 0
+        ok = (interior | at_max) & np.isfinite(fitted) & (step <= RUNAWAY)
+        locs[rows] = np.where(ok & ~at_max, fitted, t)
         how[rows] = np.where(ok, "weibull", "max")
     return locs, list(how)
 

@@ -79,7 +79,7 @@ class Headline:
     label: str  # worst-case label in the summary
     strength: float
     attacks: list[str]
-    rows: list[dict[str, Any]]  # model, clean, worst, attacks: {label: (acc, matched-noise acc)}, clever
+    rows: list[dict[str, Any]]  # model, clean, worst, attacks: {label: (acc, matched-noise acc, ci)}, clever
     reference_given: bool
     clever: str | None = None  # label of the CLEVER scores in the summary ("clever[l2]"), if the run has them
 
@@ -100,12 +100,14 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
                 "clean_ci": values.interval(m.name, "clean", 0.0),
                 "worst": values.get(m.name, label, strength),
                 "worst_ci": values.interval(m.name, label, strength),
-                "attacks": {a: (values.get(m.name, a, strength), values.get(m.name, f"matched_noise[{a}]", strength)) for a in attacks},
+                "attacks": {a: (values.get(m.name, a, strength), values.get(m.name, f"matched_noise[{a}]", strength),
+                                values.interval(m.name, a, strength)) for a in attacks},
             })
         clever = next((p for p in values.strengths if p == f"clever[{norm}]"), None)
         for r in rows:
             r["clever"] = values.get(r["model"], clever, 0.0, "clever") if clever else None
             r["clever_ci"] = values.interval(r["model"], clever, 0.0, "clever") if clever else None
+            r["clever_flagged"] = values.get(r["model"], clever, 0.0, "clever_flagged") if clever else None
         out.append(Headline(norm, label, strength, attacks, rows, norm in reference, clever))
     return out
 
@@ -377,6 +379,12 @@ def _recall(recs: list[dict[str, Any]], k: int) -> float | None:
     return sum(r["pred"] == k for r in of_k) / len(of_k) if of_k else None
 
 
+def _recall_ci(recs: list[dict[str, Any]], k: int) -> tuple[float, float] | None:
+    """Wilson 95% interval of the sensitivity (recall) of class k."""
+    of_k = [r for r in recs if r["label"] == k]
+    return stats.wilson(sum(r["pred"] == k for r in of_k), len(of_k)) if of_k else None
+
+
 def _flips(recs_by_sample: dict[int, list[dict[str, Any]]], malignant: set[int]) -> tuple[int, int]:
     """(malignant-to-benign flips, eligible): eligible samples are malignant and called malignant when clean; a
     flip is any of the sample's perturbed predictions falling in the benign group."""
@@ -415,6 +423,7 @@ def clinical(run: RunData, reference: dict[str, float], malignant: list[str] | t
             flips, eligible = _flips(_by_sample(flip_recs), mal) if flip_recs is not None and mal else (None, None)
             noise_flips = _flips(_by_sample(noise), mal)[0] if noise and mal else None
             return {"name": name, "perturbation": label, "strength": s, "recall": [_recall(recs, k) for k in k_range],
+                    "recall_ci": [_recall_ci(recs, k) for k in k_range],
                     "flips": flips, "eligible": eligible, "noise_flips": noise_flips}
 
         rows = [row("clean", "clean", 0.0, clean, None)]
@@ -462,6 +471,7 @@ def structures(run: RunData, values: Values, reference: dict[str, float]) -> lis
                 items.append((f"{label} @ {s:.4g}", label, s))
         rows = [{"name": title,
                  "dice": [values.get(m.name, pert, s, f"dice:{k}") for k in names],
+                 "dice_ci": [values.interval(m.name, pert, s, f"dice:{k}") for k in names],
                  "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names],
                  "flip": [values.get(m.name, pert, s, f"flip_rate:{k}") for k in names]} for title, pert, s in items]
         out.append(StructureTable(m.name, names, rows))

@@ -203,7 +203,7 @@ def build_report(
 
 
 def curve_table(run: RunData, values: A.Values) -> list[dict[str, Any]]:
-    """Rows (perturbation, strength) with each model's score and its matched-noise score."""
+    """Rows (perturbation, strength) with each model's (score, matched-noise score, 95% interval of the score)."""
     rows = []
     items: list[tuple[str, PerturbationInfo | None]] = [(p.label, p) for p in run.perturbations]
     items += [(A.worst_label(n, run.norms), None) for n in run.norms]
@@ -212,7 +212,8 @@ def curve_table(run: RunData, values: A.Values) -> list[dict[str, Any]]:
             rows.append({
                 "perturbation": label,
                 "strength": s,
-                "cells": [(values.get(m.name, label, s), values.get(m.name, f"matched_noise[{label}]", s)) for m in run.models],
+                "cells": [(values.get(m.name, label, s), values.get(m.name, f"matched_noise[{label}]", s),
+                           values.interval(m.name, label, s)) for m in run.models],
             })
     return rows
 

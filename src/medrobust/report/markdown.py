@@ -31,9 +31,10 @@ def _int(value: float | None) -> str:
     return "-" if is_nan(value) else f"{value:.0f}"
 
 
-def _acc(pair: tuple[float | None, float | None]) -> str:
-    acc, noise = pair
-    return cell(acc) + ("" if noise is None else f" ({cell(noise)})")
+def _acc(triple: tuple[float | None, float | None, tuple[float, float] | None]) -> str:
+    """A score, its 95% interval in square brackets and the matched-noise score in round brackets."""
+    acc, noise, ci = triple
+    return cell(acc) + ("" if ci is None else f" {_ci(ci)}") + ("" if noise is None else f" ({cell(noise)})")
 
 
 def summary_markdown(ctx: dict[str, Any]) -> str:
@@ -60,7 +61,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     if not ctx["heads"]:
         out += ["No attacks in this run.", ""]
     for h in ctx["heads"]:
-        out += [f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} (in brackets: matched Gaussian noise).", ""]
+        out += [f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} (attack columns: score [95% interval] (matched Gaussian noise)).", ""]
         clever = [f"CLEVER ({h.norm}) median"] if h.clever else []
         out += table(
             ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks, *clever],
@@ -77,7 +78,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             [[g["title"], c["model_a"], c["model_b"], f"{c['difference']:+.3f}", _ci((c["ci_low"], c["ci_high"])),
               f"{c['p']:.2g}", f"{c['p_adjusted']:.2g}"] for g in ctx["pair_tests"] for c in g["rows"]],
         )
-    out += [f"## Robustness curves ({score}; in brackets: matched Gaussian noise)", ""]
+    out += [f"## Robustness curves ({score} [95% interval] (matched Gaussian noise))", ""]
     out += table(
         ["perturbation", "strength", *models],
         [[r["perturbation"], f"{r['strength']:.4g}", *[_acc(c) for c in r["cells"]]] for r in ctx["curve_table"]],
@@ -113,7 +114,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         flips = ["malignant to benign", "matched noise"] if ct.malignant else []
         out += table(
             ["perturbation", *names, *flips],
-            [[r["name"], *r["recall"], *([("-" if r["flips"] is None else f"{r['flips']}/{r['eligible']}"),
+            [[r["name"], *[cell(v) + ("" if ci is None else f" {_ci(ci)}") for v, ci in zip(r["recall"], r["recall_ci"])], *([("-" if r["flips"] is None else f"{r['flips']}/{r['eligible']}"),
                                           ("-" if r["noise_flips"] is None else str(r["noise_flips"]))] if ct.malignant else [])]
              for r in ct.rows],
         )
@@ -123,7 +124,8 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         out += [f"### {cell(st.model)}: per-structure Dice / HD95 / flipped", ""]
         out += table(
             ["perturbation", *[f"{n} Dice / HD95 / flipped" for n in st.structures]],
-            [[r["name"], *[f"{cell(d)} / {cell(h, 1)} / {cell(f)}" for d, h, f in zip(r["dice"], r["hd95"], r["flip"])]]
+            [[r["name"], *[f"{cell(d)}{'' if ci is None else ' ' + _ci(ci)} / {cell(h, 1)} / {cell(f)}"
+                           for d, ci, h, f in zip(r["dice"], r["dice_ci"], r["hd95"], r["flip"])]]
              for r in st.rows],
         )
     if ctx.get("galleries"):
