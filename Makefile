@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-all test-browser chromium bench clean
+.PHONY: setup demo lint test test-all test-browser chromium bench clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,12 @@ demo: $(STAMP)
 	$(VENV)/bin/medrobust demo
 	$(VENV)/bin/medrobust demo --task segmentation
 
-test: $(STAMP)
+# ruff (lint and format check) over the package; part of `make test`, so CI runs it
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/ruff format --check src
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 test-all: $(STAMP) chromium

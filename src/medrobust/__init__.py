@@ -8,9 +8,9 @@ examples, noise, outliers and artifacts of matched size.
 __version__ = "0.1.0"
 
 from medrobust.api import attack, corrupt, list_attacks, list_corruptions, list_datasets, list_models  # noqa: E402
-from medrobust.metrics.clever import clever  # noqa: E402
 from medrobust.data import load_dataset  # noqa: E402
 from medrobust.evaluate import Perturbation, evaluate, parse_perturbation  # noqa: E402
+from medrobust.metrics.clever import clever  # noqa: E402
 from medrobust.models import Model, ModelCard, load_model  # noqa: E402
 from medrobust.train import TrainSettings, train  # noqa: E402
 

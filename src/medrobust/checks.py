@@ -64,38 +64,44 @@ DESCRIPTIONS = {
     "unbounded": "PGD with eps = the full input range drives the score to about 0",
     "more_steps": "PGD with 5x the steps and 2 restarts does not leave a higher score than PGD with 10 steps",
     "black_box": "a black-box attack (Square, AutoAttack's Square, transfer) fools almost no sample that every "
-                 "white-box attack left correct",
+    "white-box attack left correct",
 }
 MEANINGS = {
     "logits": (
         "Attacks differentiate a loss (cross-entropy, margin) that expects logits. On probabilities the loss "
         "applies a second softmax and its gradients vanish, so gradient attacks stall and robustness is "
-        "overestimated. Remove the final softmax / log-softmax so the model returns logits."),
+        "overestimated. Remove the final softmax / log-softmax so the model returns logits."
+    ),
     "deterministic": (
         "The model or its defense is randomised (dropout or noise active in eval mode, random transforms). Its "
         "gradient is then a random draw and one-shot attacks underestimate it: attack the expectation instead "
         "(Expectation over Transformation: average the gradient over many passes) or make eval mode deterministic, "
-        "and treat every robust accuracy of this model as an upper bound."),
+        "and treat every robust accuracy of this model as an upper bound."
+    ),
     "gradients": (
         "Gradient attacks get no signal on these samples: a non-differentiable step (rounding, quantisation, "
         "thresholding, JPEG), a saturated softmax (loss exactly 0 in float32) or NaN-producing operations mask "
         "the gradient, so gradient attacks report robustness that is not there. Replace such steps by a "
-        "differentiable approximation in the backward pass (BPDA) and rely on gradient-free attacks (Square)."),
+        "differentiable approximation in the backward pass (BPDA) and rely on gradient-free attacks (Square)."
+    ),
     "unbounded": (
         "With a budget covering the whole input range any input can be turned into any other, so a working "
         "attack must fool about every sample. If it does not, the attack is not following useful gradients "
         "(masked or obfuscated gradients, a bug in the attack or the loss), and this model's robust scores are "
-        "upper bounds at best. See the gradient and logits checks; try BPDA, EOT or gradient-free attacks."),
+        "upper bounds at best. See the gradient and logits checks; try BPDA, EOT or gradient-free attacks."
+    ),
     "more_steps": (
         "A stronger attack must never do less harm. Here smaller steps get trapped in local maxima of a rugged "
         "loss surface (a sign of obfuscated gradients) or the step size is badly tuned, so the score reported "
         "for few-step attacks is not an upper bound you can trust. Use an adaptive step size (APGD), several "
-        "restarts, and the per-sample worst case over attacks."),
+        "restarts, and the per-sample worst case over attacks."
+    ),
     "black_box": (
         "Black-box attacks see only the model's outputs; they should not succeed where attacks that use the "
         "gradient fail. When they do, the gradients are masked or the white-box attacks are misconfigured, and "
         "scores that rest on white-box attacks alone overestimate robustness. Include a gradient-free attack "
-        "(Square) in the worst case and check the gradient-based checks of this model."),
+        "(Square) in the worst case and check the gradient-based checks of this model."
+    ),
 }
 
 #: Registered attack names that use only the model's outputs (or another model's gradients).
@@ -133,8 +139,9 @@ def _rows(out: torch.Tensor) -> torch.Tensor:
 # --- model-level checks ----------------------------------------------------------------------------------
 
 
-def check_logits(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor | None = None, *,
-                 atol: float = 1e-4) -> CheckResult:
+def check_logits(
+    model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor | None = None, *, atol: float = 1e-4
+) -> CheckResult:
     """Do the outputs look like probabilities (each row in [0, 1], summing to 1 over dim 1) or log-probabilities
     (each row <= 0, logsumexp over dim 1 = 0)? value: the share of decision units whose output row is normalised
     in either way, to ``atol``. Fails when at least half of them are; logits almost never are."""
@@ -151,16 +158,32 @@ def check_logits(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.T
     share = float((prob | logp).sum()) / n
     unit = "rows" if n == x.shape[0] else f"rows (one per decision unit of {x.shape[0]} samples)"
     if share >= 0.5:
-        kind = "probabilities (in [0, 1], summing to 1)" if int(prob.sum()) >= int(logp.sum()) else \
-            "log-probabilities (logsumexp 0)"
-        return _result("logits", False, share, (
-            f"{share:.0%} of {n} output {unit} are {kind} over the class axis: the model outputs a normalised "
-            "distribution instead of logits."))
+        kind = (
+            "probabilities (in [0, 1], summing to 1)"
+            if int(prob.sum()) >= int(logp.sum())
+            else "log-probabilities (logsumexp 0)"
+        )
+        return _result(
+            "logits",
+            False,
+            share,
+            (
+                f"{share:.0%} of {n} output {unit} are {kind} over the class axis: the model outputs a normalised "
+                "distribution instead of logits."
+            ),
+        )
     return _result("logits", True, share, f"Outputs are logits: {share:.0%} of {n} output {unit} are normalised.")
 
 
-def check_deterministic(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor | None = None, *,
-                        rtol: float = 1e-4, atol: float = 1e-6) -> CheckResult:
+def check_deterministic(
+    model: nn.Module,
+    task: str | Task,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> CheckResult:
     """Two eval-mode forward passes on ``x``. value: the largest absolute difference between their outputs;
     fails above ``atol + rtol * max |output|`` (room for non-deterministic GPU kernels, not for randomness)."""
     model, task = _prepared(model, task, x)
@@ -174,15 +197,26 @@ def check_deterministic(model: nn.Module, task: str | Task, x: torch.Tensor, y: 
     changed = int((task.predict(a) != task.predict(b)).reshape(a.shape[0], -1).any(1).sum())
     n = x.shape[0]
     if value > limit:
-        return _result("deterministic", False, value, (
-            f"Two forward passes in eval mode on the same {n} inputs differ by up to {value:.3g} (largest output "
-            f"magnitude {scale:.3g}); the prediction changed on {changed} of {n} samples."))
-    return _result("deterministic", True, value,
-                   f"Two forward passes in eval mode on the same {n} inputs agree (largest difference {value:.3g}).")
+        return _result(
+            "deterministic",
+            False,
+            value,
+            (
+                f"Two forward passes in eval mode on the same {n} inputs differ by up to {value:.3g} (largest output "
+                f"magnitude {scale:.3g}); the prediction changed on {changed} of {n} samples."
+            ),
+        )
+    return _result(
+        "deterministic",
+        True,
+        value,
+        f"Two forward passes in eval mode on the same {n} inputs agree (largest difference {value:.3g}).",
+    )
 
 
-def check_gradients(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor, *,
-                    max_share: float = GRADIENT_MAX_SHARE) -> CheckResult:
+def check_gradients(
+    model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor, *, max_share: float = GRADIENT_MAX_SHARE
+) -> CheckResult:
     """Input gradient of the task loss (medrobust.attacks.base.loss_and_grad) per sample. value: the share of
     samples whose gradient is all zero or has a non-finite entry; fails above ``max_share`` (0.1: a few
     saturated, confidently-correct samples are normal, a tenth of the batch is not)."""
@@ -196,8 +230,10 @@ def check_gradients(model: nn.Module, task: str | Task, x: torch.Tensor, y: torc
     n = x.shape[0]
     value = float((zero | nonfinite).sum()) / n
     saturated = int((zero & (loss == 0)).sum())
-    text = (f"The input gradient of the loss is all zero for {int(zero.sum())} and non-finite for "
-            f"{int(nonfinite.sum())} of {n} samples (share {value:.2f}, limit {max_share:.2f})")
+    text = (
+        f"The input gradient of the loss is all zero for {int(zero.sum())} and non-finite for "
+        f"{int(nonfinite.sum())} of {n} samples (share {value:.2f}, limit {max_share:.2f})"
+    )
     if saturated:
         text += f"; {saturated} of the zero gradients come with a loss of exactly 0 (a saturated softmax)"
     return _result("gradients", value <= max_share, value, text + ".")
@@ -214,9 +250,16 @@ def _units_correct(task: Task, logits: torch.Tensor, y: torch.Tensor) -> torch.T
     return (correct & fg).sum(1).to(logits.dtype) / fg.sum(1).to(logits.dtype)
 
 
-def check_unbounded(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor, *,
-                    generator: torch.Generator | None = None, steps: int = 20,
-                    tol: float = UNBOUNDED_TOL) -> CheckResult:
+def check_unbounded(
+    model: nn.Module,
+    task: str | Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    steps: int = 20,
+    tol: float = UNBOUNDED_TOL,
+) -> CheckResult:
     """PGD (Linf, ``steps`` steps, default step size 2.5 * eps / steps, random start) with eps = high - low of the
     model's bounds, so every input in bounds is reachable. value: the mean share of decision units still correct
     under it (accuracy for classification; for segmentation the foreground units, since Dice counts a structure
@@ -230,15 +273,27 @@ def check_unbounded(model: nn.Module, task: str | Task, x: torch.Tensor, y: torc
     clean = float(_units_correct(task, _forward(model, x), y).mean())
     limit = max(tol, 1.0 / x.shape[0])
     what = "accuracy" if task.name == "classification" else "share of foreground units still correct"
-    text = (f"PGD (Linf, {steps} steps) with eps = {eps:.4g}, the full input range [{low:g}, {high:g}], leaves "
-            f"{what} {value:.3f} on {x.shape[0]} samples (clean {clean:.3f}, limit {limit:.3f})")
-    return _result("unbounded", value <= limit, value,
-                   text + ("; it should reach about 0." if value > limit else "."))
+    text = (
+        f"PGD (Linf, {steps} steps) with eps = {eps:.4g}, the full input range [{low:g}, {high:g}], leaves "
+        f"{what} {value:.3f} on {x.shape[0]} samples (clean {clean:.3f}, limit {limit:.3f})"
+    )
+    return _result("unbounded", value <= limit, value, text + ("; it should reach about 0." if value > limit else "."))
 
 
-def check_more_steps(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                     generator: torch.Generator | None = None, norm: str = "linf", steps: int = 5,
-                     factor: int = 5, restarts: int = 2, tol: float = SCORE_SLACK) -> CheckResult:
+def check_more_steps(
+    model: nn.Module,
+    task: str | Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    generator: torch.Generator | None = None,
+    norm: str = "linf",
+    steps: int = 5,
+    factor: int = 5,
+    restarts: int = 2,
+    tol: float = SCORE_SLACK,
+) -> CheckResult:
     """PGD with ``steps`` steps (weak) and with ``factor * steps`` steps and ``restarts`` restarts (strong) at the
     same ``eps`` (input units, ``norm``), both with the default step size 2.5 * eps / steps. value: the strong
     attack's mean task score (accuracy or Dice) minus the weak one's; fails above max(tol, 1/n)."""
@@ -255,16 +310,26 @@ def check_more_steps(model: nn.Module, task: str | Task, x: torch.Tensor, y: tor
     value = strong - weak
     slack = max(tol, 1.0 / x.shape[0])
     score = "accuracy" if task.name == "classification" else "Dice"
-    text = (f"Under PGD ({norm.capitalize()}, eps = {float(eps):.4g}) {score} is {strong:.3f} with "
-            f"{steps * factor} steps x {restarts} restarts and {weak:.3f} with {steps} steps")
+    text = (
+        f"Under PGD ({norm.capitalize()}, eps = {float(eps):.4g}) {score} is {strong:.3f} with "
+        f"{steps * factor} steps x {restarts} restarts and {weak:.3f} with {steps} steps"
+    )
     if value > slack:
-        return _result("more_steps", False, value,
-                       text + f": more steps raise {score} by {value:.3f} (slack {slack:.3f}).")
+        return _result(
+            "more_steps", False, value, text + f": more steps raise {score} by {value:.3f} (slack {slack:.3f})."
+        )
     return _result("more_steps", True, value, text + f" (slack {slack:.3f}).")
 
 
-def run_model_checks(model: nn.Module, task: str | Task, x: torch.Tensor, y: torch.Tensor, *, eps: float | None,
-                     generator: torch.Generator | None = None) -> list[CheckResult]:
+def run_model_checks(
+    model: nn.Module,
+    task: str | Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | None,
+    generator: torch.Generator | None = None,
+) -> list[CheckResult]:
     """All model-level checks on one batch (the runner passes the first <= 32 test samples and the run's
     reference Linf eps; ``eps=None`` skips check_more_steps). ``generator`` (on x's device) drives the random
     starts. Costs about 80 forward-backward passes: 1 (gradients) + 20 (unbounded) + 5 + 25 x 2 (more steps; the
@@ -285,9 +350,16 @@ def run_model_checks(model: nn.Module, task: str | Task, x: torch.Tensor, y: tor
 # --- record-level check: black box vs white box ------------------------------------------------------------
 
 
-def check_black_box(white_robust: Mapping[int, bool], black_success: Mapping[int, bool], *, where: str = "",
-                    white: Sequence[str] = (), black: Sequence[str] = (), min_count: int = BLACK_BOX_MIN_COUNT,
-                    min_share: float = BLACK_BOX_MIN_SHARE) -> CheckResult:
+def check_black_box(
+    white_robust: Mapping[int, bool],
+    black_success: Mapping[int, bool],
+    *,
+    where: str = "",
+    white: Sequence[str] = (),
+    black: Sequence[str] = (),
+    min_count: int = BLACK_BOX_MIN_COUNT,
+    min_share: float = BLACK_BOX_MIN_SHARE,
+) -> CheckResult:
     """Gradient masking shows as samples a black-box attack fools although every white-box attack failed.
 
     white_robust: sample -> True when it was correct clean and survived every white-box attack (samples fooled by
@@ -304,8 +376,10 @@ def check_black_box(white_robust: Mapping[int, bool], black_success: Mapping[int
     names_b = f" ({', '.join(black)})" if black else ""
     names_w = f" ({', '.join(white)})" if white else ""
     shown = ", ".join(map(str, masked[:8])) + (", ..." if len(masked) > 8 else "")
-    text = (f"{at}black-box attacks{names_b} fooled {len(masked)} of the {len(robust)} samples that every "
-            f"white-box attack{names_w} left correct (limit {limit})" + (f": samples {shown}." if masked else "."))
+    text = (
+        f"{at}black-box attacks{names_b} fooled {len(masked)} of the {len(robust)} samples that every "
+        f"white-box attack{names_w} left correct (limit {limit})" + (f": samples {shown}." if masked else ".")
+    )
     return _result("black_box", len(masked) < limit, len(masked), text)
 
 
@@ -326,8 +400,9 @@ class _Group:
     black_names: set[str]
 
 
-def black_box_outcomes(records: Iterable[Mapping[str, Any]], attack_names: Mapping[str, str],
-                       norms: Mapping[str, str]) -> dict[str, CheckResult]:
+def black_box_outcomes(
+    records: Iterable[Mapping[str, Any]], attack_names: Mapping[str, str], norms: Mapping[str, str]
+) -> dict[str, CheckResult]:
     """:func:`check_black_box` per (model, norm, strength) from stored records (dicts with the columns of
     ``medrobust.store.RECORD_COLUMNS``), combined into one result per model, in the order models appear.
 
@@ -360,8 +435,11 @@ def black_box_outcomes(records: Iterable[Mapping[str, Any]], attack_names: Mappi
             g.white[i] = g.white.get(i, True) and not (fooled and not by_black)
             g.white_names.add(label)
             # the black-box member ran on this sample if it broke it or reported facts ("square.queries")
-            ran = [m for m in BLACK_BOX_MEMBERS if by_black or any(
-                k.split(".")[0] == m and v is not None for k, v in detail.items())]
+            ran = [
+                m
+                for m in BLACK_BOX_MEMBERS
+                if by_black or any(k.split(".")[0] == m and v is not None for k, v in detail.items())
+            ]
             if ran:
                 g.black[i] = g.black.get(i, False) or by_black
                 for m in ran:
@@ -375,7 +453,8 @@ def black_box_outcomes(records: Iterable[Mapping[str, Any]], attack_names: Mappi
             continue
         where = f"{norm.capitalize()} eps={strength:.4g}"
         per_model.setdefault(model, []).append(
-            check_black_box(g.white, g.black, where=where, white=sorted(g.white_names), black=sorted(g.black_names)))
+            check_black_box(g.white, g.black, where=where, white=sorted(g.white_names), black=sorted(g.black_names))
+        )
     out = {}
     for model, results in per_model.items():
         failed = [r for r in results if not r.passed]
@@ -383,7 +462,14 @@ def black_box_outcomes(records: Iterable[Mapping[str, Any]], attack_names: Mappi
             out[model] = _result("black_box", False, max(r.value for r in failed), " ".join(r.message for r in failed))
         else:
             worst = max(results, key=lambda r: r.value)
-            out[model] = _result("black_box", True, worst.value, (
-                f"Checked at {len(results)} (norm, eps) point{'s' if len(results) > 1 else ''}; the largest count: "
-                + worst.message[0].lower() + worst.message[1:]))
+            out[model] = _result(
+                "black_box",
+                True,
+                worst.value,
+                (
+                    f"Checked at {len(results)} (norm, eps) point{'s' if len(results) > 1 else ''}; the largest count: "
+                    + worst.message[0].lower()
+                    + worst.message[1:]
+                ),
+            )
     return out

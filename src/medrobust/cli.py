@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -87,7 +87,7 @@ def _startup() -> None:
 
 
 @app.command("list")
-def list_cmd(what: Optional[str] = typer.Argument(None, help="attacks, corruptions, models or datasets")) -> None:
+def list_cmd(what: str | None = typer.Argument(None, help="attacks, corruptions, models or datasets")) -> None:
     """List registered attacks, corruptions, models and datasets."""
     import medrobust
 
@@ -124,7 +124,8 @@ def train(
 ) -> None:
     """Train a model, keep the best validation checkpoint, write weights and a JSON model card."""
     from medrobust.seeding import deterministic_algorithms
-    from medrobust.train import TrainSettings, train as run_train
+    from medrobust.train import TrainSettings
+    from medrobust.train import train as run_train
 
     setup_logging(verbose)
     with user_errors():
@@ -162,9 +163,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 def results_table(title: str, rows: list[dict[str, Any]], width: int | None = None) -> Table:
     """One row per perturbation; each attack's matched-noise accuracy sits beside it ("noise acc")."""
     width = width or _consoles.out.width
-    noise = {
-        r["threat_matched_to"]: r["accuracy"] for r in rows if r.get("threat_matched_to") is not None
-    }
+    noise = {r["threat_matched_to"]: r["accuracy"] for r in rows if r.get("threat_matched_to") is not None}
     table = Table(title=title, title_justify="left")
     columns = [
         ("accuracy", "acc", 3),
@@ -188,7 +187,10 @@ def results_table(title: str, rows: list[dict[str, Any]], width: int | None = No
             continue
         values = {**row, "noise_accuracy": noise.get(row["perturbation"])}
         table.add_row(escape(str(row["perturbation"])), *(fmt(values.get(key), digits) for key, _, digits in columns))
-    table.caption = "L2/Linf/L0: median perturbation size of successful attacks (of all samples for noise); noise acc: accuracy under Gaussian noise of each attack's L2 size"
+    table.caption = (
+        "L2/Linf/L0: median perturbation size of successful attacks (of all samples for noise); "
+        "noise acc: accuracy under Gaussian noise of each attack's L2 size"
+    )
     table.caption_justify = "left"
     return table
 
@@ -196,23 +198,26 @@ def results_table(title: str, rows: list[dict[str, Any]], width: int | None = No
 @app.command()
 def evaluate(
     model: Path = typer.Option(..., "--model", "-m", help="checkpoint folder (or its model.json)"),
-    dataset: Optional[str] = typer.Option(None, help="registered dataset (default: the model card's)"),
+    dataset: str | None = typer.Option(None, help="registered dataset (default: the model card's)"),
     data_param: list[str] = typer.Option(None, "--data-param", "-d", help="dataset parameter key=value"),
     split: str = typer.Option("test"),
     attack: list[str] = typer.Option(None, "--attack", help="e.g. fgsm:eps=0.01, pgd:eps=0.01,steps=10, deepfool"),
     corruption: list[str] = typer.Option(None, "--corruption", help="e.g. gaussian_noise:sigma=0.05"),
-    matched_noise: bool = typer.Option(True, "--matched-noise/--no-matched-noise", help="noise of each attack's L2 size"),
-    limit: Optional[int] = typer.Option(None, help="evaluate the first N samples"),
+    matched_noise: bool = typer.Option(
+        True, "--matched-noise/--no-matched-noise", help="noise of each attack's L2 size"
+    ),
+    limit: int | None = typer.Option(None, help="evaluate the first N samples"),
     batch_size: int = typer.Option(64),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows as JSON"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the rows as JSON"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Clean metrics and metrics under each attack and corruption, with perturbation sizes."""
     from medrobust.data import load_dataset
-    from medrobust.evaluate import evaluate as run_evaluate, parse_perturbation
+    from medrobust.evaluate import evaluate as run_evaluate
+    from medrobust.evaluate import parse_perturbation
     from medrobust.models import load_model
     from medrobust.seeding import deterministic_algorithms
 
@@ -237,7 +242,14 @@ def evaluate(
             )
         with deterministic_algorithms(device):
             result = run_evaluate(
-                net, ds, perts, batch_size=batch_size, limit=limit, seed=seed, matched_noise=matched_noise, device=device
+                net,
+                ds,
+                perts,
+                batch_size=batch_size,
+                limit=limit,
+                seed=seed,
+                matched_noise=matched_noise,
+                device=device,
             )
     rows = result["rows"]
     n = rows[0]["n"]
@@ -259,12 +271,14 @@ def robustness_table(
     reference strength of its norm, and the per-sample worst case over attacks."""
     value = {(r["model"], r["perturbation"], r["strength"], r["metric"]): r["value"] for r in summary}
     models = order or list(dict.fromkeys(r["model"] for r in summary))
-    perts = [p for p in dict.fromkeys(r["perturbation"] for r in summary) if p != "clean" and not p.startswith("matched")]
+    perts = [
+        p for p in dict.fromkeys(r["perturbation"] for r in summary) if p != "clean" and not p.startswith("matched")
+    ]
     labels = list(norms)
     perts.sort(key=lambda p: (p.startswith("worst_case"), labels.index(p) if p in labels else -1))
 
     def ref_strength(pert: str) -> float | None:
-        norm = norms.get(pert) or (pert[len("worst_case["):-1] if pert.startswith("worst_case[") else None)
+        norm = norms.get(pert) or (pert[len("worst_case[") : -1] if pert.startswith("worst_case[") else None)
         attack_norms = {v for v in norms.values() if v}
         if pert == "worst_case" and len(attack_norms) == 1:
             norm = next(iter(attack_norms))
@@ -346,7 +360,7 @@ def run(
 def export(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="run directory"),
     format: str = typer.Option("csv", "--format", "-f", help="csv, json or parquet"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default: RUN/records.FORMAT)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="file to write (default: RUN/records.FORMAT)"),
 ) -> None:
     """Export every per-sample record of a run."""
     from medrobust.export import export_records
@@ -360,7 +374,9 @@ def export(
 def report(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory (with results.db)"),
     reference: list[str] = typer.Option(None, "--reference", help="headline strength per norm, e.g. linf=0.0078"),
-    malignant: list[str] = typer.Option(None, "--malignant", help="class counted as malignant (repeatable; default: melanoma, mel, bcc, akiec)"),
+    malignant: list[str] = typer.Option(
+        None, "--malignant", help="class counted as malignant (repeatable; default: melanoma, mel, bcc, akiec)"
+    ),
 ) -> None:
     """Write RUN_DIR/report.html (self-contained) and summary.md from the stored results; runs no attack."""
     with user_errors():
@@ -371,7 +387,7 @@ def report(
 @app.command()
 def demo(
     task: str = typer.Option("classification", help="classification (derm-synth) or segmentation (mni152-tissue)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (models are cached here)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="run directory (models are cached here)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

@@ -89,7 +89,7 @@ class ModelSpec(_Frozen):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
+    def _one_source(self) -> ModelSpec:
         if (self.checkpoint is None) == (self.train is None):
             raise ValueError(f"model {self.name!r} needs exactly one of 'checkpoint' or 'train'")
         return self
@@ -113,7 +113,7 @@ class PerturbationSpec(_Frozen):
         return sorted(set(float(v) for v in value))
 
     @model_validator(mode="after")
-    def _check(self) -> "PerturbationSpec":
+    def _check(self) -> PerturbationSpec:
         from medrobust.attacks import ATTACKS
         from medrobust.corruptions import CORRUPTIONS
 
@@ -204,7 +204,7 @@ class ExperimentSpec(_Frozen):
         return value
 
     @model_validator(mode="after")
-    def _unique(self) -> "ExperimentSpec":
+    def _unique(self) -> ExperimentSpec:
         names = [m.name for m in self.models]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

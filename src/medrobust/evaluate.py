@@ -227,13 +227,30 @@ def evaluate(
             else:
                 target = obj if pert.strength is None else obj.with_strength(pert.strength)
                 x_adv = target(x, generator=gen, bounds=bounds)
-            record(pert.label, pert.kind, pert.name, pert.strength, _threat(pert, obj, bounds), x, x_adv, time.perf_counter() - t0)
+            record(
+                pert.label,
+                pert.kind,
+                pert.name,
+                pert.strength,
+                _threat(pert, obj, bounds),
+                x,
+                x_adv,
+                time.perf_counter() - t0,
+            )
             if matched_noise and isinstance(obj, Attack):
                 noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
-                x_noise = noise(x, generator=make_generator(seed, "matched", pert.label, b, device=device), bounds=bounds)
+                x_noise = noise(
+                    x, generator=make_generator(seed, "matched", pert.label, b, device=device), bounds=bounds
+                )
                 record(
-                    f"matched_noise[{pert.label}]", "corruption", "matched_noise", pert.strength,
-                    {"bounds": list(bounds), "norm": "l2", "matched_to": pert.label}, x, x_noise, 0.0,
+                    f"matched_noise[{pert.label}]",
+                    "corruption",
+                    "matched_noise",
+                    pert.strength,
+                    {"bounds": list(bounds), "norm": "l2", "matched_to": pert.label},
+                    x,
+                    x_noise,
+                    0.0,
                 )
     y_all = torch.cat(ys)
     outcomes: dict[str, Outcome] = {}
@@ -241,8 +258,20 @@ def evaluate(
         kind, name, strength, threat = meta[label]
         cat = {k: torch.cat(v) for k, v in data.items()}
         outcomes[label] = Outcome(
-            label, kind, name, strength, threat, cat["pred"], cat["probs"], cat["l2"], cat["linf"], cat["l0"],
-            cat["ssim"], cat["psnr"], cat["x_l2"], timings.get(label, 0.0),
+            label,
+            kind,
+            name,
+            strength,
+            threat,
+            cat["pred"],
+            cat["probs"],
+            cat["l2"],
+            cat["linf"],
+            cat["l0"],
+            cat["ssim"],
+            cat["psnr"],
+            cat["x_l2"],
+            timings.get(label, 0.0),
         )
     clean_pred = outcomes["clean"].pred
     rows = [o.summary(y_all, clean_pred, dataset.num_classes) for o in outcomes.values()]

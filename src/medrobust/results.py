@@ -35,7 +35,9 @@ def _median(values: list[float]) -> float:
     return float(torch.tensor(values, dtype=torch.float64).median()) if values else math.nan
 
 
-def _group_rows(model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]], num_classes: int) -> list[dict[str, Any]]:
+def _group_rows(
+    model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]], num_classes: int
+) -> list[dict[str, Any]]:
     recs = sorted(recs, key=lambda r: r["sample_index"])
     y = torch.tensor([r["label"] for r in recs])
     pred = torch.tensor([r["pred"] for r in recs])
@@ -58,25 +60,47 @@ def _group_rows(model: str, pert: str, strength: float, kind: str, recs: list[di
         metrics["success_rate"] = float(attack_success_rate(clean, pred, y))
         eligible = clean == y
         intervals["success_rate"] = stats.wilson(int((eligible & ~correct).sum()), int(eligible.sum()))
-        keep = [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]] if kind == "attack" else recs
+        keep = (
+            [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]] if kind == "attack" else recs
+        )
         for key in ("l2", "linf", "l0", "psnr", "rho"):
             metrics[key] = _median([r[key] for r in keep])
         ssims = [r["ssim"] for r in keep if r["ssim"] is not None]
         metrics["ssim"] = float(sum(ssims) / len(ssims)) if ssims else math.nan
         # black-box attacks (square) store the model queries each sample used
-        queries = [d["queries"] for r in recs if r.get("detail_json") and (d := json.loads(r["detail_json"])).get("queries") is not None]
+        queries = [
+            d["queries"]
+            for r in recs
+            if r.get("detail_json") and (d := json.loads(r["detail_json"])).get("queries") is not None
+        ]
         if queries:
             metrics["queries"] = _median(queries)
     return _rows(model, pert, strength, metrics, intervals, n)
 
 
-def _rows(model: str, pert: str, strength: float, metrics: dict[str, float],
-          intervals: dict[str, tuple[float, float] | None], n: int) -> list[dict[str, Any]]:
+def _rows(
+    model: str,
+    pert: str,
+    strength: float,
+    metrics: dict[str, float],
+    intervals: dict[str, tuple[float, float] | None],
+    n: int,
+) -> list[dict[str, Any]]:
     out = []
     for m, v in metrics.items():
         lo, hi = intervals.get(m) or (None, None)
-        out.append({"model": model, "perturbation": pert, "strength": float(strength), "metric": m, "value": v, "n": n,
-                    "ci_low": lo, "ci_high": hi})
+        out.append(
+            {
+                "model": model,
+                "perturbation": pert,
+                "strength": float(strength),
+                "metric": m,
+                "value": v,
+                "n": n,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     return out
 
 
@@ -93,7 +117,11 @@ def _nanmean(values: list[float | None]) -> float:
 
 
 def _segmentation_rows(
-    model: str, pert: str, strength: float, recs: list[dict[str, Any]], structures: list[str],
+    model: str,
+    pert: str,
+    strength: float,
+    recs: list[dict[str, Any]],
+    structures: list[str],
     clean: dict[int, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Dice (mean foreground), per-structure Dice and HD95, flip rate and Dice drop (overall and per structure),
@@ -103,7 +131,9 @@ def _segmentation_rows(
     nan = math.nan
     key = (model, pert, float(strength))
     metrics: dict[str, float] = {"dice": _nanmean([r["score"] for r in recs])}
-    intervals: dict[str, tuple[float, float] | None] = {"dice": stats.mean_interval([r["score"] for r in recs], key=(*key, "dice"))}
+    intervals: dict[str, tuple[float, float] | None] = {
+        "dice": stats.mean_interval([r["score"] for r in recs], key=(*key, "dice"))
+    }
     for j, name in enumerate(structures):
         metrics[f"dice:{name}"] = _nanmean([d["dice"][j] for d in details])
         intervals[f"dice:{name}"] = stats.mean_interval([d["dice"][j] for d in details], key=(*key, "dice", name))
@@ -121,10 +151,14 @@ def _segmentation_rows(
         for j, name in enumerate(structures):
             if all("flip_s" in d for d in details):  # absent from records of older versions
                 metrics[f"flip_rate:{name}"] = _nanmean([d["flip_s"][j] for d in details])
-            metrics[f"dice_drop:{name}"] = _nanmean([
-                cd["dice"][j] - d["dice"][j] if cd and cd["dice"][j] is not None and d["dice"][j] is not None else nan
-                for cd, d in zip(base_details, details)
-            ])
+            metrics[f"dice_drop:{name}"] = _nanmean(
+                [
+                    cd["dice"][j] - d["dice"][j]
+                    if cd and cd["dice"][j] is not None and d["dice"][j] is not None
+                    else nan
+                    for cd, d in zip(base_details, details)
+                ]
+            )
         for key in ("l2", "linf", "l0", "psnr", "rho"):
             metrics[key] = _median([r[key] for r in recs])
         metrics["ssim"] = _nanmean([r["ssim"] for r in recs])
@@ -144,9 +178,7 @@ def summarise(
     class_names = class_names or {}
     groups = group_records(records)
     clean_records = {
-        model: {r["sample_index"]: r for r in recs}
-        for (model, pert, _, _), recs in groups.items()
-        if pert == "clean"
+        model: {r["sample_index"]: r for r in recs} for (model, pert, _, _), recs in groups.items() if pert == "clean"
     }
 
     def rows_for(model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -172,9 +204,17 @@ def clever_rows(model: str, label: str, scores: list[dict[str, Any]]) -> list[di
     median = float(np.median(values)) if values.size else math.nan
     lo, hi = stats.bootstrap(lambda idx: np.median(values[idx], axis=1), values.size, key=("clever", model, label))
     flagged = float(np.mean([bool(s["flagged"]) for s in kept])) if kept else math.nan
-    return _rows(model, label, 0.0, {"clever": median, "clever_flagged": flagged},
-                 {"clever": (lo, hi), "clever_flagged": stats.wilson(int(round(flagged * len(kept))), len(kept)) if kept else None},
-                 len(kept))
+    return _rows(
+        model,
+        label,
+        0.0,
+        {"clever": median, "clever_flagged": flagged},
+        {
+            "clever": (lo, hi),
+            "clever_flagged": stats.wilson(int(round(flagged * len(kept))), len(kept)) if kept else None,
+        },
+        len(kept),
+    )
 
 
 def group_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, float, str], list[dict[str, Any]]]:
@@ -205,9 +245,25 @@ def worst_cases(
     return out
 
 
-COMPARISON_KEYS = ("model_a", "model_b", "perturbation", "strength", "metric", "n", "value_a", "value_b",
-                   "difference", "ci_low", "ci_high", "test", "only_a", "only_b", "p", "p_adjusted",
-                   "samples_needed")
+COMPARISON_KEYS = (
+    "model_a",
+    "model_b",
+    "perturbation",
+    "strength",
+    "metric",
+    "n",
+    "value_a",
+    "value_b",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "test",
+    "only_a",
+    "only_b",
+    "p",
+    "p_adjusted",
+    "samples_needed",
+)
 
 
 def compare_models(
@@ -232,7 +288,7 @@ def compare_models(
         family = []
         models = sorted(by_model)
         for i, a in enumerate(models):
-            for b in models[i + 1:]:
+            for b in models[i + 1 :]:
                 common = sorted(set(by_model[a]) & set(by_model[b]))
                 if not common:
                     continue
@@ -240,16 +296,33 @@ def compare_models(
                 sb = [by_model[b][k] for k in common]
                 segmentation = tasks.get(a) == "segmentation" or tasks.get(b) == "segmentation"
                 lo, hi = stats.paired_difference_interval(sa, sb, key=("compare", a, b, pert, strength))
-                row = {"model_a": a, "model_b": b, "perturbation": pert, "strength": float(strength),
-                       "metric": "dice" if segmentation else "accuracy", "n": len(common),
-                       "value_a": _nanmean(sa), "value_b": _nanmean(sb), "difference": _nanmean(sa) - _nanmean(sb),
-                       "ci_low": lo, "ci_high": hi, "only_a": None, "only_b": None, "samples_needed": None}
+                row = {
+                    "model_a": a,
+                    "model_b": b,
+                    "perturbation": pert,
+                    "strength": float(strength),
+                    "metric": "dice" if segmentation else "accuracy",
+                    "n": len(common),
+                    "value_a": _nanmean(sa),
+                    "value_b": _nanmean(sb),
+                    "difference": _nanmean(sa) - _nanmean(sb),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "only_a": None,
+                    "only_b": None,
+                    "samples_needed": None,
+                }
                 if segmentation:
                     row.update(test="wilcoxon", p=stats.wilcoxon(sa, sb))
                 else:
                     only_a, only_b, p = stats.mcnemar([v > 0.5 for v in sa], [v > 0.5 for v in sb])
-                    row.update(test="mcnemar-exact", p=p, only_a=only_a, only_b=only_b,
-                               samples_needed=stats.mcnemar_samples(only_a, only_b, len(common)))
+                    row.update(
+                        test="mcnemar-exact",
+                        p=p,
+                        only_a=only_a,
+                        only_b=only_b,
+                        samples_needed=stats.mcnemar_samples(only_a, only_b, len(common)),
+                    )
                 family.append(row)
         for row, adjusted in zip(family, stats.holm([r["p"] for r in family])):
             row["p_adjusted"] = adjusted

@@ -34,7 +34,15 @@ from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.metrics import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice, psnr, ssim
+from medrobust.metrics import (
+    flip_rate,
+    flip_rate_per_structure,
+    hd95,
+    mean_foreground_dice,
+    per_structure_dice,
+    psnr,
+    ssim,
+)
 from medrobust.metrics.clever import clever_estimate
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
@@ -177,7 +185,9 @@ def prepare_model(
     return LoadedModel(model, card, _file_digest(folder / card.weights))
 
 
-def load_sources(spec: ExperimentSpec, models: dict[str, LoadedModel], trust_code: bool = False) -> dict[str, LoadedModel]:
+def load_sources(
+    spec: ExperimentSpec, models: dict[str, LoadedModel], trust_code: bool = False
+) -> dict[str, LoadedModel]:
     """Every transfer source of the spec: its models by name, checkpoint folders loaded once."""
     out: dict[str, LoadedModel] = {}
     names = {m.name for m in spec.models}
@@ -209,8 +219,21 @@ def _threat(p: PerturbationSpec | None, obj: Attack | None, bounds, strengths, s
     info["strengths"] = list(strengths)
     if obj is not None:
         info.update(norm=obj.threat_norm, eps=list(strengths), minimal=obj.minimal, params=p.params)
-        for key in ("steps", "restarts", "step_size", "random_start", "keep_best", "loss", "targeted", "target_classes",
-                    "queries", "version", "binary_search_steps", "gamma", "candidates"):
+        for key in (
+            "steps",
+            "restarts",
+            "step_size",
+            "random_start",
+            "keep_best",
+            "loss",
+            "targeted",
+            "target_classes",
+            "queries",
+            "version",
+            "binary_search_steps",
+            "gamma",
+            "candidates",
+        ):
             if hasattr(obj, key):
                 info[key] = getattr(obj, key)
         if isinstance(obj, AutoAttack):
@@ -270,7 +293,9 @@ def run_cell(
         # targeted structured-output attacks (ASMA) are scored by IoU with their target label map
         target_map = attack.target_for(y, clean_logits.shape[1]) if hasattr(attack, "target_for") else None
 
-        def add(label: str, kind: str, strength: float, x_pert: torch.Tensor, info: dict[str, list] | None = None) -> None:
+        def add(
+            label: str, kind: str, strength: float, x_pert: torch.Tensor, info: dict[str, list] | None = None
+        ) -> None:
             with torch.no_grad():
                 logits = model(x_pert)
             pred = logits.argmax(1)
@@ -324,11 +349,26 @@ def run_cell(
                     ints = (int(y[i]), int(clean_pred[i]), int(pred[i]), json.dumps([round(v, 7) for v in probs[i]]))
                     # what the attack reports per sample (queries used, the ensemble member that broke it)
                     detail = json.dumps({key: _finite(v[i]) for key, v in info.items()}) if info else None
-                records.append((
-                    cell.key, cell.model, label, kind, float(strength), offset + i, batch.ids[i], *ints,
-                    cols["l2"][i], cols["linf"][i], cols["l0"][i], cols["ssim"][i],
-                    None if cols["psnr"][i] == float("inf") else cols["psnr"][i], cols["rho"][i], score[i], detail,
-                ))
+                records.append(
+                    (
+                        cell.key,
+                        cell.model,
+                        label,
+                        kind,
+                        float(strength),
+                        offset + i,
+                        batch.ids[i],
+                        *ints,
+                        cols["l2"][i],
+                        cols["linf"][i],
+                        cols["l0"][i],
+                        cols["ssim"][i],
+                        None if cols["psnr"][i] == float("inf") else cols["psnr"][i],
+                        cols["rho"][i],
+                        score[i],
+                        detail,
+                    )
+                )
 
         def gen(*keys: Any) -> torch.Generator:
             return make_generator(spec.seed, cell.model, cell.label, *keys, b, device=device)
@@ -347,7 +387,12 @@ def run_cell(
                 add(cell.label, "attack", s, x_adv, info)
                 if spec.matched_noise:
                     noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
-                    add(f"matched_noise[{cell.label}]", "corruption", s, noise(x, generator=gen("matched", s), bounds=bounds))
+                    add(
+                        f"matched_noise[{cell.label}]",
+                        "corruption",
+                        s,
+                        noise(x, generator=gen("matched", s), bounds=bounds),
+                    )
         else:
             for s in cell.strengths:
                 add(cell.label, "corruption", s, obj.with_strength(s)(x, generator=gen("corruption", s), bounds=bounds))
@@ -362,14 +407,23 @@ def check_strength(spec: ExperimentSpec) -> float | None:
     smallest Linf attack strength; None when the spec has no Linf attack."""
     if "linf" in spec.reference_strength:
         return spec.reference_strength["linf"]
-    linf = [s for p in spec.perturbations if p.kind == "attack"
-            for s in p.strengths if ATTACKS.build(p.name, **p.params).threat_norm == "linf" and s > 0]
+    linf = [
+        s
+        for p in spec.perturbations
+        if p.kind == "attack"
+        for s in p.strengths
+        if ATTACKS.build(p.name, **p.params).threat_norm == "linf" and s > 0
+    ]
     return min(linf) if linf else None
 
 
 def sanity_checks(
-    spec: ExperimentSpec, models: dict[str, LoadedModel], dataset: ImageDataset, store: Store,
-    notify: Callable[[str], None], n: int = 32,
+    spec: ExperimentSpec,
+    models: dict[str, LoadedModel],
+    dataset: ImageDataset,
+    store: Store,
+    notify: Callable[[str], None],
+    n: int = 32,
 ) -> None:
     """Model-level sanity checks (logits, determinism, gradients, unbounded attack, more steps) once per model
     and weights, on the first ``n`` test samples (at most one batch); stored for the report."""
@@ -381,7 +435,11 @@ def sanity_checks(
             continue
         batch = next(iter(iterate_batches(dataset, size, size)))
         results = run_model_checks(
-            lm.model, task, batch.x.to(device), batch.y.to(device), eps=check_strength(spec),
+            lm.model,
+            task,
+            batch.x.to(device),
+            batch.y.to(device),
+            eps=check_strength(spec),
             generator=make_generator(spec.seed, name, "checks", device=device),
         )
         failed = [r.name for r in results if not r.passed]
@@ -392,12 +450,19 @@ def sanity_checks(
 def clever_settings(spec: ExperimentSpec) -> dict[str, Any]:
     """What a stored CLEVER score set depends on besides the weights."""
     assert spec.clever is not None
-    return {**spec.clever.model_dump(mode="json"), "limit": spec.limit, "seed": spec.seed,
-            "dataset": spec.dataset.model_dump(mode="json")}
+    return {
+        **spec.clever.model_dump(mode="json"),
+        "limit": spec.limit,
+        "seed": spec.seed,
+        "dataset": spec.dataset.model_dump(mode="json"),
+    }
 
 
 def clever_scores(
-    spec: ExperimentSpec, models: dict[str, LoadedModel], dataset: ImageDataset, store: Store,
+    spec: ExperimentSpec,
+    models: dict[str, LoadedModel],
+    dataset: ImageDataset,
+    store: Store,
     notify: Callable[[str], None],
 ) -> dict[str, list[dict[str, Any]]]:
     """CLEVER scores of every model on the evaluated samples (spec ``clever``), computed once per weights and
@@ -414,18 +479,34 @@ def clever_scores(
         t0, scores = time.perf_counter(), []
         for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
             est = clever_estimate(
-                lm.model, batch.x.to(device), batch.y.to(device), norm=c.norm, n_batches=c.n_batches,
-                batch_size=c.batch_size, radius=c.radius, target_classes=c.target_classes,
+                lm.model,
+                batch.x.to(device),
+                batch.y.to(device),
+                norm=c.norm,
+                n_batches=c.n_batches,
+                batch_size=c.batch_size,
+                radius=c.radius,
+                target_classes=c.target_classes,
                 generator=make_generator(spec.seed, name, c.label, b, device=device),
             )
             start = b * spec.batch_size
-            scores += [{"sample_index": start + i, "sample_id": batch.ids[i], "score": float(est.scores[i]),
-                        "fit": est.fit[i], "flagged": bool(est.flagged[i])} for i in range(len(batch))]
+            scores += [
+                {
+                    "sample_index": start + i,
+                    "sample_id": batch.ids[i],
+                    "score": float(est.scores[i]),
+                    "fit": est.fit[i],
+                    "flagged": bool(est.flagged[i]),
+                }
+                for i in range(len(batch))
+            ]
         seconds = time.perf_counter() - t0
         store.write_model_scores(name, lm.fingerprint, c.label, settings, scores, seconds)
         flagged = sum(s["flagged"] for s in scores)
-        notify(f"{c.label} of {name}: {len(scores)} samples in {seconds:.1f} s"
-               + (f", {flagged} degenerate fits flagged" if flagged else ""))
+        notify(
+            f"{c.label} of {name}: {len(scores)} samples in {seconds:.1f} s"
+            + (f", {flagged} degenerate fits flagged" if flagged else "")
+        )
         out[name] = scores
     return out
 
@@ -462,8 +543,20 @@ def run_experiment(
 
 LOCK_NAME = ".medrobust.lock"
 # what a run writes in its folder (besides temporary files it renames into these)
-RUN_FILES = ("spec.json", "results.db", "results.db-wal", "results.db-shm", "summary.csv", "summary.json",
-             "comparisons.csv", "comparisons.json", "report.html", "summary.md", "models", LOCK_NAME)
+RUN_FILES = (
+    "spec.json",
+    "results.db",
+    "results.db-wal",
+    "results.db-shm",
+    "summary.csv",
+    "summary.json",
+    "comparisons.csv",
+    "comparisons.json",
+    "report.html",
+    "summary.md",
+    "models",
+    LOCK_NAME,
+)
 
 
 @contextmanager
@@ -520,7 +613,8 @@ def check_stored_spec(spec: ExperimentSpec, run_dir: Path, force: bool) -> None:
     if differ or not isinstance(stored, dict):
         k = differ[0] if differ else "spec"
         raise ValueError(
-            f"run folder {str(run_dir)!r} holds another experiment ({k}: stored {json.dumps(stored.get(k) if differ else stored)}, "
+            f"run folder {str(run_dir)!r} holds another experiment "
+            f"({k}: stored {json.dumps(stored.get(k) if differ else stored)}, "
             f"this spec {json.dumps(new.get(k))}); use a new run folder, or --force to add this run to it"
         )
 
@@ -542,8 +636,10 @@ def warn_large_eps(spec: ExperimentSpec, models: dict[str, LoadedModel], notify:
             span = lm.model.bounds[1] - lm.model.bounds[0]
             big = [s for s in p.strengths if s >= span]
             if big and p.applies_to(name):
-                notify(f"warning: {p.name} eps {big} on {name} is at least its whole input range {span:g} "
-                       f"(bounds {list(lm.model.bounds)}); every input is reachable. Is eps in the data's units?")
+                notify(
+                    f"warning: {p.name} eps {big} on {name} is at least its whole input range {span:g} "
+                    f"(bounds {list(lm.model.bounds)}); every input is reachable. Is eps in the data's units?"
+                )
 
 
 def normalised(name: str) -> str:
@@ -559,7 +655,9 @@ def check_classes(name: str, class_map: dict[str, str], card: ModelCard, dataset
         )
     unknown = sorted(set(class_map) - set(card.class_names))
     if unknown:
-        raise ValueError(f"model {name!r}: class_map names {unknown}, which are not classes of its card {list(card.class_names)}")
+        raise ValueError(
+            f"model {name!r}: class_map names {unknown}, which are not classes of its card {list(card.class_names)}"
+        )
     mapped = [class_map.get(c, c) for c in card.class_names]
     if [normalised(c) for c in mapped] != [normalised(c) for c in dataset.class_names]:
         raise ValueError(
@@ -599,7 +697,9 @@ def _run_experiment(
     sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
     warn_large_eps(spec, models, notify)
     write_atomic(run_dir / "spec.json", json.dumps(spec.model_dump(mode="json"), indent=2))
-    cells = expand(spec, {**{k: v.fingerprint for k, v in sources.items()}, **{k: v.fingerprint for k, v in models.items()}})
+    cells = expand(
+        spec, {**{k: v.fingerprint for k, v in sources.items()}, **{k: v.fingerprint for k, v in models.items()}}
+    )
     store = Store(run_dir / "results.db")
     try:
         run_id = store.start_run(spec.model_dump(mode="json"), spec.spec_hash(), versions(), spec.device, spec.seed)
@@ -613,12 +713,23 @@ def _run_experiment(
             for cell in todo:
                 t0 = time.time()
                 records, threat, examples = run_cell(cell, models[cell.model], dataset, spec, advance.samples, sources)
-                info = CellInfo(cell.key, cell.model, cell.label, cell.pert.kind if cell.pert else "clean",
-                                cell.pert.params if cell.pert else {}, list(cell.strengths), threat)
+                info = CellInfo(
+                    cell.key,
+                    cell.model,
+                    cell.label,
+                    cell.pert.kind if cell.pert else "clean",
+                    cell.pert.params if cell.pert else {},
+                    list(cell.strengths),
+                    threat,
+                )
                 store.write_cell(info, records, run_id, t0, examples)
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
         records = store.records([c.key for c in cells])
-        norms = {c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm for c in cells if c.pert and c.pert.kind == "attack"}
+        norms = {
+            c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm
+            for c in cells
+            if c.pert and c.pert.kind == "attack"
+        }
         tasks = {k: v.card.task for k, v in models.items()}
         summary = summarise(
             records,

@@ -59,8 +59,12 @@ def deterministic_algorithms(device: torch.device | str = "cuda", enabled: bool 
         yield
         return
     cudnn = torch.backends.cudnn
-    previous = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
+    previous = (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     # cuBLAS needs a fixed workspace to be deterministic. It reads this when it first initialises, so a process
     # that already ran CUDA matrix products keeps its workspace; convolutions (cuDNN) are covered either way.
     workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")

@@ -83,7 +83,9 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def balanced_accuracy_interval(pred: Sequence[int], y: Sequence[int], num_classes: int, *, key: object) -> tuple[float, float]:
+def balanced_accuracy_interval(
+    pred: Sequence[int], y: Sequence[int], num_classes: int, *, key: object
+) -> tuple[float, float]:
     """Bootstrap interval of the balanced accuracy (mean recall over the classes present in each resample)."""
     pred, y = np.asarray(pred), np.asarray(y)
     members = np.stack([y == k for k in range(num_classes)], axis=1).astype(np.float64)  # (n, K)

@@ -123,9 +123,27 @@ def encode_array(array: np.ndarray) -> bytes:
 def decode_array(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False)
 
+
 RECORD_COLUMNS = (
-    "cell_key", "model", "perturbation", "kind", "strength", "sample_index", "sample_id", "label", "clean_pred",
-    "pred", "probs_json", "l2", "linf", "l0", "ssim", "psnr", "rho", "score", "detail_json",
+    "cell_key",
+    "model",
+    "perturbation",
+    "kind",
+    "strength",
+    "sample_index",
+    "sample_id",
+    "label",
+    "clean_pred",
+    "pred",
+    "probs_json",
+    "l2",
+    "linf",
+    "l0",
+    "ssim",
+    "psnr",
+    "rho",
+    "score",
+    "detail_json",
 )
 # Columns added after the first release of the schema: (name, type), added to older databases on open.
 ADDED_COLUMNS = (("score", "REAL"), ("detail_json", "TEXT"))
@@ -245,9 +263,18 @@ class Store:
             self.conn.execute(
                 "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    cell.key, cell.model, cell.perturbation, cell.kind, json.dumps(cell.params, sort_keys=True),
-                    json.dumps(cell.strengths), json.dumps(cell.threat, sort_keys=True), "done", run_id, started,
-                    finished, finished - started,
+                    cell.key,
+                    cell.model,
+                    cell.perturbation,
+                    cell.kind,
+                    json.dumps(cell.params, sort_keys=True),
+                    json.dumps(cell.strengths),
+                    json.dumps(cell.threat, sort_keys=True),
+                    "done",
+                    run_id,
+                    started,
+                    finished,
+                    finished - started,
                 ),
             )
 
@@ -272,7 +299,8 @@ class Store:
         marks = ",".join("?" * len(keys))
         rows = self.conn.execute(
             "SELECT model, perturbation, strength, sample_index, array, data FROM examples "
-            f"WHERE cell_key IN ({marks})", keys,
+            f"WHERE cell_key IN ({marks})",
+            keys,
         )
         return {(m, p, float(s), int(i), a): decode_array(d) if decode else bytes(d) for m, p, s, i, a, d in rows}
 
@@ -289,8 +317,18 @@ class Store:
         rows = []
         for r in results:
             value = float(r.value)
-            rows.append((model, fingerprint, r.name, int(bool(r.passed)), value if math.isfinite(value) else None,
-                         r.message, r.meaning, created))
+            rows.append(
+                (
+                    model,
+                    fingerprint,
+                    r.name,
+                    int(bool(r.passed)),
+                    value if math.isfinite(value) else None,
+                    r.message,
+                    r.meaning,
+                    created,
+                )
+            )
         names = [row[2] for row in rows]
         if len(set(names)) != len(names):
             raise ValueError(f"check names repeat for model {model!r}: {names}")
@@ -306,18 +344,34 @@ class Store:
             r["passed"] = bool(r["passed"])
         return rows
 
-    def write_model_scores(self, model: str, fingerprint: str, name: str, settings: dict[str, Any],
-                           scores: list[dict[str, Any]], seconds: float) -> None:
+    def write_model_scores(
+        self,
+        model: str,
+        fingerprint: str,
+        name: str,
+        settings: dict[str, Any],
+        scores: list[dict[str, Any]],
+        seconds: float,
+    ) -> None:
         """Store per-sample model-level scores (CLEVER) of ``model`` on the weights ``fingerprint``: a list of
         {sample_index, sample_id, score, fit, flagged}, replaced whole for the same name and settings."""
         with self.conn:
             self.conn.execute(
                 "INSERT OR REPLACE INTO model_scores VALUES (?,?,?,?,?,?,?)",
-                (model, fingerprint, name, json.dumps(settings, sort_keys=True), json.dumps(scores), seconds,
-                 time.time()),
+                (
+                    model,
+                    fingerprint,
+                    name,
+                    json.dumps(settings, sort_keys=True),
+                    json.dumps(scores),
+                    seconds,
+                    time.time(),
+                ),
             )
 
-    def model_scores(self, model: str, fingerprint: str, name: str, settings: dict[str, Any]) -> list[dict[str, Any]] | None:
+    def model_scores(
+        self, model: str, fingerprint: str, name: str, settings: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
         """The stored scores of :meth:`write_model_scores`, or None."""
         row = self.conn.execute(
             "SELECT scores_json FROM model_scores WHERE model=? AND fingerprint=? AND name=? AND settings_json=?",

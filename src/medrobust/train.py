@@ -10,9 +10,10 @@ import copy
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +163,9 @@ def train(
         std=std,
         dataset={"name": s.dataset, "params": dict(s.dataset_params), "sizes": {k: len(v) for k, v in data.items()}},
         seed=s.seed,
-        training={k: v for k, v in asdict(s).items() if k not in ("dataset", "dataset_params", "architecture", "trust_code")},
+        training={
+            k: v for k, v in asdict(s).items() if k not in ("dataset", "dataset_params", "architecture", "trust_code")
+        },
         versions=versions(),
     )
     device = torch.device(s.device)

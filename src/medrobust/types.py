@@ -68,5 +68,5 @@ class Batch:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(self.x.to(device), self.y.to(device), list(self.ids))

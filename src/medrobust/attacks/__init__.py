@@ -31,4 +31,19 @@ ATTACKS.register("square")(Square)
 ATTACKS.register("autoattack")(AutoAttack)
 ATTACKS.register("transfer")(Transfer)
 
-__all__ = ["APGD", "ASMA", "AutoAttack", "ATTACKS", "DAG", "Attack", "CarliniWagnerL2", "DeepFool", "FGSM", "JSMA", "PGD", "SegPGD", "Square", "Transfer"]
+__all__ = [
+    "APGD",
+    "ASMA",
+    "AutoAttack",
+    "ATTACKS",
+    "DAG",
+    "Attack",
+    "CarliniWagnerL2",
+    "DeepFool",
+    "FGSM",
+    "JSMA",
+    "PGD",
+    "SegPGD",
+    "Square",
+    "Transfer",
+]

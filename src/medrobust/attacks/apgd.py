@@ -115,7 +115,9 @@ class APGD(Attack):
         best = x.clone()
         best_score, best_loss = task.score(clean_logits, y), task.loss(clean_logits, y)
         k = clean_logits.shape[1]
-        scale = losses.logit_range(clean_logits) if losses.needs_scale(k, self.targeted) and self.loss == "dlr" else None
+        scale = (
+            losses.logit_range(clean_logits) if losses.needs_scale(k, self.targeted) and self.loss == "dlr" else None
+        )
         ranks: list[int | None] = list(range(1, min(self.target_classes, k - 1) + 1)) if self.targeted else [None]
         for rank in ranks:
             target = None if rank is None else losses.ranked_targets(clean_logits, y, rank)

@@ -6,8 +6,9 @@ Learning Models for Biomedical Image Segmentation", MICCAI 2019), in the spirit 
 predicted as their target label, the log-probability of the target label (the cross-entropy surrogate of
 "pixel reaches its target"), and steps ``gamma * g / ||g||_2`` along its input gradient. Unlike DAG, a pixel stays in
 the active set until it carries its *target* label, not merely until it is wrong; a sample stops once more than
-``1 - tolerance`` of its pixels match the target (default: all of them). The accumulated perturbation is minimal-size in L2 (the runner
-evaluates strengths by clipping). Success is measured by the IoU of the prediction with the target mask.
+``1 - tolerance`` of its pixels match the target (default: all of them). The accumulated perturbation is
+minimal-size in L2 (the runner evaluates strengths by clipping). Success is measured by the IoU of the
+prediction with the target mask.
 
 Targets come from the DAG rules (``target``, ``classes``, ``radius``; see dag.py), or are given directly as a
 mask through ``attack.run_targeted(model, task, x, target_mask)``.

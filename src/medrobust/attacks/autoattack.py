@@ -55,8 +55,17 @@ class AutoAttack(Attack):
         """The cascade, in the order it runs: (name, attack)."""
         out: list[tuple[str, Attack]] = [
             ("apgd-ce", APGD(steps=self.steps, norm=self.norm, loss="ce", restarts=self.restarts)),
-            ("apgd-t", APGD(steps=self.steps, norm=self.norm, loss="dlr", targeted=True,
-                            target_classes=self.target_classes, restarts=self.restarts)),
+            (
+                "apgd-t",
+                APGD(
+                    steps=self.steps,
+                    norm=self.norm,
+                    loss="dlr",
+                    targeted=True,
+                    target_classes=self.target_classes,
+                    restarts=self.restarts,
+                ),
+            ),
         ]
         if self.version == "standard":
             out.append(("square", Square(queries=self.queries, norm=self.norm)))

@@ -80,9 +80,7 @@ class Attack(ABC):
         task = get_task(task)
         name = type(self).__name__
         if task.name not in self.tasks:
-            raise ValueError(
-                f"{name} is defined for {', '.join(self.tasks)} tasks only, not {task.name!r}"
-            )
+            raise ValueError(f"{name} is defined for {', '.join(self.tasks)} tasks only, not {task.name!r}")
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
         y = torch.as_tensor(y, device=x.device)
@@ -96,7 +94,9 @@ class Attack(ABC):
                 raise ValueError(f"labels y must be integer class indices, got non-integer values of dtype {y.dtype}")
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
-            raise ValueError(f"x holds NaN or infinite values in {bad} of {x.shape[0]} samples; attacks need finite inputs")
+            raise ValueError(
+                f"x holds NaN or infinite values in {bad} of {x.shape[0]} samples; attacks need finite inputs"
+            )
         if eps is None and not self.minimal:
             raise ValueError(f"{name} is a budget attack and needs eps (in input units, norm {self.threat_norm})")
         if eps is not None and (not math.isfinite(float(eps)) or float(eps) < 0):
@@ -245,8 +245,13 @@ def outcome(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 def keep_better(
-    best: torch.Tensor, best_score: torch.Tensor, best_loss: torch.Tensor,
-    cand: torch.Tensor, score: torch.Tensor, loss: torch.Tensor, index: torch.Tensor | None = None,
+    best: torch.Tensor,
+    best_score: torch.Tensor,
+    best_loss: torch.Tensor,
+    cand: torch.Tensor,
+    score: torch.Tensor,
+    loss: torch.Tensor,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write candidates that improve on the best into ``best``, ``best_score`` and ``best_loss`` in place.
 

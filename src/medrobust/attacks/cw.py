@@ -98,9 +98,7 @@ class CarliniWagnerL2(Attack):
         result[todo] = best_adv
         return result
 
-    def _search(
-        self, model: Model, task: Task, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search(self, model: Model, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary search over c for correctly classified x. Returns (best x_adv or x, best L2 or inf), (N,)."""
         low, high = model.bounds
         half = (high - low) / 2

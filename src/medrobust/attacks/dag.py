@@ -28,7 +28,9 @@ from medrobust.tasks import Task
 TARGETS = ("permutation", "background", "swap", "dilate")
 
 
-def check_target_params(attack: str, steps: int, gamma: float, target: str, classes, radius: int, norm: str) -> tuple[int, ...]:
+def check_target_params(
+    attack: str, steps: int, gamma: float, target: str, classes, radius: int, norm: str
+) -> tuple[int, ...]:
     """Validate the settings DAG and ASMA share; returns ``classes`` as a tuple of ints."""
     check_int("steps", steps)
     check_positive("gamma", gamma)
@@ -44,7 +46,9 @@ def check_target_params(attack: str, steps: int, gamma: float, target: str, clas
     return classes
 
 
-def dag_target(y: torch.Tensor, num_classes: int, kind: str, classes: tuple[int, ...] = (), radius: int = 2) -> torch.Tensor:
+def dag_target(
+    y: torch.Tensor, num_classes: int, kind: str, classes: tuple[int, ...] = (), radius: int = 2
+) -> torch.Tensor:
     """Target label map for DAG, same shape as ``y`` (N, *spatial)."""
     if any(c < 0 or c >= num_classes for c in classes):
         raise ValueError(f"classes={classes!r} outside the model's {num_classes} classes")

@@ -114,4 +114,3 @@ class DeepFool(Attack):
                 r_total[active] += step
                 x_adv[active] = clamp_bounds(x[active] + (1 + self.overshoot) * r_total[active], model.bounds)
         return x_adv
-

@@ -46,14 +46,18 @@ class Transfer(Attack):
     attack_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sources", tuple(self.sources) if isinstance(self.sources, (list, tuple)) else (self.sources,))
+        object.__setattr__(
+            self, "sources", tuple(self.sources) if isinstance(self.sources, (list, tuple)) else (self.sources,)
+        )
         if not self.sources:
             raise ValueError("transfer needs at least one source model in 'sources'")
         if self.attack == "transfer":
             raise ValueError("transfer cannot run a transfer attack on its sources")
         inner = self.inner()
         if inner.minimal:
-            raise ValueError(f"transfer runs budget attacks (e.g. pgd, apgd, fgsm); {self.attack!r} is a minimal-norm attack")
+            raise ValueError(
+                f"transfer runs budget attacks (e.g. pgd, apgd, fgsm); {self.attack!r} is a minimal-norm attack"
+            )
 
     def inner(self) -> Attack:
         from medrobust.attacks import ATTACKS
@@ -67,7 +71,7 @@ class Transfer(Attack):
     def source_names(self) -> list[str]:
         return [s for s in self.sources if isinstance(s, str)]
 
-    def with_sources(self, sources: list[nn.Module]) -> "Transfer":
+    def with_sources(self, sources: list[nn.Module]) -> Transfer:
         """The same attack with resolved source models."""
         return Transfer(tuple(sources), self.attack, dict(self.attack_params))
 

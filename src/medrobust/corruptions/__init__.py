@@ -16,7 +16,7 @@ from medrobust.corruptions.blur import GaussianBlur
 from medrobust.corruptions.contrast import Contrast
 from medrobust.corruptions.matched_noise import MatchedNoise
 from medrobust.corruptions.mri import MRIArtifact
-from medrobust.corruptions.mri_kspace import GibbsRinging, Ghosting, Spike
+from medrobust.corruptions.mri_kspace import Ghosting, GibbsRinging, Spike
 from medrobust.corruptions.mri_motion import Downsample, Motion
 from medrobust.corruptions.mri_noise import BiasField, RicianNoise
 from medrobust.corruptions.noise import GaussianNoise

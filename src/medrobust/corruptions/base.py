@@ -40,7 +40,7 @@ class Corruption(ABC):
     def apply(self, x: torch.Tensor, *, generator: torch.Generator, bounds: Bounds) -> torch.Tensor:
         """The corruption itself."""
 
-    def with_strength(self, strength: float) -> "Corruption":
+    def with_strength(self, strength: float) -> Corruption:
         if self.strength_param is None:
             raise ValueError(f"{type(self).__name__} has no strength parameter to sweep")
         return replace(self, **{self.strength_param: strength})

@@ -62,9 +62,7 @@ class MatchedNoise(Corruption):
             raise ValueError(f"{name}: reference norms must be >= 0, got minimum {float(ref.min())!r}")
         object.__setattr__(self, "reference", ref.detach())
         object.__setattr__(self, "norm", check_choice(name, "norm", self.norm, MATCHED_NORMS))
-        object.__setattr__(
-            self, "distribution", check_choice(name, "distribution", self.distribution, DISTRIBUTIONS)
-        )
+        object.__setattr__(self, "distribution", check_choice(name, "distribution", self.distribution, DISTRIBUTIONS))
 
     def __repr__(self) -> str:
         return (

@@ -9,9 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 # Importing the modules registers their builders in DATASETS.
-from medrobust.data import derm_synth, image_folder, isic, medmnist  # noqa: F401
-from medrobust.data import mni152  # noqa: F401
-from medrobust.data import nifti  # noqa: F401
+from medrobust.data import (  # noqa: F401
+    derm_synth,
+    image_folder,
+    isic,
+    medmnist,
+    mni152,  # noqa: F401
+    nifti,  # noqa: F401
+)
 from medrobust.data.base import (
     DATASETS,
     SPLITS,

@@ -152,7 +152,9 @@ def _stack(tensors: list[torch.Tensor], items: list[tuple[Any, ...]]) -> torch.T
 def load_all(dataset: ImageDataset, limit: int | None = None) -> Batch:
     """The whole dataset (or its first ``limit`` samples) as one Batch."""
     batches = list(iterate_batches(dataset, 256, limit))
-    return Batch(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches]), sum((b.ids for b in batches), []))
+    return Batch(
+        torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches]), sum((b.ids for b in batches), [])
+    )
 
 
 DATASETS: Registry = Registry("dataset")

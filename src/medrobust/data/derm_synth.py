@@ -122,7 +122,7 @@ def _labels(rng: np.random.Generator, n: int, prior: tuple[float, ...] | None) -
 class _Grid:
     """Coordinates in [-1, 1] and smoothing matrices for one image size (built once per size)."""
 
-    _cache: dict[int, "_Grid"] = {}
+    _cache: dict[int, _Grid] = {}
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -134,7 +134,7 @@ class _Grid:
         self._smooth: dict[int, np.ndarray] = {}
 
     @classmethod
-    def get(cls, size: int) -> "_Grid":
+    def get(cls, size: int) -> _Grid:
         if size not in cls._cache:
             cls._cache[size] = _Grid(size)
         return cls._cache[size]

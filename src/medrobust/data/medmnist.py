@@ -138,7 +138,11 @@ def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     for key, values in all_labels.items():
         # class indices: a float or negative label would be truncated or wrap around, so refuse it here
         if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_)):
-            if not np.issubdtype(values.dtype, np.floating) or not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            if (
+                not np.issubdtype(values.dtype, np.floating)
+                or not np.all(np.isfinite(values))
+                or np.any(values != np.round(values))
+            ):
                 raise ValueError(
                     f"MedMNIST file {file}: {key} has dtype {values.dtype} with non-integer values; expected class "
                     "indices 0..K-1"

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.data.base import SPLITS, DATASETS, check_split
+from medrobust.data.base import DATASETS, SPLITS, check_split
 from medrobust.data.segmentation import SegmentationDataset, check_mode_axis
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ def tissue_template(resolution: int = 2) -> tuple[np.ndarray, np.ndarray]:
         t1, gm, wm = (
             np.asarray(load(resolution=resolution).get_fdata(), dtype=np.float32)
             for load in (
-                datasets.load_mni152_template, datasets.load_mni152_gm_template, datasets.load_mni152_wm_template
+                datasets.load_mni152_template,
+                datasets.load_mni152_gm_template,
+                datasets.load_mni152_wm_template,
             )
         )
     t1 = np.clip(t1, 0.0, 1.0)

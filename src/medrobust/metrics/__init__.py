@@ -18,11 +18,17 @@ from medrobust.metrics.perturbation import (
     psnr,
     ssim,
 )
-from medrobust.metrics.segmentation import flip_rate, flip_rate_per_structure, hd95, mean_foreground_dice, per_structure_dice
 from medrobust.metrics.robustness import (
     attack_success_rate,
     empirical_robustness,
     empirical_robustness_per_sample,
+)
+from medrobust.metrics.segmentation import (
+    flip_rate,
+    flip_rate_per_structure,
+    hd95,
+    mean_foreground_dice,
+    per_structure_dice,
 )
 
 __all__ = [

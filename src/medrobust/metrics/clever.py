@@ -180,7 +180,9 @@ def clever_estimate(
     wrapped = as_model(model, bounds)
     y = torch.as_tensor(y, device=x.device).long()
     if x.dim() < 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}: expected x (N, C, ...) and y (N,)")
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}: expected x (N, C, ...) and y (N,)"
+        )
     generator = generator or torch.Generator(device=x.device).manual_seed(0)
     q = DUAL[norm]
     low, high = wrapped.bounds
@@ -203,7 +205,7 @@ def clever_estimate(
             z = wrapped(xp)
             own = owner[sl]
             for r in range(ranks):
-                g = (z.gather(1, y[own].unsqueeze(1)) - z.gather(1, targets[own, r:r + 1])).sum()
+                g = (z.gather(1, y[own].unsqueeze(1)) - z.gather(1, targets[own, r : r + 1])).sum()
                 (grad,) = torch.autograd.grad(g, xp, retain_graph=r < ranks - 1)
                 grad_norms[sl, r] = grad.flatten(1).norm(p=q, dim=1)
     maxima = grad_norms.view(n, n_batches, batch_size, ranks).amax(dim=2).cpu().numpy()  # (N, B, T)
@@ -249,5 +251,15 @@ def clever(
 
     >>> scores = clever(net, x, y, norm="l2", n_batches=10, batch_size=5, radius=5)  # doctest: +SKIP
     """
-    return clever_estimate(model, x, y, norm=norm, n_batches=n_batches, batch_size=batch_size, radius=radius,
-                           target_classes=target_classes, bounds=bounds, generator=generator).scores
+    return clever_estimate(
+        model,
+        x,
+        y,
+        norm=norm,
+        n_batches=n_batches,
+        batch_size=batch_size,
+        radius=radius,
+        target_classes=target_classes,
+        bounds=bounds,
+        generator=generator,
+    ).scores

@@ -19,7 +19,9 @@ def per_structure_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     """Dice per sample and structure, shape (N, K-1); NaN where the structure is absent from both masks."""
     from monai.metrics import compute_dice
 
-    dice = compute_dice(_one_hot(pred, num_classes), _one_hot(y, num_classes), include_background=False, ignore_empty=False)
+    dice = compute_dice(
+        _one_hot(pred, num_classes), _one_hot(y, num_classes), include_background=False, ignore_empty=False
+    )
     empty = (_one_hot(pred, num_classes) + _one_hot(y, num_classes))[:, 1:].flatten(2).sum(-1) == 0
     return torch.where(empty, torch.full_like(dice, float("nan")), dice)
 
@@ -33,7 +35,9 @@ def mean_foreground_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) 
     return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
 
 
-def hd95(pred: torch.Tensor, y: torch.Tensor, num_classes: int, spacing: float | tuple[float, ...] | None = None) -> torch.Tensor:
+def hd95(
+    pred: torch.Tensor, y: torch.Tensor, num_classes: int, spacing: float | tuple[float, ...] | None = None
+) -> torch.Tensor:
     """95th-percentile Hausdorff distance per sample and structure (N, K-1), in voxels or ``spacing`` units;
     NaN where the structure is missing from either mask (undefined there)."""
     from monai.metrics import compute_hausdorff_distance

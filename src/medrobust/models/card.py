@@ -53,8 +53,13 @@ class ModelCard(BaseModel):
     @field_validator("weights")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
-        if (not value or Path(value).name != value or "\\" in value or value.startswith(".")
-                or Path(value).suffix not in WEIGHTS_SUFFIXES):
+        if (
+            not value
+            or Path(value).name != value
+            or "\\" in value
+            or value.startswith(".")
+            or Path(value).suffix not in WEIGHTS_SUFFIXES
+        ):
             raise ValueError(
                 f"weights {value!r} must be a plain file name inside the checkpoint folder ending in "
                 f"{', '.join(WEIGHTS_SUFFIXES)} (no folders, no '..')"
@@ -106,7 +111,8 @@ def read_card(path: str | Path) -> tuple[ModelCard, Path]:
         raise ValueError(f"model card {str(card_path)!r} is not valid JSON: {err}") from None
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
         )
         raise ValueError(f"model card {str(card_path)!r} is not valid: {problems}") from None
     return card, card_path.parent

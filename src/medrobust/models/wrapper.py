@@ -45,9 +45,7 @@ class Model(nn.Module):
         if self.mean is None:
             return x
         if x.shape[1] != self.mean.numel():
-            raise ValueError(
-                f"input has {x.shape[1]} channels but the model's normalisation has {self.mean.numel()}"
-            )
+            raise ValueError(f"input has {x.shape[1]} channels but the model's normalisation has {self.mean.numel()}")
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x - self.mean.to(x).view(shape)) / self.std.to(x).view(shape)
 

@@ -130,9 +130,7 @@ def efficientnet(
     )
 
 
-TRUST_HINT = (
-    "pass --trust-code on the command line, set trust_code: true in the spec, or call with trust_code=True"
-)
+TRUST_HINT = "pass --trust-code on the command line, set trust_code: true in the spec, or call with trust_code=True"
 
 
 class UntrustedCodeError(ValueError):
@@ -235,7 +233,9 @@ def basic_unet(
     """MONAI BasicUNet (Ronneberger et al. 2015 layout)."""
     from monai.networks.nets import BasicUNet
 
-    return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, features=tuple(features))
+    return BasicUNet(
+        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, features=tuple(features)
+    )
 
 
 @MODELS.register("attention-unet")
@@ -250,7 +250,11 @@ def attention_unet(
     from monai.networks.nets import AttentionUnet
 
     return AttentionUnet(
-        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, channels=tuple(channels), strides=tuple(strides)
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=tuple(channels),
+        strides=tuple(strides),
     )
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from medrobust import stats
-from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.checks import TITLES as CHECK_TITLES
+from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.report.data import PerturbationInfo, RunData
 
 DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
@@ -32,7 +32,7 @@ class Values:
         self.metric = metric
         self.rows = {(r["model"], r["perturbation"], float(r["strength"]), r["metric"]): r for r in summary}
         self.strengths: dict[str, list[float]] = defaultdict(list)
-        for model, pert, strength, _ in self.rows:
+        for _, pert, strength, _ in self.rows:
             if strength not in self.strengths[pert]:
                 self.strengths[pert].append(strength)
         for pert in self.strengths:
@@ -91,18 +91,28 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
         strength = pick_strength(values.strengths.get(label, []), norm, reference)
         if strength is None:
             continue
-        attacks = [p.label for p in run.attacks if p.norm == norm and any(math.isclose(s, strength) for s in p.strengths)]
+        attacks = [
+            p.label for p in run.attacks if p.norm == norm and any(math.isclose(s, strength) for s in p.strengths)
+        ]
         rows = []
         for m in run.models:
-            rows.append({
-                "model": m.name,
-                "clean": values.clean(m.name),
-                "clean_ci": values.interval(m.name, "clean", 0.0),
-                "worst": values.get(m.name, label, strength),
-                "worst_ci": values.interval(m.name, label, strength),
-                "attacks": {a: (values.get(m.name, a, strength), values.get(m.name, f"matched_noise[{a}]", strength),
-                                values.interval(m.name, a, strength)) for a in attacks},
-            })
+            rows.append(
+                {
+                    "model": m.name,
+                    "clean": values.clean(m.name),
+                    "clean_ci": values.interval(m.name, "clean", 0.0),
+                    "worst": values.get(m.name, label, strength),
+                    "worst_ci": values.interval(m.name, label, strength),
+                    "attacks": {
+                        a: (
+                            values.get(m.name, a, strength),
+                            values.get(m.name, f"matched_noise[{a}]", strength),
+                            values.interval(m.name, a, strength),
+                        )
+                        for a in attacks
+                    },
+                }
+            )
         clever = next((p for p in values.strengths if p == f"clever[{norm}]"), None)
         for r in rows:
             r["clever"] = values.get(r["model"], clever, 0.0, "clever") if clever else None
@@ -126,8 +136,11 @@ def pair_tests(run: RunData, heads: list[Headline]) -> list[dict[str, Any]]:
 def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float, name: str, alpha: float = 0.05) -> str:
     """What the paired tests say about one (perturbation, strength): the significant differences, largest first,
     or that none is, with the samples a test would need for the largest observed difference."""
-    rows = [c for c in comparisons if c["perturbation"] == pert and math.isclose(c["strength"], strength)
-            and c.get("p_adjusted") is not None]
+    rows = [
+        c
+        for c in comparisons
+        if c["perturbation"] == pert and math.isclose(c["strength"], strength) and c.get("p_adjusted") is not None
+    ]
     if not rows:
         return ""
     points = "points" if name != "Dice" else "Dice points"
@@ -141,8 +154,11 @@ def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float,
         return "; ".join(parts) + more
     smallest = min(c["p_adjusted"] for c in rows)
     needed = [c["samples_needed"] for c in rows if c.get("samples_needed")]
-    more = (f"; about {min(needed)} test samples would be needed to detect the largest observed difference"
-            if needed else "")
+    more = (
+        f"; about {min(needed)} test samples would be needed to detect the largest observed difference"
+        if needed
+        else ""
+    )
     return f"no pair differs significantly (Holm-adjusted p >= {_p(smallest)} at n = {rows[0]['n']}{more})"
 
 
@@ -150,8 +166,9 @@ def _p(p: float) -> str:
     return f"{p:.2g}" if p >= 0.001 else "< 0.001"
 
 
-def headline_sentence(heads: list[Headline], metric: str = "accuracy",
-                      comparisons: list[dict[str, Any]] | None = None) -> str:
+def headline_sentence(
+    heads: list[Headline], metric: str = "accuracy", comparisons: list[dict[str, Any]] | None = None
+) -> str:
     """The paper's point in plain words: clean scores close, robust scores apart (or not), and which of the
     differences the paired tests (exact McNemar or Wilcoxon, Holm-adjusted) call significant."""
     if not heads:
@@ -165,20 +182,25 @@ def headline_sentence(heads: list[Headline], metric: str = "accuracy",
     where = f"{NORM_NAMES.get(h.norm, h.norm)} eps = {h.strength:.4g}"
     name = METRIC_NAMES.get(metric, metric)
     if len(pairs) == 1:
-        return (f"{pairs[0][0]} scores {cleans[0]:.3f} {name} on clean data and {worsts[0]:.3f} under the "
-                f"per-sample worst case of the {NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g}.")
+        return (
+            f"{pairs[0][0]} scores {cleans[0]:.3f} {name} on clean data and {worsts[0]:.3f} under the "
+            f"per-sample worst case of the {NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g}."
+        )
     best = max(pairs, key=lambda p: p[2])[0]
     if comparisons is None:
-        return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models; worst-case "
-                f"{name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f} "
-                f"(most robust: {best}).")
+        return (
+            f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models; worst-case "
+            f"{name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f} "
+            f"(most robust: {best})."
+        )
     clean_test = _significance(comparisons, "clean", 0.0, name)
     worst_test = _significance(comparisons, h.label, h.strength, name)
-    return (f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models"
-            + (f": {clean_test}" if clean_test else "")
-            + f". Worst-case {name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f}"
-            + (f": {worst_test}." if worst_test else f" (highest: {best}).")
-            )
+    return (
+        f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models"
+        + (f": {clean_test}" if clean_test else "")
+        + f". Worst-case {name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f}"
+        + (f": {worst_test}." if worst_test else f" (highest: {best}).")
+    )
 
 
 # --- 3. curves -------------------------------------------------------------------------------------------
@@ -251,11 +273,25 @@ def curve_areas(run: RunData) -> list[dict[str, Any]]:
             continue
         means = [statistics.fmean(by_strength[s][i] for s in by_strength) for i in common]
         lo, hi = stats.mean_interval(means, key=("area", model, label))
-        rows.append({"model": model, "perturbation": label, "strengths": sorted(by_strength), "n": len(common),
-                     "area": statistics.fmean(means), "ci_low": lo, "ci_high": hi})
+        rows.append(
+            {
+                "model": model,
+                "perturbation": label,
+                "strengths": sorted(by_strength),
+                "n": len(common),
+                "area": statistics.fmean(means),
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     models = [m.name for m in run.models]
-    rows.sort(key=lambda r: (order.get(r["perturbation"], len(order)), r["perturbation"],
-                             models.index(r["model"]) if r["model"] in models else len(models)))
+    rows.sort(
+        key=lambda r: (
+            order.get(r["perturbation"], len(order)),
+            r["perturbation"],
+            models.index(r["model"]) if r["model"] in models else len(models),
+        )
+    )
     return rows
 
 
@@ -263,8 +299,9 @@ def area_table(areas: list[dict[str, Any]], models: list[str]) -> list[dict[str,
     """:func:`curve_areas` as one row per perturbation with a cell per model (None where absent)."""
     table: dict[str, dict[str, Any]] = {}
     for a in areas:
-        row = table.setdefault(a["perturbation"], {"perturbation": a["perturbation"], "strengths": a["strengths"],
-                                                   "cells": {}})
+        row = table.setdefault(
+            a["perturbation"], {"perturbation": a["perturbation"], "strengths": a["strengths"], "cells": {}}
+        )
         row["cells"][a["model"]] = a
     return [{**row, "cells": [row["cells"].get(m) for m in models]} for row in table.values()]
 
@@ -422,9 +459,16 @@ def clinical(run: RunData, reference: dict[str, float], malignant: list[str] | t
         def row(name: str, label: str, s: float, recs: list[dict[str, Any]], flip_recs, noise=None) -> dict[str, Any]:
             flips, eligible = _flips(_by_sample(flip_recs), mal) if flip_recs is not None and mal else (None, None)
             noise_flips = _flips(_by_sample(noise), mal)[0] if noise and mal else None
-            return {"name": name, "perturbation": label, "strength": s, "recall": [_recall(recs, k) for k in k_range],
-                    "recall_ci": [_recall_ci(recs, k) for k in k_range],
-                    "flips": flips, "eligible": eligible, "noise_flips": noise_flips}
+            return {
+                "name": name,
+                "perturbation": label,
+                "strength": s,
+                "recall": [_recall(recs, k) for k in k_range],
+                "recall_ci": [_recall_ci(recs, k) for k in k_range],
+                "flips": flips,
+                "eligible": eligible,
+                "noise_flips": noise_flips,
+            }
 
         rows = [row("clean", "clean", 0.0, clean, None)]
         for p in run.attacks:
@@ -469,11 +513,16 @@ def structures(run: RunData, values: Values, reference: dict[str, float]) -> lis
             s = pick_strength(values.strengths.get(label, []), norm, reference)
             if s is not None:
                 items.append((f"{label} @ {s:.4g}", label, s))
-        rows = [{"name": title,
-                 "dice": [values.get(m.name, pert, s, f"dice:{k}") for k in names],
-                 "dice_ci": [values.interval(m.name, pert, s, f"dice:{k}") for k in names],
-                 "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names],
-                 "flip": [values.get(m.name, pert, s, f"flip_rate:{k}") for k in names]} for title, pert, s in items]
+        rows = [
+            {
+                "name": title,
+                "dice": [values.get(m.name, pert, s, f"dice:{k}") for k in names],
+                "dice_ci": [values.interval(m.name, pert, s, f"dice:{k}") for k in names],
+                "hd95": [values.get(m.name, pert, s, f"hd95:{k}") for k in names],
+                "flip": [values.get(m.name, pert, s, f"flip_rate:{k}") for k in names],
+            }
+            for title, pert, s in items
+        ]
         out.append(StructureTable(m.name, names, rows))
     return out
 
@@ -526,7 +575,9 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
     records = {(r["model"], r["perturbation"], float(r["strength"]), r["sample_index"]): r for r in run.records}
     out = []
     for m in run.models:
-        samples = sorted({i for (model, pert, _, i, a) in stored if model == m.name and pert == "clean" and a == "image"})
+        samples = sorted(
+            {i for (model, pert, _, i, a) in stored if model == m.name and pert == "clean" and a == "image"}
+        )
         if not samples:
             continue
         seg = m.task == "segmentation"
@@ -542,19 +593,38 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
         rows = []
         for p in run.perturbations:
             s = pick_strength(list(p.strengths), p.norm, reference)
-            delta = {i: d.astype(np.float32) for i in samples if (d := ex((m.name, p.label, s, i, "delta"))) is not None}
+            delta = {
+                i: d.astype(np.float32) for i in samples if (d := ex((m.name, p.label, s, i, "delta"))) is not None
+            }
             if not delta:
                 continue
             if seg:
                 pred = {i: ex((m.name, p.label, s, i, "pred")) for i in delta}
-                changed = {i: pred[i] is not None and clean_pred.get(i) is not None
-                           and bool((pred[i] != clean_pred[i]).any()) for i in delta}
+                changed = {
+                    i: pred[i] is not None and clean_pred.get(i) is not None and bool((pred[i] != clean_pred[i]).any())
+                    for i in delta
+                }
             else:
-                pred = {i: records[(m.name, p.label, s, i)]["pred"] for i in delta if (m.name, p.label, s, i) in records}
+                pred = {
+                    i: records[(m.name, p.label, s, i)]["pred"] for i in delta if (m.name, p.label, s, i) in records
+                }
                 changed = {i: i in pred and pred[i] != clean_pred.get(i) for i in delta}
             rows.append(GalleryRow(f"{p.label} @ {s:.4g}", p.label, p.kind, s, delta, pred, changed))
-        out.append(Gallery(m.name, m.task, m.class_names, samples, ids, image, label, clean_pred, rows,
-                           run.bounds.get(m.name, (0.0, 1.0)), run.orientation.get(m.name)))
+        out.append(
+            Gallery(
+                m.name,
+                m.task,
+                m.class_names,
+                samples,
+                ids,
+                image,
+                label,
+                clean_pred,
+                rows,
+                run.bounds.get(m.name, (0.0, 1.0)),
+                run.orientation.get(m.name),
+            )
+        )
     return out
 
 
@@ -580,6 +650,7 @@ class ModelChecks:
 
     def sentence(self) -> str:
         """E.g. "Sanity checks passed for m: logits, gradients; failed (see above): unbounded." """
+
         def names(xs: list[str]) -> str:
             return ", ".join(x.replace("_", " ") for x in xs)
 
@@ -612,8 +683,9 @@ def model_checks(run: RunData) -> dict[str, list[CheckResult]]:
             value = float("nan") if r["value"] is None else float(r["value"])
             out[r["model"]].append(CheckResult(r["name"], bool(r["passed"]), value, r["message"], r["meaning"]))
     attacks = run.attacks
-    black_box = black_box_outcomes(run.records, {p.label: p.name for p in attacks},
-                                   {p.label: p.norm for p in attacks if p.norm})
+    black_box = black_box_outcomes(
+        run.records, {p.label: p.name for p in attacks}, {p.label: p.norm for p in attacks if p.norm}
+    )
     for model, result in black_box.items():
         if model in out:
             out[model].append(result)
@@ -624,12 +696,21 @@ def check_summary(run: RunData, checks: dict[str, list[CheckResult]] | None = No
     """One line per model for the report: which sanity checks passed and failed."""
     checks = model_checks(run) if checks is None else checks
     stored = {r["model"] for r in run.checks}
-    return [ModelChecks(model, [r.name for r in results if r.passed], [r.name for r in results if not r.passed],
-                        model in stored) for model, results in checks.items()]
+    return [
+        ModelChecks(
+            model, [r.name for r in results if r.passed], [r.name for r in results if not r.passed], model in stored
+        )
+        for model, results in checks.items()
+    ]
 
 
-def warnings(run: RunData, values: Values, tol: float = 0.02, min_success: float = 0.5,
-             checks: dict[str, list[CheckResult]] | None = None) -> list[Finding]:
+def warnings(
+    run: RunData,
+    values: Values,
+    tol: float = 0.02,
+    min_success: float = 0.5,
+    checks: dict[str, list[CheckResult]] | None = None,
+) -> list[Finding]:
     """Sanity checks on the stored results, then every failed sanity check of each model (``checks``, default
     :func:`model_checks`). ``tol``: slack in the score (at least one sample more than 1/n)."""
     out = []
@@ -646,33 +727,65 @@ def warnings(run: RunData, values: Values, tol: float = 0.02, min_success: float
                 if acc is not None and noise is not None and acc > noise + slack:
                     weaker.append(f"eps={s:.4g}: {acc:.3f} vs noise {noise:.3f}")
             if weaker:
-                out.append(Finding("attack weaker than noise", (
-                    f"{p.label} on {m.name} leaves a higher {name} than Gaussian noise of the same L2 size ("
-                    + "; ".join(weaker) + "). The attack may be broken or the gradients masked.")))
+                out.append(
+                    Finding(
+                        "attack weaker than noise",
+                        (
+                            f"{p.label} on {m.name} leaves a higher {name} than Gaussian noise of the same L2 size ("
+                            + "; ".join(weaker)
+                            + "). The attack may be broken or the gradients masked."
+                        ),
+                    )
+                )
             accs = [(0.0, clean)] + [(s, values.get(m.name, p.label, s)) for s in p.strengths]
             accs = [(s, a) for s, a in accs if a is not None]
-            rises = [f"{a0:.3f} at {s0:.4g} -> {a1:.3f} at {s1:.4g}" for (s0, a0), (s1, a1) in zip(accs, accs[1:]) if a1 > a0 + slack]
+            rises = [
+                f"{a0:.3f} at {s0:.4g} -> {a1:.3f} at {s1:.4g}"
+                for (s0, a0), (s1, a1) in zip(accs, accs[1:])
+                if a1 > a0 + slack
+            ]
             if rises:
-                out.append(Finding("non-monotone curve", (
-                    f"{name} under {p.label} on {m.name} rises with strength (" + "; ".join(rises)
-                    + "). A stronger attack should never do less harm; try more steps or restarts.")))
+                out.append(
+                    Finding(
+                        "non-monotone curve",
+                        (
+                            f"{name} under {p.label} on {m.name} rises with strength ("
+                            + "; ".join(rises)
+                            + "). A stronger attack should never do less harm; try more steps or restarts."
+                        ),
+                    )
+                )
             if p.minimal and p.strengths:
                 top = max(p.strengths)
                 rate = values.get(m.name, p.label, top, "success_rate")
                 if rate is not None and rate < min_success:
-                    out.append(Finding("minimal attack rarely succeeds", (
-                        f"{p.label} on {m.name} fooled only {rate:.0%} of the clean-correct samples within its "
-                        f"largest budget eps={top:.4g}. Either that budget is small for this model or the attack "
-                        "stopped early (raise steps).")))
+                    out.append(
+                        Finding(
+                            "minimal attack rarely succeeds",
+                            (
+                                f"{p.label} on {m.name} fooled only {rate:.0%} of the clean-correct samples within its "
+                                f"largest budget eps={top:.4g}. Either that budget is small for this model "
+                                "or the attack "
+                                "stopped early (raise steps)."
+                            ),
+                        )
+                    )
     out += unchecked_worst_cases(run, values)
     for model, results in (model_checks(run) if checks is None else checks).items():
         for r in results:
             if not r.passed:
                 out.append(Finding(CHECK_TITLES.get(r.name, r.name), f"{model}: {r.message}", r.meaning))
     if run.missing_cells:
-        out.append(Finding("incomplete run", (
-            f"{run.missing_cells} (model, perturbation, strength) cells of the spec are not in results.db; re-run "
-            "the same spec in this directory to finish them.")))
+        out.append(
+            Finding(
+                "incomplete run",
+                (
+                    f"{run.missing_cells} (model, perturbation, strength) cells of the spec are not in "
+                    "results.db; re-run "
+                    "the same spec in this directory to finish them."
+                ),
+            )
+        )
     return out
 
 
@@ -682,7 +795,8 @@ STRONG_NORMS = ("linf", "l2")
 UNCHECKED_MEANING = (
     "A robustness number is an upper bound: an attack that fails proves nothing. Worst cases from FGSM or PGD "
     "alone were optimistic by up to 17 points on the demo's own models against an APGD cascade. Add an "
-    "`autoattack` perturbation at these strengths (or `apgd` where time is short) to check them.")
+    "`autoattack` perturbation at these strengths (or `apgd` where time is short) to check them."
+)
 
 
 def unchecked_worst_cases(run: RunData, values: Values) -> list[Finding]:
@@ -700,10 +814,18 @@ def unchecked_worst_cases(run: RunData, values: Values) -> list[Finding]:
                 weak[s] = [p.label for p in at]
         if weak:
             names = sorted({a for labels in weak.values() for a in labels})
-            out.append(Finding("worst case not checked by a strong attack", (
-                f"{label} at eps = {', '.join(f'{s:.4g}' for s in sorted(weak))} rests on {', '.join(names)} only; "
-                f"no {' or '.join(STRONG_ATTACKS)} ran at {'this strength' if len(weak) == 1 else 'these strengths'}, "
-                "so it may be optimistic."), UNCHECKED_MEANING))
+            out.append(
+                Finding(
+                    "worst case not checked by a strong attack",
+                    (
+                        f"{label} at eps = {', '.join(f'{s:.4g}' for s in sorted(weak))} rests on "
+                        f"{', '.join(names)} only; no {' or '.join(STRONG_ATTACKS)} ran at "
+                        f"{'this strength' if len(weak) == 1 else 'these strengths'}, "
+                        "so it may be optimistic."
+                    ),
+                    UNCHECKED_MEANING,
+                )
+            )
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from medrobust.checks import DESCRIPTIONS as CHECK_DESCRIPTIONS
 from medrobust.report import analysis as A
 from medrobust.report import figures as F
-from medrobust.report.data import PerturbationInfo, RunData, load_run
+from medrobust.report.data import RunData, load_run
 from medrobust.report.markdown import summary_markdown
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,23 @@ def threat_rows(run: RunData) -> list[dict[str, Any]]:
     for p in run.perturbations:
         t = p.threat
         extra = {k: v for k, v in (t.get("params") or {}).items() if k not in THREAT_KEYS}
-        rows.append({
-            "label": p.label,
-            "kind": "attack" if p.kind == "attack" else "corruption",
-            "name": p.name,
-            "norm": F.NORM_NAMES.get(p.norm, p.norm) if p.norm else "-",
-            "what": ("minimal: run once, clipped to each eps" if p.minimal else "budget: run per eps")
-            if p.kind == "attack" else f"strength = {t.get('strength_param') or '-'}",
-            "strengths": ", ".join(strength_text(s, p.norm, t.get("bounds")) for s in p.strengths),
-            "bounds": "[{:g}, {:g}]".format(*t["bounds"]) if len(t.get("bounds") or []) == 2 else "-",
-            "settings": ", ".join(f"{k}={'default' if t[k] is None else t[k]}" for k in THREAT_KEYS if k in t)
-            + (", " if extra and any(k in t for k in THREAT_KEYS) else "")
-            + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())),
-            "seed": t.get("seed", seed),
-        })
+        rows.append(
+            {
+                "label": p.label,
+                "kind": "attack" if p.kind == "attack" else "corruption",
+                "name": p.name,
+                "norm": F.NORM_NAMES.get(p.norm, p.norm) if p.norm else "-",
+                "what": ("minimal: run once, clipped to each eps" if p.minimal else "budget: run per eps")
+                if p.kind == "attack"
+                else f"strength = {t.get('strength_param') or '-'}",
+                "strengths": ", ".join(strength_text(s, p.norm, t.get("bounds")) for s in p.strengths),
+                "bounds": "[{:g}, {:g}]".format(*t["bounds"]) if len(t.get("bounds") or []) == 2 else "-",
+                "settings": ", ".join(f"{k}={'default' if t[k] is None else t[k]}" for k in THREAT_KEYS if k in t)
+                + (", " if extra and any(k in t for k in THREAT_KEYS) else "")
+                + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())),
+                "seed": t.get("seed", seed),
+            }
+        )
     return rows
 
 
@@ -82,11 +85,17 @@ def provenance(run: RunData) -> dict[str, Any]:
     runs = []
     for r in run.runs:
         wall = (r["finished"] - r["started"]) if r.get("finished") else None
-        runs.append({
-            "id": r["id"], "started": when(r["started"]), "finished": when(r.get("finished")) if r.get("finished") else "interrupted",
-            "wall": wall, "device": r["device"], "seed": r["seed"],
-            "versions": ", ".join(f"{k} {v}" for k, v in json.loads(r["versions_json"]).items()),
-        })
+        runs.append(
+            {
+                "id": r["id"],
+                "started": when(r["started"]),
+                "finished": when(r.get("finished")) if r.get("finished") else "interrupted",
+                "wall": wall,
+                "device": r["device"],
+                "seed": r["seed"],
+                "versions": ", ".join(f"{k} {v}" for k, v in json.loads(r["versions_json"]).items()),
+            }
+        )
     from medrobust import __version__
 
     return {
@@ -112,8 +121,13 @@ def provenance(run: RunData) -> dict[str, Any]:
 def _env():
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(num=num, exact=exact, pct=lambda v: "-" if A.is_nan(v) else f"{v:.0%}")
     return env
 
@@ -205,16 +219,23 @@ def build_report(
 def curve_table(run: RunData, values: A.Values) -> list[dict[str, Any]]:
     """Rows (perturbation, strength) with each model's (score, matched-noise score, 95% interval of the score)."""
     rows = []
-    items: list[tuple[str, PerturbationInfo | None]] = [(p.label, p) for p in run.perturbations]
-    items += [(A.worst_label(n, run.norms), None) for n in run.norms]
-    for label, p in items:
+    labels = [p.label for p in run.perturbations] + [A.worst_label(n, run.norms) for n in run.norms]
+    for label in labels:
         for s in values.strengths.get(label, []):
-            rows.append({
-                "perturbation": label,
-                "strength": s,
-                "cells": [(values.get(m.name, label, s), values.get(m.name, f"matched_noise[{label}]", s),
-                           values.interval(m.name, label, s)) for m in run.models],
-            })
+            rows.append(
+                {
+                    "perturbation": label,
+                    "strength": s,
+                    "cells": [
+                        (
+                            values.get(m.name, label, s),
+                            values.get(m.name, f"matched_noise[{label}]", s),
+                            values.interval(m.name, label, s),
+                        )
+                        for m in run.models
+                    ],
+                }
+            )
     return rows
 
 

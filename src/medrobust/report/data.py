@@ -255,19 +255,30 @@ def load_run(run_dir: str | Path) -> RunData:
             tasks[r["model"]] = "segmentation" if segmentation else "classification"
             num_classes[r["model"]] = len(detail["dice"]) + 1 if segmentation else len(probs)
     models = [
-        _card_info(name, folders.get(name), _source(spec_models.get(name)), num_classes.get(name, 0),
-                   tasks.get(name, "classification"))
-        for name in order if name in present
+        _card_info(
+            name,
+            folders.get(name),
+            _source(spec_models.get(name)),
+            num_classes.get(name, 0),
+            tasks.get(name, "classification"),
+        )
+        for name in order
+        if name in present
     ]
 
     perts = _perturbations(spec_obj, cells)
     norms = {p.label: p.norm for p in perts if p.kind == "attack" and p.norm}
-    summary = summarise(
-        records, norms,
-        num_classes={m.name: len(m.class_names) for m in models},
-        class_names={m.name: list(m.class_names) for m in models},
-        tasks={m.name: m.task for m in models},
-    ) if records else []
+    summary = (
+        summarise(
+            records,
+            norms,
+            num_classes={m.name: len(m.class_names) for m in models},
+            class_names={m.name: list(m.class_names) for m in models},
+            tasks={m.name: m.task for m in models},
+        )
+        if records
+        else []
+    )
     comparisons = compare_models(records, norms, {m.name: m.task for m in models}) if records else []
     # model-level scores (CLEVER) of the weights shown; the newest set per model and score wins
     latest: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -282,12 +293,17 @@ def load_run(run_dir: str | Path) -> RunData:
             clean_counts[r["model"]] += 1
     notes = []
     # checks of a model name whose weights changed since (another spec in this directory) are not shown
-    checks = [r for r in check_rows
-              if r["model"] in present and fingerprints.get(r["model"], r["fingerprint"]) == r["fingerprint"]]
+    checks = [
+        r
+        for r in check_rows
+        if r["model"] in present and fingerprints.get(r["model"], r["fingerprint"]) == r["fingerprint"]
+    ]
     stale = sorted({r["model"] for r in check_rows if r["model"] in present} - {r["model"] for r in checks})
     if stale:
-        notes.append(f"The sanity checks stored for {', '.join(stale)} ran on other weights than the ones shown and "
-                     "are not shown; re-run the spec to check these weights.")
+        notes.append(
+            f"The sanity checks stored for {', '.join(stale)} ran on other weights than the ones shown and "
+            "are not shown; re-run the spec to check these weights."
+        )
     if len(all_cells) > len(cells):
         notes.append(
             f"{len(all_cells) - len(cells)} finished cells in results.db belong to other specs run in this "
@@ -309,8 +325,11 @@ def load_run(run_dir: str | Path) -> RunData:
         notes=notes,
         examples=examples,
         bounds=_bounds(cells),
-        orientation={c["model"]: o for c in cells if c["kind"] == "clean"
-                     and (o := json.loads(c["threat_json"]).get("orientation"))},
+        orientation={
+            c["model"]: o
+            for c in cells
+            if c["kind"] == "clean" and (o := json.loads(c["threat_json"]).get("orientation"))
+        },
         checks=checks,
     )
 
@@ -346,13 +365,15 @@ def _perturbations(spec_obj, cells: list[dict[str, Any]]) -> list[PerturbationIn
         threat.update(strengths=list(strengths))
         if "eps" in threat:
             threat["eps"] = list(strengths)
-        out.append(PerturbationInfo(
-            label=label,
-            kind=group[0]["kind"],
-            name=names.get(label, label.split("(")[0]),
-            norm=threat.get("norm"),
-            minimal=bool(threat.get("minimal", False)),
-            strengths=strengths,
-            threat=threat,
-        ))
+        out.append(
+            PerturbationInfo(
+                label=label,
+                kind=group[0]["kind"],
+                name=names.get(label, label.split("(")[0]),
+                norm=threat.get("norm"),
+                minimal=bool(threat.get("minimal", False)),
+                strengths=strengths,
+                threat=threat,
+            )
+        )
     return out

@@ -76,9 +76,16 @@ def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
             ty += 0.045
         placed.append((x, ty))
         right = x < 0.35
-        ax.annotate(label, (x, y), xytext=(x + (0.04 if right else -0.04), ty), textcoords="data", fontsize=8,
-                    ha="left" if right else "right", va="center",
-                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkB": 4})
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(x + (0.04 if right else -0.04), ty),
+            textcoords="data",
+            fontsize=8,
+            ha="left" if right else "right",
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkB": 4},
+        )
 
 
 def headline_figure(heads: list[Headline], styles: dict[str, ModelStyle], metric: str = "accuracy") -> str:
@@ -88,7 +95,9 @@ def headline_figure(heads: list[Headline], styles: dict[str, ModelStyle], metric
         axes = fig.subplots(1, len(heads), squeeze=False)[0]
         for ax, h in zip(axes, heads):
             ax.plot([0, 1], [0, 1], ls=":", color="0.55", lw=1)
-            ax.text(0.5, 0.53, "no loss (y = x)", color="0.45", fontsize=7, ha="center", rotation=38, rotation_mode="anchor")
+            ax.text(
+                0.5, 0.53, "no loss (y = x)", color="0.45", fontsize=7, ha="center", rotation=38, rotation_mode="anchor"
+            )
             points = []
             for r in h.rows:
                 if r["clean"] is None or r["worst"] is None:
@@ -97,20 +106,38 @@ def headline_figure(heads: list[Headline], styles: dict[str, ModelStyle], metric
                 # 95% intervals of both scores as error bars (Wilson or bootstrap, from the summary)
                 cx, wy = r.get("clean_ci"), r.get("worst_ci")
                 if cx or wy:
-                    ax.errorbar([r["clean"]], [r["worst"]],
-                                xerr=[[r["clean"] - cx[0]], [cx[1] - r["clean"]]] if cx else None,
-                                yerr=[[r["worst"] - wy[0]], [wy[1] - r["worst"]]] if wy else None,
-                                fmt="none", ecolor=st.color, elinewidth=1, capsize=2, alpha=0.8, zorder=2)
-                ax.scatter([r["clean"]], [r["worst"]], s=80, color=st.color, marker=st.marker, edgecolor="black",
-                           linewidth=0.6, zorder=3)
+                    ax.errorbar(
+                        [r["clean"]],
+                        [r["worst"]],
+                        xerr=[[r["clean"] - cx[0]], [cx[1] - r["clean"]]] if cx else None,
+                        yerr=[[r["worst"] - wy[0]], [wy[1] - r["worst"]]] if wy else None,
+                        fmt="none",
+                        ecolor=st.color,
+                        elinewidth=1,
+                        capsize=2,
+                        alpha=0.8,
+                        zorder=2,
+                    )
+                ax.scatter(
+                    [r["clean"]],
+                    [r["worst"]],
+                    s=80,
+                    color=st.color,
+                    marker=st.marker,
+                    edgecolor="black",
+                    linewidth=0.6,
+                    zorder=3,
+                )
                 points.append((r["clean"], r["worst"], text(r["model"], 24)))
             _label_points(ax, points)
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(f"clean {METRIC_AXES.get(metric, metric)}")
             ax.set_ylabel(f"worst-case {METRIC_NAMES.get(metric, metric)}, {NORM_NAMES.get(h.norm, h.norm)} attacks")
-            ax.set_title(f"{NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g} (input units)\n"
-                         f"worst case over {len(h.attacks)}: {text(', '.join(h.attacks), 40)}")
+            ax.set_title(
+                f"{NORM_NAMES.get(h.norm, h.norm)} attacks at eps = {h.strength:.4g} (input units)\n"
+                f"worst case over {len(h.attacks)}: {text(', '.join(h.attacks), 40)}"
+            )
         fig.legend(handles=_model_handles(styles), loc="outside lower center", ncols=min(len(styles), 6), frameon=False)
         fig.suptitle("Generalizability (x) vs robustness (y): one point per model, bars: 95% intervals", fontsize=11)
         return to_data_uri(fig)
@@ -149,15 +176,19 @@ def curves_figure(curves: list[Curve], styles: dict[str, ModelStyle], metric: st
             ax.set_ylabel(METRIC_AXES.get(metric, metric))
             ax.set_ylim(-0.02, 1.02)
             ax.xaxis.set_major_locator(MaxNLocator(5))
-        for ax in axes[len(curves):]:
+        for ax in axes[len(curves) :]:
             ax.set_visible(False)
         handles = _model_handles(styles)
         handles.append(Line2D([], [], color="0.3", ls="-", label="attack / corruption"))
         if any_noise:
-            handles.append(Line2D([], [], color="0.3", ls="--", label="Gaussian noise, same per-sample L2 as the attack"))
+            handles.append(
+                Line2D([], [], color="0.3", ls="--", label="Gaussian noise, same per-sample L2 as the attack")
+            )
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
-        fig.suptitle(f"Robustness curves: {METRIC_NAMES.get(metric, metric)} vs perturbation strength (strength 0 = clean)",
-                     fontsize=11)
+        fig.suptitle(
+            f"Robustness curves: {METRIC_NAMES.get(metric, metric)} vs perturbation strength (strength 0 = clean)",
+            fontsize=11,
+        )
         return to_data_uri(fig)
 
 
@@ -180,9 +211,15 @@ def _boxes(ax, groups: list[list[SizeGroup]], key: str, styles: dict[str, ModelS
                 continue
             positive += [v for v in data if v > 0]
             pos = i - 0.4 + width * (j + 0.5)
-            bp = ax.boxplot([data], positions=[pos], widths=width * 0.85, patch_artist=True, showfliers=True,
-                            flierprops={"markersize": 2, "markeredgecolor": styles[g.model].color},
-                            medianprops={"color": "black"})
+            bp = ax.boxplot(
+                [data],
+                positions=[pos],
+                widths=width * 0.85,
+                patch_artist=True,
+                showfliers=True,
+                flierprops={"markersize": 2, "markeredgecolor": styles[g.model].color},
+                medianprops={"color": "black"},
+            )
             for patch in bp["boxes"]:
                 patch.set_facecolor(styles[g.model].color)
                 patch.set_alpha(0.75)
@@ -191,7 +228,9 @@ def _boxes(ax, groups: list[list[SizeGroup]], key: str, styles: dict[str, ModelS
     ax.set_xlim(-0.6, len(groups) - 0.4)
 
 
-def perceptibility_figure(at_ref: list[SizeGroup], styles: dict[str, ModelStyle], which: str = "successful") -> str | None:
+def perceptibility_figure(
+    at_ref: list[SizeGroup], styles: dict[str, ModelStyle], which: str = "successful"
+) -> str | None:
     attacks = list(dict.fromkeys(g.attack for g in at_ref))
     if not attacks or not any(g.n_success for g in at_ref):
         return None
@@ -228,12 +267,25 @@ def minimal_figure(minimal: list[SizeGroup], styles: dict[str, ModelStyle]) -> s
                 if not data:
                     continue
                 st = styles[g.model]
-                bp = ax.boxplot([data], positions=[j], widths=0.55, patch_artist=True, showfliers=False,
-                                medianprops={"color": "black"})
+                bp = ax.boxplot(
+                    [data],
+                    positions=[j],
+                    widths=0.55,
+                    patch_artist=True,
+                    showfliers=False,
+                    medianprops={"color": "black"},
+                )
                 bp["boxes"][0].set_facecolor(st.color)
                 bp["boxes"][0].set_alpha(0.35)
-                ax.scatter(j + rng.uniform(-0.18, 0.18, len(data)), data, s=9, color=st.color, marker=st.marker,
-                           alpha=0.8, linewidths=0)
+                ax.scatter(
+                    j + rng.uniform(-0.18, 0.18, len(data)),
+                    data,
+                    s=9,
+                    color=st.color,
+                    marker=st.marker,
+                    alpha=0.8,
+                    linewidths=0,
+                )
             ax.set_xticks(range(len(groups)), [text(g.model, 14) for g in groups])
             ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             budget = groups[0].strength
@@ -241,11 +293,21 @@ def minimal_figure(minimal: list[SizeGroup], styles: dict[str, ModelStyle]) -> s
                 top = max([budget, *(v for g in groups for v in g.values[key] if v is not None and math.isfinite(v))])
                 ax.set_ylim(0, 1.1 * top)  # from zero: a tight range would magnify float noise at the cut-off
                 ax.axhline(budget, color="0.4", lw=0.8, ls=":")
-                ax.annotate("budget (cut-off)", (1.0, budget), xycoords=("axes fraction", "data"), ha="right",
-                            va="bottom", fontsize=7, color="0.3")
+                ax.annotate(
+                    "budget (cut-off)",
+                    (1.0, budget),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                    color="0.3",
+                )
             unit = "features changed" if key == "l0" else "input units"
             ax.set_ylabel(f"minimal {NORM_NAMES.get(key, key)} perturbation ({unit})")
-            ax.set_title(f"{text(attack, 30)}: minimal perturbations\n(cut off at the largest budget, eps = {groups[0].strength:.3g})")
+            ax.set_title(
+                f"{text(attack, 30)}: minimal perturbations\n"
+                f"(cut off at the largest budget, eps = {groups[0].strength:.3g})"
+            )
         fig.suptitle("Minimal adversarial perturbation per sample (smaller = less robust)", fontsize=11)
         return to_data_uri(fig)
 
@@ -259,7 +321,7 @@ LEGEND_MAX = 12
 
 def sample_chunks(samples: list[int], size: int = GALLERY_CHUNK) -> list[list[int]]:
     """The gallery's samples in groups of ``size``, one figure each, so no figure grows without bound."""
-    return [samples[k:k + size] for k in range(0, len(samples), size)] or [[]]
+    return [samples[k : k + size] for k in range(0, len(samples), size)] or [[]]
 
 
 def _structure_colours(num_classes: int) -> np.ndarray:
@@ -407,7 +469,7 @@ def gallery_figure(g: Gallery, samples: list[int] | None = None) -> str:
         for r, row in enumerate(g.rows, start=1):
             axes[r, 0].set_ylabel(text(row.title, 26), fontsize=8)
         if seg and len(names) > 1:
-            shown = list(enumerate(names))[1:LEGEND_MAX + 1]
+            shown = list(enumerate(names))[1 : LEGEND_MAX + 1]
             handles = [Patch(color=colours[(k - 1) % len(colours)], alpha=0.6, label=text(n, 20)) for k, n in shown]
             if len(names) - 1 > LEGEND_MAX:
                 handles.append(Patch(color="white", label=f"+ {len(names) - 1 - LEGEND_MAX} more"))

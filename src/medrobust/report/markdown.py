@@ -54,29 +54,60 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     out += ["## Threat model", ""]
     out += table(
         ["perturbation", "kind", "norm", "strengths (input units)", "bounds", "settings", "seed"],
-        [[t["label"], t["kind"], t["norm"], t["strengths"], t["bounds"], t["settings"] or "-", str(t["seed"])] for t in ctx["threats"]],
+        [
+            [t["label"], t["kind"], t["norm"], t["strengths"], t["bounds"], t["settings"] or "-", str(t["seed"])]
+            for t in ctx["threats"]
+        ],
     )
     score = ctx["score"]
     out += [f"## Generalizability vs robustness ({score})", ""]
     if not ctx["heads"]:
         out += ["No attacks in this run.", ""]
     for h in ctx["heads"]:
-        out += [f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} (attack columns: score [95% interval] (matched Gaussian noise)).", ""]
+        out += [
+            f"Worst case over {h.norm} attacks at eps = {h.strength:.4g} "
+            "(attack columns: score [95% interval] (matched Gaussian noise)).",
+            "",
+        ]
         clever = [f"CLEVER ({h.norm}) median"] if h.clever else []
         out += table(
             ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks, *clever],
-            [[r["model"], r["clean"], _ci(r["clean_ci"]), r["worst"], _ci(r["worst_ci"]),
-              *[_acc(r["attacks"][a]) for a in h.attacks],
-              *([f"{r['clever']:.4g}" if r["clever"] is not None else "-"] if h.clever else [])] for r in h.rows],
+            [
+                [
+                    r["model"],
+                    r["clean"],
+                    _ci(r["clean_ci"]),
+                    r["worst"],
+                    _ci(r["worst_ci"]),
+                    *[_acc(r["attacks"][a]) for a in h.attacks],
+                    *([f"{r['clever']:.4g}" if r["clever"] is not None else "-"] if h.clever else []),
+                ]
+                for r in h.rows
+            ],
         )
     if ctx["pair_tests"]:
-        out += ["Paired tests on the same samples (difference A - B with a 95% bootstrap interval; "
-                + ("Wilcoxon signed-rank" if ctx["segmentation"] else "exact McNemar") + "; p after Holm's correction "
-                "over the pairs of one perturbation):", ""]
+        out += [
+            "Paired tests on the same samples (difference A - B with a 95% bootstrap interval; "
+            + ("Wilcoxon signed-rank" if ctx["segmentation"] else "exact McNemar")
+            + "; p after Holm's correction "
+            "over the pairs of one perturbation):",
+            "",
+        ]
         out += table(
             ["perturbation", "model A", "model B", "A - B", "95% interval", "p", "p (Holm)"],
-            [[g["title"], c["model_a"], c["model_b"], f"{c['difference']:+.3f}", _ci((c["ci_low"], c["ci_high"])),
-              f"{c['p']:.2g}", f"{c['p_adjusted']:.2g}"] for g in ctx["pair_tests"] for c in g["rows"]],
+            [
+                [
+                    g["title"],
+                    c["model_a"],
+                    c["model_b"],
+                    f"{c['difference']:+.3f}",
+                    _ci((c["ci_low"], c["ci_high"])),
+                    f"{c['p']:.2g}",
+                    f"{c['p_adjusted']:.2g}",
+                ]
+                for g in ctx["pair_tests"]
+                for c in g["rows"]
+            ],
         )
     out += [f"## Robustness curves ({score} [95% interval] (matched Gaussian noise))", ""]
     out += table(
@@ -84,55 +115,134 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
         [[r["perturbation"], f"{r['strength']:.4g}", *[_acc(c) for c in r["cells"]]] for r in ctx["curve_table"]],
     )
     if ctx["areas"]:
-        out += [f"Mean {score} over each curve's strengths (clean excluded), with a 95% bootstrap interval over samples:", ""]
+        out += [
+            f"Mean {score} over each curve's strengths (clean excluded), with a 95% bootstrap interval over samples:",
+            "",
+        ]
         out += table(
             ["model", "perturbation", "strengths", f"mean {score}", "95% interval"],
-            [[a["model"], a["perturbation"], str(len(a["strengths"])), a["area"], _ci((a["ci_low"], a["ci_high"]))]
-             for a in ctx["areas"]],
+            [
+                [a["model"], a["perturbation"], str(len(a["strengths"])), a["area"], _ci((a["ci_low"], a["ci_high"]))]
+                for a in ctx["areas"]
+            ],
         )
-    out += ["## Perturbation size of " + ("successful attacks" if not ctx["segmentation"] else "attacks (all samples)"), ""]
+    out += [
+        "## Perturbation size of " + ("successful attacks" if not ctx["segmentation"] else "attacks (all samples)"),
+        "",
+    ]
     out += table(
-        ["model", "attack", "eps", "samples" if ctx["segmentation"] else "successful", "median L2", "median Linf",
-         "median L0", "mean SSIM", "median PSNR (dB)"],
-        [[g.model, g.attack, f"{g.strength:.4g}", f"{g.n_success}/{g.n_correct}", g.median("l2"), g.median("linf"),
-          _int(g.median("l0")), g.mean("ssim"), g.median("psnr")] for g in ctx["at_ref"]],
+        [
+            "model",
+            "attack",
+            "eps",
+            "samples" if ctx["segmentation"] else "successful",
+            "median L2",
+            "median Linf",
+            "median L0",
+            "mean SSIM",
+            "median PSNR (dB)",
+        ],
+        [
+            [
+                g.model,
+                g.attack,
+                f"{g.strength:.4g}",
+                f"{g.n_success}/{g.n_correct}",
+                g.median("l2"),
+                g.median("linf"),
+                _int(g.median("l0")),
+                g.mean("ssim"),
+                g.median("psnr"),
+            ]
+            for g in ctx["at_ref"]
+        ],
     )
     if ctx["minimal"]:
         out += ["## Minimal perturbations (largest budget) and empirical robustness rho = ||r||2 / ||x||2", ""]
         out += table(
-            ["model", "attack", "budget", "samples" if ctx["segmentation"] else "successful", "median size", "at the budget", "mean rho",
-             "median rho"],
-            [[g.model, g.attack, f"{g.strength:.4g}", f"{g.n_success}/{g.n_correct}",
-              _int(g.median("l0")) if g.norm == "l0" else g.median(g.norm if g.norm in ("l2", "linf") else "l2"),
-              "-" if g.at_budget is None else str(g.at_budget), g.mean("rho"), g.median("rho")]
-             for g in ctx["minimal"]],
+            [
+                "model",
+                "attack",
+                "budget",
+                "samples" if ctx["segmentation"] else "successful",
+                "median size",
+                "at the budget",
+                "mean rho",
+                "median rho",
+            ],
+            [
+                [
+                    g.model,
+                    g.attack,
+                    f"{g.strength:.4g}",
+                    f"{g.n_success}/{g.n_correct}",
+                    _int(g.median("l0")) if g.norm == "l0" else g.median(g.norm if g.norm in ("l2", "linf") else "l2"),
+                    "-" if g.at_budget is None else str(g.at_budget),
+                    g.mean("rho"),
+                    g.median("rho"),
+                ]
+                for g in ctx["minimal"]
+            ],
         )
     out += ["## Clinically relevant breakdown", ""]
     for ct in ctx["clinical"]:
-        names = [n + (" (malignant)" if k in ct.malignant else "") + f" n={ct.support[k]}" for k, n in enumerate(ct.class_names)]
+        names = [
+            n + (" (malignant)" if k in ct.malignant else "") + f" n={ct.support[k]}"
+            for k, n in enumerate(ct.class_names)
+        ]
         out += [f"### {cell(ct.model)}: per-class sensitivity (recall) and malignant-to-benign flips", ""]
         flips = ["malignant to benign", "matched noise"] if ct.malignant else []
         out += table(
             ["perturbation", *names, *flips],
-            [[r["name"], *[cell(v) + ("" if ci is None else f" {_ci(ci)}") for v, ci in zip(r["recall"], r["recall_ci"])], *([("-" if r["flips"] is None else f"{r['flips']}/{r['eligible']}"),
-                                          ("-" if r["noise_flips"] is None else str(r["noise_flips"]))] if ct.malignant else [])]
-             for r in ct.rows],
+            [
+                [
+                    r["name"],
+                    *[cell(v) + ("" if ci is None else f" {_ci(ci)}") for v, ci in zip(r["recall"], r["recall_ci"])],
+                    *(
+                        [
+                            ("-" if r["flips"] is None else f"{r['flips']}/{r['eligible']}"),
+                            ("-" if r["noise_flips"] is None else str(r["noise_flips"])),
+                        ]
+                        if ct.malignant
+                        else []
+                    ),
+                ]
+                for r in ct.rows
+            ],
         )
         if not ct.malignant:
-            out += [f"No class of {cell(ct.model)} is in the malignant group ({', '.join(cell(m) for m in ctx['malignant'])}).", ""]
+            out += [
+                f"No class of {cell(ct.model)} is in the malignant group "
+                f"({', '.join(cell(m) for m in ctx['malignant'])}).",
+                "",
+            ]
     for st in ctx["structures"]:
         out += [f"### {cell(st.model)}: per-structure Dice / HD95 / flipped", ""]
         out += table(
             ["perturbation", *[f"{n} Dice / HD95 / flipped" for n in st.structures]],
-            [[r["name"], *[f"{cell(d)}{'' if ci is None else ' ' + _ci(ci)} / {cell(h, 1)} / {cell(f)}"
-                           for d, ci, h, f in zip(r["dice"], r["dice_ci"], r["hd95"], r["flip"])]]
-             for r in st.rows],
+            [
+                [
+                    r["name"],
+                    *[
+                        f"{cell(d)}{'' if ci is None else ' ' + _ci(ci)} / {cell(h, 1)} / {cell(f)}"
+                        for d, ci, h, f in zip(r["dice"], r["dice_ci"], r["hd95"], r["flip"])
+                    ],
+                ]
+                for r in st.rows
+            ],
         )
     if ctx.get("galleries"):
         n = len(ctx["galleries"][0].samples)
-        out += ["## Gallery", "", f"Example images ({n} samples per model, clean and perturbed) are in report.html.", ""]
+        out += [
+            "## Gallery",
+            "",
+            f"Example images ({n} samples per model, clean and perturbed) are in report.html.",
+            "",
+        ]
     out += ["## Warnings", ""]
-    out += [f"- **{cell(w.check)}**: {cell(w.message)}" + (f" *What it means:* {cell(w.meaning)}" if w.meaning else "")
-            for w in ctx["findings"]] or ["No warnings."]
+    out += [
+        f"- **{cell(w.check)}**: {cell(w.message)}" + (f" *What it means:* {cell(w.meaning)}" if w.meaning else "")
+        for w in ctx["findings"]
+    ] or ["No warnings."]
     out += [""] + [f"- {cell(c.sentence())}" for c in ctx["model_checks"]]
     return "\n".join(out) + "\n"
