@@ -18,10 +18,11 @@ demo: $(STAMP)
 	$(VENV)/bin/medrobust demo
 	$(VENV)/bin/medrobust demo --task segmentation
 
-# ruff (lint and format check) over the package; part of `make test`, so CI runs it
+# ruff (lint and format check) and mypy over the package; part of `make test`, so CI runs it
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src
 	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

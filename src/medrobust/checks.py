@@ -266,7 +266,7 @@ def check_unbounded(
     absent from both masks as 1 and cannot reach 0). Fails above max(tol, 1/n): one sample of slack."""
     model, task = _prepared(model, task, x)
     y = y.to(x.device).long()
-    low, high = model.bounds
+    low, high = as_model(model).bounds
     eps = high - low
     x_adv = PGD(steps=steps, norm="linf")(model, task, x, y, eps=eps, generator=generator_for(x, generator))
     value = float(_units_correct(task, _forward(model, x_adv), y).mean())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -413,4 +412,4 @@ def main() -> None:  # pragma: no cover - console entry for `python -m medrobust
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -124,7 +124,7 @@ class PerturbationSpec(_Frozen):
             raise ValueError(unknown_name_message(registry.kind, str(name), registry.names()))
         if self.corruption == "matched_noise":
             raise ValueError("matched_noise is added per attack by the runner (set matched_noise: true)")
-        registry.build(name, **self.params)  # validates parameter names and values now
+        registry.build(str(name), **self.params)  # validates parameter names and values now
         return self
 
     @property

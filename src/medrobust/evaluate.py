@@ -90,7 +90,7 @@ def parse_perturbation(kind: str, spec: str) -> Perturbation:
             raise ValueError(f"{spec!r}: {label}={strength!r} must be a finite number >= 0")
     pert = Perturbation(kind, name, params, strength)
     built = pert.build()  # validates parameters now, before any compute
-    if kind == "attack" and strength is None and not built.minimal:
+    if isinstance(built, Attack) and strength is None and not built.minimal:
         raise ValueError(f"attack {name!r} needs a budget: write {name}:eps=VALUE")
     return pert
 

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ from medrobust.metrics import accuracy, attack_success_rate, auc_ovr, balanced_a
 SUMMARY_KEYS = ("model", "perturbation", "strength", "metric", "value", "n", "ci_low", "ci_high")
 
 
-def _median(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(torch.tensor(values, dtype=torch.float64).median()) if values else math.nan
+def _median(values: Sequence[float | None]) -> float:
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(torch.tensor(kept, dtype=torch.float64).median()) if kept else math.nan
 
 
 def _group_rows(
@@ -44,7 +45,7 @@ def _group_rows(
     clean = torch.tensor([r["clean_pred"] for r in recs])
     probs = torch.tensor([json.loads(r["probs_json"]) for r in recs], dtype=torch.float64)
     n = len(recs)
-    key = (model, pert, float(strength))
+    row_key = (model, pert, float(strength))
     correct = pred == y
     metrics: dict[str, float] = {
         "accuracy": float(accuracy(pred, y)),
@@ -53,8 +54,12 @@ def _group_rows(
     }
     intervals = {
         "accuracy": stats.wilson(int(correct.sum()), n),
-        "balanced_accuracy": stats.balanced_accuracy_interval(pred.numpy(), y.numpy(), num_classes, key=(*key, "bacc")),
-        "auc": stats.auc_interval(probs.numpy(), y.numpy(), num_classes, key=(*key, "auc")) if probs.numel() else None,
+        "balanced_accuracy": stats.balanced_accuracy_interval(
+            pred.numpy(), y.numpy(), num_classes, key=(*row_key, "bacc")
+        ),
+        "auc": stats.auc_interval(probs.numpy(), y.numpy(), num_classes, key=(*row_key, "auc"))
+        if probs.numel()
+        else None,
     }
     if pert != "clean":
         metrics["success_rate"] = float(attack_success_rate(clean, pred, y))
@@ -111,9 +116,9 @@ def sample_score(r: dict[str, Any]) -> float:
     return float(r["pred"] == r["label"])
 
 
-def _nanmean(values: list[float | None]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(sum(values) / len(values)) if values else math.nan
+def _nanmean(values: Sequence[float | None]) -> float:
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(sum(kept) / len(kept)) if kept else math.nan
 
 
 def _segmentation_rows(
@@ -129,24 +134,24 @@ def _segmentation_rows(
     recs = sorted(recs, key=lambda r: r["sample_index"])
     details = [json.loads(r["detail_json"]) for r in recs]
     nan = math.nan
-    key = (model, pert, float(strength))
+    row_key = (model, pert, float(strength))
     metrics: dict[str, float] = {"dice": _nanmean([r["score"] for r in recs])}
     intervals: dict[str, tuple[float, float] | None] = {
-        "dice": stats.mean_interval([r["score"] for r in recs], key=(*key, "dice"))
+        "dice": stats.mean_interval([r["score"] for r in recs], key=(*row_key, "dice"))
     }
     for j, name in enumerate(structures):
         metrics[f"dice:{name}"] = _nanmean([d["dice"][j] for d in details])
-        intervals[f"dice:{name}"] = stats.mean_interval([d["dice"][j] for d in details], key=(*key, "dice", name))
+        intervals[f"dice:{name}"] = stats.mean_interval([d["dice"][j] for d in details], key=(*row_key, "dice", name))
         metrics[f"hd95:{name}"] = _median([v for d in details if (v := d["hd95"][j]) is not None])
     if pert != "clean":
         metrics["flip_rate"] = _nanmean([d["flip"] for d in details])
-        intervals["flip_rate"] = stats.mean_interval([d["flip"] for d in details], key=(*key, "flip"))
+        intervals["flip_rate"] = stats.mean_interval([d["flip"] for d in details], key=(*row_key, "flip"))
         if any("target_iou" in d for d in details):
             metrics["target_iou"] = _nanmean([d.get("target_iou") for d in details])
         base = [clean.get(r["sample_index"]) for r in recs]
         drops = [c["score"] - r["score"] if c else nan for c, r in zip(base, recs)]
         metrics["dice_drop"] = _nanmean(drops)
-        intervals["dice_drop"] = stats.mean_interval(drops, key=(*key, "drop"))
+        intervals["dice_drop"] = stats.mean_interval(drops, key=(*row_key, "drop"))
         base_details = [json.loads(c["detail_json"]) if c else None for c in base]
         for j, name in enumerate(structures):
             if all("flip_s" in d for d in details):  # absent from records of older versions
@@ -285,7 +290,7 @@ def compare_models(
         scored[(label, strength)][model] = {i: sample_score(r) for i, r in worst.items()}
     rows: list[dict[str, Any]] = []
     for (pert, strength), by_model in sorted(scored.items()):
-        family = []
+        family: list[dict[str, Any]] = []
         models = sorted(by_model)
         for i, a in enumerate(models):
             for b in models[i + 1 :]:
@@ -324,7 +329,7 @@ def compare_models(
                         samples_needed=stats.mcnemar_samples(only_a, only_b, len(common)),
                     )
                 family.append(row)
-        for row, adjusted in zip(family, stats.holm([r["p"] for r in family])):
+        for row, adjusted in zip(family, stats.holm([float(r["p"]) for r in family])):
             row["p_adjusted"] = adjusted
         rows += family
     return rows

@@ -32,6 +32,7 @@ from medrobust.attacks.transfer import Transfer
 from medrobust.checks import run_model_checks
 from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
+from medrobust.corruptions.base import Corruption
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
 from medrobust.metrics import (
@@ -264,10 +265,13 @@ def run_cell(
     bounds = model.bounds
     span = bounds[1] - bounds[0]
     p = cell.pert
-    obj = p and (ATTACKS.build(p.name, **p.params) if p.kind == "attack" else CORRUPTIONS.build(p.name, **p.params))
-    if isinstance(obj, Transfer):
-        obj = obj.with_sources([(sources or {})[s].model for s in p.sources])
+    obj: Attack | Corruption | None = None
+    if p is not None:
+        obj = ATTACKS.build(p.name, **p.params) if p.kind == "attack" else CORRUPTIONS.build(p.name, **p.params)
+        if isinstance(obj, Transfer):
+            obj = obj.with_sources([(sources or {})[s].model for s in p.sources])
     attack = obj if isinstance(obj, Attack) else None
+    corruption = obj if isinstance(obj, Corruption) else None
     threat = _threat(p, attack, bounds, cell.strengths, spec.seed)
     if p is None and dataset.orientation:
         threat["orientation"] = dataset.orientation  # how the report's gallery draws slices
@@ -291,7 +295,8 @@ def run_cell(
         x_norm = flat_norm(x, "l2").clamp_min(1e-12)
         segmentation = task.name == "segmentation"
         # targeted structured-output attacks (ASMA) are scored by IoU with their target label map
-        target_map = attack.target_for(y, clean_logits.shape[1]) if hasattr(attack, "target_for") else None
+        target_for = getattr(attack, "target_for", None)
+        target_map = target_for(y, clean_logits.shape[1]) if target_for is not None else None
 
         def add(
             label: str, kind: str, strength: float, x_pert: torch.Tensor, info: dict[str, list] | None = None
@@ -344,7 +349,7 @@ def run_cell(
             for i in range(x.shape[0]):
                 if segmentation:
                     ints = (-1, -1, -1, "[]")
-                    detail = json.dumps({key: _finite(v[i]) for key, v in details.items()})
+                    detail: str | None = json.dumps({key: _finite(v[i]) for key, v in details.items()})
                 else:
                     ints = (int(y[i]), int(clean_pred[i]), int(pred[i]), json.dumps([round(v, 7) for v in probs[i]]))
                     # what the attack reports per sample (queries used, the ensemble member that broke it)
@@ -395,7 +400,9 @@ def run_cell(
                     )
         else:
             for s in cell.strengths:
-                add(cell.label, "corruption", s, obj.with_strength(s)(x, generator=gen("corruption", s), bounds=bounds))
+                assert corruption is not None
+                x_c = corruption.with_strength(s)(x, generator=gen("corruption", s), bounds=bounds)
+                add(cell.label, "corruption", s, x_c)
         offset += x.shape[0]
         if on_batch is not None:
             on_batch(x.shape[0])
@@ -502,7 +509,7 @@ def clever_scores(
             ]
         seconds = time.perf_counter() - t0
         store.write_model_scores(name, lm.fingerprint, c.label, settings, scores, seconds)
-        flagged = sum(s["flagged"] for s in scores)
+        flagged = sum(1 for s in scores if s["flagged"])
         notify(
             f"{c.label} of {name}: {len(scores)} samples in {seconds:.1f} s"
             + (f", {flagged} degenerate fits flagged" if flagged else "")
@@ -724,7 +731,7 @@ def _run_experiment(
                 )
                 store.write_cell(info, records, run_id, t0, examples)
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
-        records = store.records([c.key for c in cells])
+        stored = store.records([c.key for c in cells])
         norms = {
             c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm
             for c in cells
@@ -732,16 +739,17 @@ def _run_experiment(
         }
         tasks = {k: v.card.task for k, v in models.items()}
         summary = summarise(
-            records,
+            stored,
             norms=norms,
             num_classes={k: v.card.num_classes for k, v in models.items()},
             class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
             tasks=tasks,
         )
-        for name, scores in clever.items():
-            summary += clever_rows(name, spec.clever.label, scores)
+        if spec.clever is not None:
+            for name, scores in clever.items():
+                summary += clever_rows(name, spec.clever.label, scores)
         write_summary(summary, run_dir)
-        write_comparisons(compare_models(records, norms, tasks), run_dir)
+        write_comparisons(compare_models(stored, norms, tasks), run_dir)
         store.finish_run(run_id)
     finally:
         store.close()
@@ -768,7 +776,7 @@ class _progress:
 
     def __init__(self, quiet: bool, n_cells: int, n_samples: int) -> None:
         self.quiet, self.n_cells, self.n_samples = quiet, n_cells, n_samples
-        self.progress = None
+        self.progress: Any = None
 
     def __enter__(self) -> _Advance:
         if self.quiet:

@@ -84,10 +84,10 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def balanced_accuracy_interval(
-    pred: Sequence[int], y: Sequence[int], num_classes: int, *, key: object
+    pred: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray, num_classes: int, *, key: object
 ) -> tuple[float, float]:
     """Bootstrap interval of the balanced accuracy (mean recall over the classes present in each resample)."""
-    pred, y = np.asarray(pred), np.asarray(y)
+    pred, y = np.asarray(pred), np.asarray(labels)
     members = np.stack([y == k for k in range(num_classes)], axis=1).astype(np.float64)  # (n, K)
     hits = members * (pred == y)[:, None]
 
@@ -101,11 +101,13 @@ def balanced_accuracy_interval(
     return bootstrap(stat, y.size, key=key)
 
 
-def auc_interval(probs: np.ndarray, y: Sequence[int], num_classes: int, *, key: object) -> tuple[float, float]:
+def auc_interval(
+    scores: np.ndarray, labels: Sequence[int] | np.ndarray, num_classes: int, *, key: object
+) -> tuple[float, float]:
     """Bootstrap interval of the one-vs-rest AUC (macro mean over classes; the positive-class AUC for two
     classes), by the Mann-Whitney statistic (ties count 1/2) on each resample: with c the resample's sample
     counts, U = c_pos^T H c_neg for the fixed matrix H[i, j] = 1 (s_i > s_j), 1/2 (tie), 0."""
-    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    probs, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     # as medrobust.metrics.auc_ovr: classes without positives or without negatives in the data are left out
     classes = [k for k in ([1] if num_classes == 2 else range(num_classes)) if 0 < int((y == k).sum()) < y.size]
     if not classes:

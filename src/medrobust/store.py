@@ -227,6 +227,7 @@ class Store:
                 "INSERT INTO runs (spec_json, spec_hash, versions_json, device, seed, started) VALUES (?,?,?,?,?,?)",
                 (json.dumps(spec, sort_keys=True), spec_hash, json.dumps(versions), device, seed, time.time()),
             )
+        assert cur.lastrowid is not None  # an INSERT always sets it
         return int(cur.lastrowid)
 
     def finish_run(self, run_id: int) -> None:

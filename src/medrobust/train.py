@@ -143,7 +143,10 @@ def train(
         def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return dice_ce(logits, target.unsqueeze(1))
     else:
-        loss_fn = F.cross_entropy
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, target)
+
     data = {split: load_all(ds) for split, ds in datasets.items()}
     x_train, y_train = data["train"].x, data["train"].y
     in_channels, num_classes = x_train.shape[1], train_ds.num_classes

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -104,7 +104,7 @@ class CarliniWagnerL2(Attack):
         half = (high - low) / 2
         w0 = torch.atanh(((x - low) / half - 1) * _TANH_SHRINK)
         n = x.shape[0]
-        opts = {"device": x.device, "dtype": x.dtype}
+        opts: dict[str, Any] = {"device": x.device, "dtype": x.dtype}
         const = torch.full((n,), float(self.initial_const), **opts)
         lower = torch.zeros(n, **opts)
         upper = torch.full((n,), math.inf, **opts)

@@ -68,15 +68,19 @@ class PGD(Attack):
         if self.random_start:
             x_adv = clamp_bounds(x + random_in_ball(x, eps, self.norm, generator), model.bounds)
         best = x.clone()
-        best_score, best_loss = outcome(model, task, x, y) if self.keep_best else (None, None)
+        best_score: torch.Tensor | None = None
+        best_loss: torch.Tensor | None = None
+        if self.keep_best:
+            best_score, best_loss = outcome(model, task, x, y)
         for step in range(self.steps):
             logits, grad = self.gradient(model, task, x_adv, y, step)
-            if self.keep_best:  # the forward pass of the gradient scores the current iterate
+            # With keep_best (the only case the best scores are set), the gradient's forward pass scores the iterate.
+            if best_score is not None and best_loss is not None:
                 keep_better(best, best_score, best_loss, x_adv, task.score(logits, y), task.loss(logits, y))
             x_adv = x_adv + alpha * step_direction(grad, self.norm)
             x_adv = clamp_bounds(x + project(x_adv - x, eps, self.norm), model.bounds)
         score, loss = outcome(model, task, x_adv, y)
-        if not self.keep_best:
+        if best_score is None or best_loss is None:  # keep_best is off
             return x_adv, score, loss
         keep_better(best, best_score, best_loss, x_adv, score, loss)
         return best, best_score, best_loss

@@ -45,7 +45,8 @@ class MRIArtifact(Corruption):
     def draw(self, x: torch.Tensor, generator: torch.Generator) -> Params:
         """Draw (from ``generator`` only) and return every parameter the corruption of x uses."""
         spatial_dims(x)
-        return {self.strength_param: float(getattr(self, self.strength_param)), **self._draw(x, generator)}
+        name = self._strength_name()
+        return {name: float(getattr(self, name)), **self._draw(x, generator)}
 
     def replay(self, x: torch.Tensor, params: Params, *, bounds: Bounds = (0.0, 1.0)) -> torch.Tensor:
         """Apply recorded ``params`` (from ``draw``) to x deterministically; same shape, dtype, device, in bounds."""
@@ -55,15 +56,22 @@ class MRIArtifact(Corruption):
         return self._replay(x.detach(), params, bounds).clamp(bounds[0], bounds[1]).to(dtype=x.dtype)
 
     def apply(self, x: torch.Tensor, *, generator: torch.Generator, bounds: Bounds) -> torch.Tensor:
-        if float(getattr(self, self.strength_param)) == self.identity_strength:
+        if float(getattr(self, self._strength_name())) == self.identity_strength:
             return x.clone()
         return self._replay(x, self.draw(x, generator), bounds)
 
     def _replay(self, x: torch.Tensor, params: Params, bounds: Bounds) -> torch.Tensor:
         spatial_dims(x)
-        if float(params[self.strength_param]) == self.identity_strength:
+        if float(params[self._strength_name()]) == self.identity_strength:
             return x.clone()
         return self._render(x, params, bounds)
+
+    def _strength_name(self) -> str:
+        """``strength_param``, which every MRI artifact sets."""
+        name = self.strength_param
+        if name is None:
+            raise TypeError(f"{type(self).__name__} must set strength_param")
+        return name
 
     def _draw(self, x: torch.Tensor, generator: torch.Generator) -> Params:
         """The random parameters (the strength value is added by ``draw``); none by default."""

@@ -7,7 +7,7 @@ kept). Voxels are taken as 1 mm, so translations are in voxels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import torch
@@ -135,8 +135,8 @@ class Downsample(MRIArtifact):
             spacing[to_tio_axis(int(params["axis"][i]), dims)] = float(params["factor"])
             # A Subject keeps the coarse image's affine between the two steps (a bare tensor would lose it).
             subject = tio.Subject(image=tio.ScalarImage(tensor=volume))
-            coarse = tio.Resample(target=tuple(spacing), image_interpolation="nearest")(subject)
+            coarse = tio.Resample(target=(spacing[0], spacing[1], spacing[2]), image_interpolation="nearest")(subject)
             fine = tio.Resample(target=(tuple(volume.shape[1:]), np.eye(4)), image_interpolation="linear")(coarse)
-            return fine["image"].data
+            return cast(tio.Image, fine["image"]).data
 
         return per_volume(x - bounds[0], resample) + bounds[0]

@@ -95,5 +95,5 @@ class BiasField(MRIArtifact):
         for coefficients in params["coefficients"]:
             field = tio.BiasField.generate_bias_field(torch.empty((1, *shape)), int(params["order"]), coefficients)
             fields.append(torch.from_numpy(field).reshape(spatial))
-        field = torch.stack(fields).unsqueeze(1).to(device=x.device, dtype=x.dtype)
-        return bounds[0] + (x - bounds[0]) * field
+        field_t = torch.stack(fields).unsqueeze(1).to(device=x.device, dtype=x.dtype)
+        return bounds[0] + (x - bounds[0]) * field_t

@@ -212,6 +212,8 @@ def _render(rng: np.random.Generator, label: int, g: _Grid, overlap: float) -> n
 
 def _border(rng: np.random.Generator, cls: int, phi: np.ndarray, g: _Grid) -> tuple[np.ndarray, np.ndarray]:
     """Relative boundary radius b(phi) (mean ~1) and the edge width (a scalar or a field)."""
+    n_notch: int | np.integer
+    edge: float | np.ndarray
     if cls == NEVUS:
         a1, a_low, a_high, n_notch = rng.uniform(0, 0.04), rng.uniform(0, 0.05), rng.uniform(0, 0.015), 0
         edge = rng.uniform(0.025, 0.05)

@@ -39,7 +39,7 @@ def load_image(path: Path, size: int, channels: int = 3, center_crop: bool = Fal
                 left, top = (w - side) // 2, (h - side) // 2
                 im = im.crop((left, top, left + side, top + side))
             if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
@@ -109,18 +109,20 @@ def check_fractions(val_fraction: float, test_fraction: float) -> tuple[float, f
     return val, test
 
 
-def stratified_split(labels: Sequence[int], seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, seed: int, val_fraction: float, test_fraction: float
+) -> np.ndarray:
     """Assign each item to a split (array of "train"/"val"/"test"), stratified by label and deterministic.
 
     Within each class (in sorted label order) the items are shuffled by a generator derived from ``seed``; the
     first round(n_c * test_fraction) go to test, the next round(n_c * val_fraction) to val, the rest to train.
     """
     val_fraction, test_fraction = check_fractions(val_fraction, test_fraction)
-    labels = np.asarray(labels)
+    label_arr = np.asarray(labels)
     rng = np.random.default_rng([int(seed), _SPLIT_SALT])
-    out = np.full(labels.shape[0], "train", dtype=object)
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
+    out = np.full(label_arr.shape[0], "train", dtype=object)
+    for c in np.unique(label_arr):
+        idx = rng.permutation(np.flatnonzero(label_arr == c))
         n_test = math.floor(idx.size * test_fraction + 0.5)
         n_val = min(math.floor(idx.size * val_fraction + 0.5), idx.size - n_test)
         out[idx[:n_test]] = "test"

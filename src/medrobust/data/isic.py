@@ -120,11 +120,11 @@ def _resolve_files(ids: list[str], image_dir: Path, csv_path: Path) -> list[Path
     paths: list[Path] = []
     missing: list[str] = []
     for image_id in ids:
-        p = available.get(image_id)
-        if p is None:
+        found = available.get(image_id)
+        if found is None:
             missing.append(image_id)
         else:
-            paths.append(p)
+            paths.append(found)
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(ids)} images listed in {csv_path} are missing from {image_dir}; first missing: "

@@ -51,6 +51,8 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 
 class MedMNISTDataset(TensorImageDataset):
     name = "medmnist"
+    flag: str
+    source: str
 
 
 @DATASETS.register("medmnist")
@@ -101,7 +103,7 @@ def _resolve_path(path: str | Path | None, flag: str | None) -> Path:
 def _download(flag: str, file: Path) -> None:
     hint = f"pass path=<a local {flag}.npz> instead"
     try:
-        import medmnist  # type: ignore[import-not-found]
+        import medmnist
     except ImportError:
         raise ImportError(f"download=True needs the medmnist package (pip install medmnist); or {hint}") from None
     info = getattr(medmnist, "INFO", {}).get(flag)

@@ -55,6 +55,14 @@ SPLIT_PATTERN = ("train", "train", "train", "val", "test")
 class MNI152TissueDataset(SegmentationDataset):
     orientation = "RAS"  # volumes are in canonical RAS+ orientation
     name = "mni152-tissue"
+    slice_index: list[int]
+    resolution: int
+    axis: str
+    mode: str
+    variant: str
+    severity: float
+    seed: int
+    variant_params: dict[str, Any]
 
 
 @DATASETS.register("mni152-tissue")
@@ -178,14 +186,14 @@ def apply_variant(image: np.ndarray, variant: str, severity: float, seed: int) -
         return np.array(image, dtype=np.float32), {}
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None]
     if variant == "bias_field":
-        t = RandBiasField(degree=3, coeff_range=(-0.2 * severity, 0.2 * severity), prob=1.0)
-        t.set_random_state(seed)
-        out = t(x)
-        params: dict[str, Any] = {"degree": 3, "coeffs": [round(float(c), 6) for c in t._coeff]}
+        bias = RandBiasField(degree=3, coeff_range=(-0.2 * severity, 0.2 * severity), prob=1.0)
+        bias.set_random_state(seed)
+        out = bias(x)
+        params: dict[str, Any] = {"degree": 3, "coeffs": [round(float(c), 6) for c in bias._coeff]}
     elif variant == "noise":
-        t = RandGaussianNoise(prob=1.0, mean=0.0, std=0.05 * severity, sample_std=False)
-        t.set_random_state(seed)
-        out = t(x)
+        noise = RandGaussianNoise(prob=1.0, mean=0.0, std=0.05 * severity, sample_std=False)
+        noise.set_random_state(seed)
+        out = noise(x)
         params = {"std": 0.05 * severity}
     else:
         gamma = 1.0 / (1.0 + 0.5 * severity)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import csv as csv_module
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from medrobust.data.segmentation import (
     triple,
 )
 
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+
 logger = logging.getLogger(__name__)
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -49,6 +52,10 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 class NiftiDataset(SegmentationDataset):
     orientation = "RAS"  # volumes are in canonical RAS+ orientation
     name = "nifti"
+    volumes: list[str]
+    sources: dict[str, tuple[str, str]]
+    mode: str
+    axis: str
 
 
 @DATASETS.register("nifti")
@@ -109,6 +116,7 @@ def build_nifti(
         volume, codes = read_pair(image_path, label_path, affine_atol)
         volume = percentile_normalise(volume, percentiles, str(image_path))
         mask = apply_label_map(codes, mapping, len(names), str(label_path))
+        samples: Iterator[tuple[str, np.ndarray, np.ndarray]]
         if mode == "2d":
             slices = iter_slices(volume, mask, axis_index, min_foreground)
             samples = ((f"{vid}-{axis}-{i:03d}", v, m) for i, v, m in slices)
@@ -143,12 +151,12 @@ def read_pair(image_path: Path, label_path: Path, affine_atol: float = 1e-3) -> 
     """
     import nibabel as nib
 
-    imgs = []
+    imgs: list[SpatialImage] = []
     for path in (image_path, label_path):
         if not Path(path).is_file():
             raise FileNotFoundError(f"NIfTI file {path} does not exist")
         try:
-            imgs.append(nib.load(str(path)))
+            imgs.append(cast("SpatialImage", nib.load(str(path))))
         except Exception as err:  # nibabel raises several types for corrupt files
             raise ValueError(f"cannot read NIfTI file {path}: {err}") from None
     img, lab = imgs

@@ -73,6 +73,11 @@ class SegmentationDataset(ImageDataset):
     def labels(self) -> torch.Tensor:
         raise AttributeError("a segmentation dataset has per-pixel masks, not one label per sample; use .mask(i)")
 
+    @labels.setter
+    def labels(self, value: torch.Tensor) -> None:
+        # Assigning stays an error, as with no setter; having one lets the property override ImageDataset's attribute.
+        raise AttributeError("a segmentation dataset has per-pixel masks, not one label per sample; use .mask(i)")
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -163,10 +168,10 @@ def apply_label_map(labels: np.ndarray, mapping: Mapping[int, int] | None, num_c
                 "pass label_map=... to collapse them, or more class_names"
             )
         return labels.astype(np.int64)
-    bad = [int(c) for c in codes if int(c) not in mapping]
-    if bad:
+    unmapped = [int(c) for c in codes if int(c) not in mapping]
+    if unmapped:
         raise ValueError(
-            f"label file {source} has codes {_codes(bad)} that the label map does not list "
+            f"label file {source} has codes {_codes(unmapped)} that the label map does not list "
             f"(it maps {_codes(sorted(mapping))})"
         )
     source_codes = np.array(sorted(mapping), dtype=np.int64)

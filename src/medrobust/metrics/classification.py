@@ -7,6 +7,7 @@ in [0, 1], nan where undefined (no samples, no class present).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from monai.metrics import compute_roc_auc
@@ -78,6 +79,7 @@ def auc_ovr(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be an integer >= 2")
     n = y.shape[0]
+    scores: torch.Tensor | None
     if num_classes == 2 and probs.shape == (n,):
         scores = probs
     elif probs.shape == (n, num_classes):
@@ -94,5 +96,6 @@ def auc_ovr(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     for k, column in columns:
         positive = y == k
         if 0 < int(positive.sum()) < n:  # AUC needs both positives and negatives
-            values.append(float(compute_roc_auc(column, positive.long())))
+            auc = cast(float, compute_roc_auc(column, positive.long()))  # 1D scores: one plain float
+            values.append(float(auc))
     return float(sum(values) / len(values)) if values else math.nan

@@ -63,19 +63,22 @@ def sample_ball(center: torch.Tensor, count: int, radius: float, norm: str, gene
     """``count`` points uniformly in the ``norm`` ball of ``radius`` around each sample: (N, count, *shape)."""
     n, shape = center.shape[0], center.shape[1:]
     d = int(np.prod(shape))
-    opts = {"generator": generator, "device": center.device, "dtype": center.dtype}
+
+    def uniform(*size: int) -> torch.Tensor:
+        return torch.rand(size, generator=generator, device=center.device, dtype=center.dtype)
+
     if norm == "linf":
-        delta = (2 * torch.rand((n, count, d), **opts) - 1) * radius
+        delta = (2 * uniform(n, count, d) - 1) * radius
     elif norm == "l2":
-        direction = torch.randn((n, count, d), **opts)
+        direction = torch.randn((n, count, d), generator=generator, device=center.device, dtype=center.dtype)
         direction = direction / direction.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        delta = direction * radius * torch.rand((n, count, 1), **opts) ** (1.0 / d)
+        delta = direction * radius * uniform(n, count, 1) ** (1.0 / d)
     elif norm == "l1":
         # uniform in the L1 ball: Laplace directions on the L1 sphere, radius scaled by U^(1/d)
-        e = -torch.log(torch.rand((n, count, d), **opts).clamp_min(1e-12))
+        e = -torch.log(uniform(n, count, d).clamp_min(1e-12))
         signs = torch.randint(0, 2, (n, count, d), generator=generator, device=center.device).to(center.dtype) * 2 - 1
         direction = e * signs / e.sum(dim=2, keepdim=True)
-        delta = direction * radius * torch.rand((n, count, 1), **opts) ** (1.0 / d)
+        delta = direction * radius * uniform(n, count, 1) ** (1.0 / d)
     else:
         raise ValueError(f"norm={norm!r} is not supported; expected one of l2, linf, l1")
     return center.unsqueeze(1) + delta.view(n, count, *shape)
@@ -223,8 +226,8 @@ def clever_estimate(
             loc, status = float(fitted[i * ranks + r]), statuses[i * ranks + r]
             j = int(targets[i, r])
             lipschitz[i, j] = loc
-            value = min(float(margins[i, r]) / loc, radius) if loc > 0 else radius
-            per_class[i, j] = max(value, 0.0)
+            toward_j = min(float(margins[i, r]) / loc, radius) if loc > 0 else radius
+            per_class[i, j] = max(toward_j, 0.0)
             flagged[i] |= status == "max"
             if correct[i] and per_class[i, j] < best:
                 best, how = float(per_class[i, j]), status

@@ -6,6 +6,7 @@ All functions take batches with the sample axis first and return one value per s
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from monai.metrics import PSNRMetric, compute_ssim_and_cs
@@ -108,4 +109,5 @@ def psnr(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> torch
     """
     _check_pair(x, x_adv, data_range)
     metric = PSNRMetric(max_val=float(data_range), reduction="none")
-    return metric(y_pred=x_adv, y=x).reshape(x.shape[0])
+    values = cast(torch.Tensor, metric(y_pred=x_adv, y=x))  # reduction="none": one tensor
+    return values.reshape(x.shape[0])

@@ -9,6 +9,7 @@ one window batch of activations plus the stitched output, not the activations of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,6 +53,7 @@ class SlidingWindow(nn.Module):
 
         if len(self.roi_size) != x.dim() - 2:
             raise ValueError(f"roi_size {self.roi_size} has {len(self.roi_size)} axes but the input has {x.dim() - 2}")
-        return sliding_window_inference(
+        out = sliding_window_inference(
             x, self.roi_size, self.sw_batch_size, self._window, overlap=self.overlap, mode=self.mode
         )
+        return cast(torch.Tensor, out)  # the predictor returns one tensor, so the result is one tensor

@@ -21,6 +21,9 @@ class Model(nn.Module):
     forward(x): x of shape (N, C, *spatial) in ``bounds`` -> logits (N, K[, *spatial]).
     """
 
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+
     def __init__(
         self,
         net: nn.Module,
@@ -42,12 +45,14 @@ class Model(nn.Module):
         self.register_buffer("std", None if std is None else torch.tensor([float(s) for s in std]))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
+        mean, std = self.mean, self.std
+        if mean is None:
             return x
-        if x.shape[1] != self.mean.numel():
-            raise ValueError(f"input has {x.shape[1]} channels but the model's normalisation has {self.mean.numel()}")
+        assert std is not None  # __init__ registers mean and std together
+        if x.shape[1] != mean.numel():
+            raise ValueError(f"input has {x.shape[1]} channels but the model's normalisation has {mean.numel()}")
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.mean.to(x).view(shape)) / self.std.to(x).view(shape)
+        return (x - mean.to(x).view(shape)) / std.to(x).view(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalise(x))

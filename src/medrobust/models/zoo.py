@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -184,6 +184,7 @@ def build_network(
     shape_args = {"in_channels": in_channels, "num_classes": num_classes, "spatial_dims": spatial_dims}
     if ":" in architecture:
         factory = resolve_factory(architecture, trust_code=trust_code)
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(factory).parameters
             accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -58,6 +59,14 @@ class Values:
 def worst_label(norm: str, norms: list[str]) -> str:
     """The summary's name for the per-sample worst case over attacks of ``norm`` (see results.summarise)."""
     return "worst_case" if len(norms) == 1 else f"worst_case[{norm}]"
+
+
+def nearest_strength(strengths: Iterable[float], norm: str | None, reference: dict[str, float]) -> float:
+    """:func:`pick_strength` for a perturbation, which always has strengths."""
+    picked = pick_strength(list(strengths), norm, reference)
+    if picked is None:
+        raise ValueError("a perturbation without strengths has no reference strength")
+    return picked
 
 
 def pick_strength(strengths: list[float], norm: str | None, reference: dict[str, float]) -> float | None:
@@ -115,9 +124,10 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
             )
         clever = next((p for p in values.strengths if p == f"clever[{norm}]"), None)
         for r in rows:
-            r["clever"] = values.get(r["model"], clever, 0.0, "clever") if clever else None
-            r["clever_ci"] = values.interval(r["model"], clever, 0.0, "clever") if clever else None
-            r["clever_flagged"] = values.get(r["model"], clever, 0.0, "clever_flagged") if clever else None
+            name = str(r["model"])
+            r["clever"] = values.get(name, clever, 0.0, "clever") if clever else None
+            r["clever_ci"] = values.interval(name, clever, 0.0, "clever") if clever else None
+            r["clever_flagged"] = values.get(name, clever, 0.0, "clever_flagged") if clever else None
         out.append(Headline(norm, label, strength, attacks, rows, norm in reference, clever))
     return out
 
@@ -212,7 +222,8 @@ class Curve:
     kind: str
     norm: str | None
     axis: str  # x-axis label with units
-    series: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)  # model -> {main, noise}
+    # model -> {main, noise: [(strength, score)], band: [(strength, low, high)]}
+    series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 def strength_axis(p: PerturbationInfo | None, norm: str | None = None) -> str:
@@ -264,7 +275,7 @@ def curve_areas(run: RunData) -> list[dict[str, Any]]:
     for (label, model, strength), worst in worst_cases(groups, norms).items():
         scored[(model, label)][strength] = {i: sample_score(r) for i, r in worst.items()}
     order = {p.label: i for i, p in enumerate(run.perturbations)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (model, label), by_strength in scored.items():
         if len(by_strength) < 2:
             continue
@@ -377,7 +388,7 @@ def perceptibility(run: RunData, reference: dict[str, float]) -> tuple[list[Size
     groups = _records_by(run)
     at_ref, minimal = [], []
     for p in run.attacks:
-        s = pick_strength(list(p.strengths), p.norm, reference)
+        s = nearest_strength(p.strengths, p.norm, reference)
         top = max(p.strengths)
         for m in run.models:
             at_ref.append(_size_group(m.name, p, s, groups.get((m.name, p.label, s), []), m.task))
@@ -472,14 +483,14 @@ def clinical(run: RunData, reference: dict[str, float], malignant: list[str] | t
 
         rows = [row("clean", "clean", 0.0, clean, None)]
         for p in run.attacks:
-            s = pick_strength(list(p.strengths), p.norm, reference)
+            s = nearest_strength(p.strengths, p.norm, reference)
             recs = groups.get((m.name, p.label, s), [])
             noise = groups.get((m.name, f"matched_noise[{p.label}]", s), [])
             rows.append(row(f"{p.label} @ {s:.4g}", p.label, s, recs, recs, noise))
         for norm in run.norms:
             label = worst_label(norm, run.norms)
             attacks = [p for p in run.attacks if p.norm == norm]
-            s = pick_strength(sorted({x for p in attacks for x in p.strengths}), norm, reference)
+            s = nearest_strength({x for p in attacks for x in p.strengths}, norm, reference)
             names = [p.label for p in attacks if any(math.isclose(x, s) for x in p.strengths)]
             every = [r for a in names for r in groups.get((m.name, a, s), [])]
             rows.append(row(f"{label} @ {s:.4g}", label, s, _worst_records(groups, m.name, names, s), every))
@@ -506,13 +517,13 @@ def structures(run: RunData, values: Values, reference: dict[str, float]) -> lis
         names = tuple(m.class_names[1:])  # class 0 is background
         items = [("clean", "clean", 0.0)]
         for p in run.attacks:
-            s = pick_strength(list(p.strengths), p.norm, reference)
+            s = nearest_strength(p.strengths, p.norm, reference)
             items.append((f"{p.label} @ {s:.4g}", p.label, s))
         for norm in run.norms:
             label = worst_label(norm, run.norms)
-            s = pick_strength(values.strengths.get(label, []), norm, reference)
-            if s is not None:
-                items.append((f"{label} @ {s:.4g}", label, s))
+            worst_at = pick_strength(values.strengths.get(label, []), norm, reference)
+            if worst_at is not None:
+                items.append((f"{label} @ {worst_at:.4g}", label, worst_at))
         rows = [
             {
                 "name": title,
@@ -581,7 +592,8 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
         if not samples:
             continue
         seg = m.task == "segmentation"
-        image = {i: ex((m.name, "clean", 0.0, i, "image")) for i in samples}
+        # the clean image of every gallery sample is stored with its clean cell
+        image = cast(dict[int, np.ndarray], {i: ex((m.name, "clean", 0.0, i, "image")) for i in samples})
         clean = {i: records.get((m.name, "clean", 0.0, i)) or {} for i in samples}
         ids = {i: r["sample_id"] for i, r in clean.items() if r}
         if seg:
@@ -592,7 +604,7 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
             clean_pred = {i: r["pred"] for i, r in clean.items() if r}
         rows = []
         for p in run.perturbations:
-            s = pick_strength(list(p.strengths), p.norm, reference)
+            s = nearest_strength(p.strengths, p.norm, reference)
             delta = {
                 i: d.astype(np.float32) for i in samples if (d := ex((m.name, p.label, s, i, "delta"))) is not None
             }
@@ -601,7 +613,9 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
             if seg:
                 pred = {i: ex((m.name, p.label, s, i, "pred")) for i in delta}
                 changed = {
-                    i: pred[i] is not None and clean_pred.get(i) is not None and bool((pred[i] != clean_pred[i]).any())
+                    i: pred[i] is not None
+                    and clean_pred.get(i) is not None
+                    and bool(np.any(np.asarray(pred[i]) != np.asarray(clean_pred[i])))
                     for i in delta
                 }
             else:
@@ -737,8 +751,8 @@ def warnings(
                         ),
                     )
                 )
-            accs = [(0.0, clean)] + [(s, values.get(m.name, p.label, s)) for s in p.strengths]
-            accs = [(s, a) for s, a in accs if a is not None]
+            points = [(0.0, clean)] + [(s, values.get(m.name, p.label, s)) for s in p.strengths]
+            accs = [(s, a) for s, a in points if a is not None]
             rises = [
                 f"{a0:.3f} at {s0:.4g} -> {a1:.3f} at {s1:.4g}"
                 for (s0, a0), (s1, a1) in zip(accs, accs[1:])

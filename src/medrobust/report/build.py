@@ -133,7 +133,7 @@ def _env():
 
 
 def _norm_name(norm: str | None) -> str:
-    return F.NORM_NAMES.get(norm, norm or "-")
+    return F.NORM_NAMES.get(norm, norm) if norm else "-"
 
 
 def build_report(

@@ -11,7 +11,7 @@ import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -24,9 +24,12 @@ from matplotlib.ticker import MaxNLocator
 
 from medrobust.report.analysis import METRIC_AXES, METRIC_NAMES, NORM_NAMES, Curve, Gallery, Headline, SizeGroup
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.8
+
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.spines.top": False,
@@ -166,9 +169,9 @@ def curves_figure(curves: list[Curve], styles: dict[str, ModelStyle], metric: st
                     ax.plot(xs, ys, color=st.color, ls="--", lw=1.2, alpha=0.8)
             title = text(c.label, 48)
             if c.kind == "worst_case":
-                title += f" (per sample, over all {NORM_NAMES.get(c.norm, c.norm)} attacks)"
+                title += f" (per sample, over all {NORM_NAMES.get(c.norm or '', c.norm)} attacks)"
             elif c.kind == "attack":
-                title += f" ({NORM_NAMES.get(c.norm, c.norm)} attack)"
+                title += f" ({NORM_NAMES.get(c.norm or '', c.norm)} attack)"
             else:
                 title += " (corruption)"
             ax.set_title(title)
@@ -469,8 +472,8 @@ def gallery_figure(g: Gallery, samples: list[int] | None = None) -> str:
         for r, row in enumerate(g.rows, start=1):
             axes[r, 0].set_ylabel(text(row.title, 26), fontsize=8)
         if seg and len(names) > 1:
-            shown = list(enumerate(names))[1 : LEGEND_MAX + 1]
-            handles = [Patch(color=colours[(k - 1) % len(colours)], alpha=0.6, label=text(n, 20)) for k, n in shown]
+            listed = list(enumerate(names))[1 : LEGEND_MAX + 1]
+            handles = [Patch(color=colours[(k - 1) % len(colours)], alpha=0.6, label=text(n, 20)) for k, n in listed]
             if len(names) - 1 > LEGEND_MAX:
                 handles.append(Patch(color="white", label=f"+ {len(names) - 1 - LEGEND_MAX} more"))
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
