@@ -307,7 +307,7 @@ def robustness_table(
 
 def _print_run(result: Any, spec: Any) -> None:
     from medrobust.attacks import ATTACKS
-    from medrobust.runner import perturbation_labels
+    from medrobust.cells import perturbation_labels
 
     norms = {
         label: ATTACKS.build(p.name, **p.params).threat_norm if p.kind == "attack" else ""

@@ -8,7 +8,6 @@ holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_nois
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from medrobust.attacks.asma import target_iou
 from medrobust.attacks.autoattack import AutoAttack
 from medrobust.attacks.base import clip_perturbation, flat_norm
 from medrobust.attacks.transfer import Transfer
+from medrobust.cells import Cell, expand, file_digest, inside, trained_folder
 from medrobust.checks import run_model_checks
 from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
@@ -57,101 +57,16 @@ from medrobust.types import check_device
 log = logging.getLogger(__name__)
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def perturbation_labels(spec: ExperimentSpec) -> list[str]:
-    """The name of each perturbation, with its parameters only where a name appears more than once."""
-    names = [p.name for p in spec.perturbations]
-    labels = []
-    for p in spec.perturbations:
-        if names.count(p.name) > 1:
-            inner = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()))
-            labels.append(f"{p.name}({inner})")
-        else:
-            labels.append(p.name)
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"perturbations repeat with the same parameters: {labels}")
-    return labels
-
-
-@dataclass(frozen=True)
-class Cell:
-    key: str
-    model: str
-    label: str
-    pert: PerturbationSpec | None
-    strengths: tuple[float, ...]
-
-
-def expand(spec: ExperimentSpec, fingerprints: dict[str, str]) -> list[Cell]:
-    """All cells of the grid, in a fixed order. ``fingerprints``: model name -> identity of its weights."""
-    common = {
-        "dataset": spec.dataset.model_dump(mode="json"),
-        "limit": spec.limit,
-        "batch_size": spec.batch_size,
-        "seed": spec.seed,
-        "matched_noise": spec.matched_noise,
-    }
-    cells = []
-    labels = perturbation_labels(spec)
-    for m in spec.models:
-        base = {**common, "model": m.name, "weights": fingerprints[m.name]}
-        cells.append(Cell(_hash({**base, "perturbation": "clean"}), m.name, "clean", None, (0.0,)))
-        for label, p in zip(labels, spec.perturbations):
-            if not p.applies_to(m.name):
-                continue
-            minimal = p.kind == "attack" and ATTACKS.get(p.name).minimal
-            groups = [tuple(p.strengths)] if minimal else [(s,) for s in p.strengths]
-            extra = {"sources": {s: fingerprints.get(s) for s in p.sources}} if p.sources else {}
-            for strengths in groups:
-                ident = {**base, "kind": p.kind, "name": p.name, "params": p.params, "strengths": strengths, **extra}
-                cells.append(Cell(_hash(ident), m.name, label, p, strengths))
-    return cells
-
-
 class LoadedModel:
     def __init__(self, model: Model, card: ModelCard, fingerprint: str) -> None:
         self.model, self.card, self.fingerprint = model, card, fingerprint
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def safe_name(name: str, limit: int = 48) -> str:
-    """A folder name for a user-given name: letters, digits and ``-_.`` only, no leading dot, at most ``limit``
-    characters (the end of a long name, where a path-like name is most telling)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-limit:].lstrip(".")
-    return slug or "model"
-
-
-def inside(run_dir: Path, path: Path) -> Path:
-    """``path``, after checking that it resolves inside ``run_dir`` (every path the runner writes)."""
-    if not path.resolve().is_relative_to(run_dir.resolve()):
-        raise ValueError(f"refusing to write {str(path)!r}: it resolves outside the run folder {str(run_dir)!r}")
-    return path
 
 
 def load_checkpoint(spec: ExperimentSpec, m: ModelSpec, trust_code: bool) -> LoadedModel:
     assert m.checkpoint is not None
     model, card = load_model(m.checkpoint, device=spec.device, trust_code=trust_code or spec.trust_code)
     folder = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else Path(m.checkpoint).parent
-    return LoadedModel(model, card, _file_digest(folder / card.weights))
-
-
-def trained_folder(spec: ExperimentSpec, m: ModelSpec, run_dir: Path) -> Path:
-    """Where the run caches model ``m`` trained from ``m.train``: a safe name plus a hash of what defines it."""
-    assert m.train is not None
-    data = spec.train_dataset or spec.dataset
-    seed = spec.seed if m.train.seed is None else m.train.seed
-    ident = _hash([m.train.model_dump(mode="json"), data.model_dump(mode="json"), seed])
-    return inside(run_dir, run_dir / "models" / f"{safe_name(m.name)}-{ident}")
+    return LoadedModel(model, card, file_digest(folder / card.weights))
 
 
 def prepare_model(
@@ -183,7 +98,7 @@ def prepare_model(
         notify(f"training {m.name} ({m.train.architecture}) on {data.name}")
         model, card = train(settings, folder)
         model = model.to(spec.device)
-    return LoadedModel(model, card, _file_digest(folder / card.weights))
+    return LoadedModel(model, card, file_digest(folder / card.weights))
 
 
 def load_sources(
@@ -200,7 +115,7 @@ def load_sources(
                 continue  # a model of the spec not loaded yet (one to train): the caller adds it
             elif source not in out:
                 model, card = load_model(source, device=spec.device, trust_code=trust_code or spec.trust_code)
-                out[source] = LoadedModel(model, card, _file_digest(Path(source) / card.weights))
+                out[source] = LoadedModel(model, card, file_digest(Path(source) / card.weights))
     return out
 
 

@@ -97,7 +97,7 @@ def _validated_spec(spec: dict[str, Any]):
 
 def _model_folder(spec_obj, m, run_dir: Path) -> Path | None:
     """The checkpoint folder the runner used for model spec ``m`` (None when it cannot be found)."""
-    from medrobust.runner import trained_folder
+    from medrobust.cells import trained_folder
 
     if m.checkpoint is not None:
         path = Path(m.checkpoint)
@@ -122,8 +122,8 @@ def _model_folder(spec_obj, m, run_dir: Path) -> Path | None:
 
 def _fingerprints(folders: dict[str, Path | None]) -> dict[str, str]:
     """Model name -> digest of its weights file (as the runner computes it), for the models whose card is found."""
+    from medrobust.cells import file_digest
     from medrobust.models.card import read_card
-    from medrobust.runner import _file_digest
 
     out = {}
     for name, folder in folders.items():
@@ -131,7 +131,7 @@ def _fingerprints(folders: dict[str, Path | None]) -> dict[str, str]:
             continue
         try:
             card, _ = read_card(folder)
-            out[name] = _file_digest(folder / card.weights)
+            out[name] = file_digest(folder / card.weights)
         except (OSError, ValueError):
             continue
     return out
@@ -139,7 +139,7 @@ def _fingerprints(folders: dict[str, Path | None]) -> dict[str, str]:
 
 def _exact_keys(spec_obj, fingerprints: dict[str, str], done: set[str]) -> list[str] | None:
     """The cell keys the runner computed for this spec (needs every model's weights), or None."""
-    from medrobust.runner import expand
+    from medrobust.cells import expand
 
     if any(m.name not in fingerprints for m in spec_obj.models):
         return None
@@ -154,7 +154,7 @@ def _exact_keys(spec_obj, fingerprints: dict[str, str], done: set[str]) -> list[
 def _match_cells(spec_obj, cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Cells of this spec by model, perturbation label, parameters and strengths; newest wins a tie.
     Returns (cells, number of spec cells missing from the store)."""
-    from medrobust.runner import perturbation_labels
+    from medrobust.cells import perturbation_labels
 
     wanted: dict[str, tuple[dict[str, Any], list[float]]] = {"clean": ({}, [0.0])}
     for label, p in zip(perturbation_labels(spec_obj), spec_obj.perturbations):
@@ -352,7 +352,7 @@ def _perturbations(spec_obj, cells: list[dict[str, Any]]) -> list[PerturbationIn
     names: dict[str, str] = {}
     order = list(by_label)
     if spec_obj is not None:
-        from medrobust.runner import perturbation_labels
+        from medrobust.cells import perturbation_labels
 
         labels = perturbation_labels(spec_obj)
         names = {label: p.name for label, p in zip(labels, spec_obj.perturbations)}
