@@ -26,11 +26,11 @@ def test_dice_of_two_2x2_masks_is_0_8():
     assert float(SEG.score(one_hot_logits(pred, 2), true)) == pytest.approx(0.8)
 
 
-def test_mean_foreground_dice_counts_absent_structures_as_one():
+def test_task_dice_leaves_out_structures_absent_from_both_masks():
     true = torch.tensor([[[1, 1], [2, 0]]])
     pred = torch.tensor([[[1, 0], [2, 2]]])
-    # class 1: 2*1/(1+2) = 2/3; class 2: 2*1/(2+1) = 2/3; class 3 absent in both -> 1
-    expected = (2 / 3 + 2 / 3 + 1.0) / 3
+    # class 1: 2*1/(1+2) = 2/3; class 2: 2*1/(2+1) = 2/3; class 3 absent in both: left out (as the stored Dice)
+    expected = (2 / 3 + 2 / 3) / 2
     assert float(SEG.score(one_hot_logits(pred, 4), true)) == pytest.approx(expected)
 
 

@@ -60,3 +60,22 @@ def test_flip_rate_per_structure_by_hand():
     assert math.isnan(rate[0, 2].item())
     # the overall rate is the unit-weighted mean of the per-structure rates: (1 + 1) / 3
     assert flip_rate(clean, adv, y)[0].item() == pytest.approx((0.5 * 2 + 1.0 * 1) / 3)
+
+
+def test_one_dice_definition_for_attacks_and_records():
+    """A structure absent from both masks is left out everywhere: the 2x2 case of 4 classes, true [[1,1],[2,0]]
+    and predicted [[1,0],[2,2]]: structure 1 Dice 2/3, structure 2 Dice 2/3, structure 3 absent from both ->
+    mean 2/3 (counting the absent structure as 1 would give 7/9)."""
+    import torch.nn.functional as F
+
+    from medrobust.metrics import mean_foreground_dice
+    from medrobust.tasks import get_task
+
+    y = torch.tensor([[[1, 1], [2, 0]]])
+    pred = torch.tensor([[[1, 0], [2, 2]]])
+    logits = F.one_hot(pred, 4).movedim(-1, 1).float()
+    assert float(get_task("segmentation").score(logits, y)) == pytest.approx(2 / 3)
+    assert float(mean_foreground_dice(pred, y, 4)) == pytest.approx(2 / 3)
+    # no structure in either mask: a perfect score
+    empty = torch.zeros((1, 2, 2), dtype=torch.long)
+    assert float(get_task("segmentation").score(F.one_hot(empty, 4).movedim(-1, 1).float(), empty)) == 1.0

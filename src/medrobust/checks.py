@@ -262,8 +262,9 @@ def check_unbounded(
 ) -> CheckResult:
     """PGD (Linf, ``steps`` steps, default step size 2.5 * eps / steps, random start) with eps = high - low of the
     model's bounds, so every input in bounds is reachable. value: the mean share of decision units still correct
-    under it (accuracy for classification; for segmentation the foreground units, since Dice counts a structure
-    absent from both masks as 1 and cannot reach 0). Fails above max(tol, 1/n): one sample of slack."""
+    under it (accuracy for classification; for segmentation the share of foreground units still correct, which
+    reaches 0 where Dice may not: a model can keep background pixels right). Fails above max(tol, 1/n): one
+    sample of slack."""
     model, task = _prepared(model, task, x)
     y = y.to(x.device).long()
     low, high = as_model(model).bounds

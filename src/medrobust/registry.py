@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -101,9 +101,3 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
                 raise ValueError(f"spec {spec!r}: parameter {part!r} is not of the form key=value")
             params[key.strip()] = parse_value(value)
     return name, params
-
-
-def merge_params(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(defaults)
-    merged.update(given)
-    return merged

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.data.base import DATASETS, SPLITS, check_split
+from medrobust.data.base import DATASETS, check_split
 from medrobust.data.segmentation import SegmentationDataset, check_mode_axis
 
 logger = logging.getLogger(__name__)
@@ -224,10 +224,3 @@ def _crop(array: np.ndarray, box: list[tuple[int, int]]) -> np.ndarray:
     pad = [(max(0, -lo), max(0, hi - n)) for (lo, hi), n in zip(box, array.shape)]
     padded = np.pad(array, pad)
     return np.ascontiguousarray(padded[tuple(slice(lo + p, hi + p) for (lo, hi), (p, _) in zip(box, pad))])
-
-
-def describe_splits(
-    resolution: int = 2, axis: str = "axial", min_brain: float = 0.05, block: int = 5
-) -> dict[str, int]:
-    """Slice count per split, for docs and logs."""
-    return {s: len(slice_indices(resolution, axis, s, min_brain, block)) for s in SPLITS}

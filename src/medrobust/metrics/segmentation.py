@@ -10,6 +10,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from medrobust.tasks.segmentation import foreground_dice
+
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
@@ -27,12 +29,9 @@ def per_structure_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
 
 
 def mean_foreground_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean Dice over the structures present in either mask, per sample (N,); 1 when both are empty."""
-    dice = per_structure_dice(pred, y, num_classes)
-    present = ~dice.isnan()
-    total = torch.where(present, dice, torch.zeros_like(dice)).sum(1)
-    count = present.sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
+    """Mean Dice over the structures present in either mask, per sample (N,); 1 when both are empty. The same
+    definition the segmentation task scores attacks with (:func:`medrobust.tasks.segmentation.foreground_dice`)."""
+    return foreground_dice(pred, y, num_classes).float()
 
 
 def hd95(

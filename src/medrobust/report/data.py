@@ -54,7 +54,6 @@ class RunData:
     n_samples: int
     compute_seconds: float
     missing_cells: int = 0
-    ignored_cells: int = 0
     notes: list[str] = field(default_factory=list)
     # gallery arrays, still compressed: (model, perturbation, strength, sample_index, array) -> bytes for
     # medrobust.store.decode_array (decoded only for the strengths the gallery shows)
@@ -321,7 +320,6 @@ def load_run(run_dir: str | Path) -> RunData:
         n_samples=max(clean_counts.values(), default=0),
         compute_seconds=float(sum(c["seconds"] or 0.0 for c in cells)),
         missing_cells=missing,
-        ignored_cells=len(all_cells) - len(cells),
         notes=notes,
         examples=examples,
         bounds=_bounds(cells),
