@@ -123,3 +123,24 @@ def test_corruption_conformance(name, toy_model, toy_batch):
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert torch.equal(a, b)
     assert accuracy(toy_model, a, y) < accuracy(toy_model, x, y) - 0.2
+
+
+def test_every_attack_declares_its_norm():
+    """No norm is assumed: each registered attack states the norm its eps is measured in."""
+    from dataclasses import dataclass
+
+    from medrobust.attacks.base import Attack
+
+    for name in ATTACKS.names():
+        params = dict((ATTACK_CASES.get(name) or SEG_ATTACK_CASES[name])[0])
+        if name == "transfer":  # its norm is that of the attack it runs on the sources
+            params["sources"] = [torch.nn.Identity()]
+        assert ATTACKS.build(name, **params).threat_norm in ("linf", "l2", "l0"), name
+
+    @dataclass(frozen=True)
+    class Normless(Attack):
+        def run(self, model, task, x, y, *, eps, generator):
+            return x
+
+    with pytest.raises(TypeError, match="Normless declares no norm"):
+        Normless().threat_norm

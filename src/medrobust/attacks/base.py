@@ -49,8 +49,12 @@ class Attack(ABC):
 
     @property
     def threat_norm(self) -> str:
-        """The norm in which ``eps`` is measured for this attack."""
-        return str(getattr(self, "norm", "linf"))
+        """The norm in which ``eps`` is measured for this attack: its ``norm`` field. Every attack declares one
+        (or overrides this property); none is assumed."""
+        norm = getattr(self, "norm", None)
+        if norm is None:
+            raise TypeError(f"{type(self).__name__} declares no norm: give it a `norm` field or override threat_norm")
+        return str(norm)
 
     def __call__(
         self,
