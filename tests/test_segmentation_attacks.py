@@ -140,7 +140,7 @@ def test_segmentation_zoo_shapes(arch, dims):
 
 
 def test_target_iou_by_hand():
-    from medrobust.attacks.asma import target_iou
+    from medrobust.metrics import target_iou
 
     pred = torch.tensor([[[0, 1], [1, 1]]])
     target = torch.tensor([[[0, 1], [0, 1]]])
@@ -150,7 +150,7 @@ def test_target_iou_by_hand():
 
 def test_asma_reaches_a_user_given_target_mask(toy_segmenter, toy_seg_batch):
     from medrobust.attacks import ASMA
-    from medrobust.attacks.asma import target_iou
+    from medrobust.metrics import target_iou
 
     x, y = toy_seg_batch
     # the target: the square (class 1) moved to where the disk is, everything else background
@@ -165,7 +165,7 @@ def test_asma_reaches_a_user_given_target_mask(toy_segmenter, toy_seg_batch):
 
 def test_asma_keeps_going_past_wrong_labels_where_dag_stops(toy_segmenter, toy_seg_batch):
     from medrobust.attacks import ASMA
-    from medrobust.attacks.asma import target_iou
+    from medrobust.metrics import target_iou
 
     x, y = toy_seg_batch
     target = dag_target(y, 3, "dilate", (1,), radius=1)

@@ -229,6 +229,12 @@ def group_records(records: list[dict[str, Any]]) -> dict[tuple[str, str, float, 
     return groups
 
 
+def worst_label(norm: str, norms: list[str]) -> str:
+    """The summary's name for the per-sample worst case over the attacks of ``norm`` among the run's ``norms``:
+    "worst_case" when the run has one norm, else "worst_case[NORM]"."""
+    return "worst_case" if len(norms) == 1 else f"worst_case[{norm}]"
+
+
 def worst_cases(
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]], norms: dict[str, str]
 ) -> dict[tuple[str, str, float], dict[int, dict[str, Any]]]:
@@ -237,7 +243,7 @@ def worst_cases(
     out: dict[tuple[str, str, float], dict[int, dict[str, Any]]] = defaultdict(dict)
     norm_groups = sorted({norms[p] for (_, p, _, k) in groups if k == "attack" and p in norms})
     for norm in norm_groups:
-        label = "worst_case" if len(norm_groups) == 1 else f"worst_case[{norm}]"
+        label = worst_label(norm, norm_groups)
         for (model, pert, strength, kind), recs in groups.items():
             if kind != "attack" or norms.get(pert) != norm:
                 continue

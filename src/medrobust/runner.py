@@ -24,7 +24,6 @@ import torch
 from filelock import FileLock, Timeout
 
 from medrobust.attacks import ATTACKS, Attack
-from medrobust.attacks.asma import target_iou
 from medrobust.attacks.autoattack import AutoAttack
 from medrobust.attacks.base import clip_perturbation, flat_norm
 from medrobust.attacks.transfer import Transfer
@@ -43,6 +42,7 @@ from medrobust.metrics import (
     per_structure_dice,
     psnr,
     ssim,
+    target_iou,
 )
 from medrobust.metrics.clever import clever_estimate
 from medrobust.models import Model, load_model

@@ -27,19 +27,6 @@ from medrobust.models.wrapper import Model, as_model, attack_mode
 from medrobust.tasks import Task, get_task
 
 
-def target_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per sample (N,): mean IoU over the labels present in the target or the prediction (1 if both empty)."""
-    n = pred.shape[0]
-    k = int(max(int(pred.max()), int(target.max()))) + 1
-    p = torch.nn.functional.one_hot(pred.reshape(n, -1), k).bool()
-    t = torch.nn.functional.one_hot(target.reshape(n, -1), k).bool()
-    inter = (p & t).sum(1).double()
-    union = (p | t).sum(1).double()
-    present = union > 0
-    iou = torch.where(present, inter / union.clamp_min(1), torch.zeros_like(union))
-    return iou.sum(1) / present.sum(1).clamp_min(1)
-
-
 @dataclass(frozen=True)
 class ASMA(Attack):
     minimal: ClassVar[bool] = True

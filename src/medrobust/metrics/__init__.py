@@ -29,6 +29,7 @@ from medrobust.metrics.segmentation import (
     hd95,
     mean_foreground_dice,
     per_structure_dice,
+    target_iou,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "flip_rate_per_structure",
     "hd95",
     "mean_foreground_dice",
+    "target_iou",
     "per_structure_dice",
     "PERTURBATION_NORMS",
     "accuracy",

@@ -19,6 +19,7 @@ from medrobust import stats
 from medrobust.checks import TITLES as CHECK_TITLES
 from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.report.data import PerturbationInfo, RunData
+from medrobust.results import worst_label
 
 DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
 NORM_NAMES = {"linf": "Linf", "l2": "L2", "l0": "L0"}
@@ -54,11 +55,6 @@ class Values:
 
     def clean(self, model: str, metric: str | None = None) -> float | None:
         return self.get(model, "clean", 0.0, metric)
-
-
-def worst_label(norm: str, norms: list[str]) -> str:
-    """The summary's name for the per-sample worst case over attacks of ``norm`` (see results.summarise)."""
-    return "worst_case" if len(norms) == 1 else f"worst_case[{norm}]"
 
 
 def nearest_strength(strengths: Iterable[float], norm: str | None, reference: dict[str, float]) -> float:
