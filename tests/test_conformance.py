@@ -144,3 +144,29 @@ def test_every_attack_declares_its_norm():
 
     with pytest.raises(TypeError, match="Normless declares no norm"):
         Normless().threat_norm
+
+
+@pytest.mark.parametrize("task_name", ["classification", "segmentation"])
+def test_every_attack_restores_the_model_and_returns_the_input_at_eps_zero(
+    task_name, toy_model, toy_batch, toy_segmenter, toy_seg_batch
+):
+    """For each attack defined for the task: eps = 0 returns the input unchanged; the model comes back in the
+    mode and with the parameter gradients it went in with (here: training mode, gradients on)."""
+    cases = ATTACK_CASES if task_name == "classification" else SEG_ATTACK_CASES
+    model, (x, y) = (toy_model, toy_batch) if task_name == "classification" else (toy_segmenter, toy_seg_batch)
+    saved = (model.training, [p.requires_grad for p in model.parameters()])  # a session fixture: put it back
+    for name, (params, eps) in sorted(cases.items()):
+        if name == "transfer":
+            params = {**params, "sources": [model]}
+        attack = ATTACKS.build(name, **params)
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        x_adv = attack(model, task_name, x, y, eps=0.0, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(x_adv, x), f"{name}: eps = 0 changed the input"
+        attack(model, task_name, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+        assert model.training, f"{name} left the model in eval mode"
+        assert all(p.requires_grad for p in model.parameters()), f"{name} left parameter gradients off"
+    model.train(saved[0])
+    for p, flag in zip(model.parameters(), saved[1]):
+        p.requires_grad_(flag)
