@@ -170,3 +170,28 @@ def test_every_attack_restores_the_model_and_returns_the_input_at_eps_zero(
     model.train(saved[0])
     for p, flag in zip(model.parameters(), saved[1]):
         p.requires_grad_(flag)
+
+
+def test_sweep_runs_a_minimal_attack_once_and_clips_it_to_each_strength(toy_model, toy_batch):
+    """Attack.sweep: a minimal attack's strengths are clips of one run (so they nest), equal to calling it with
+    eps; a budget attack gets one run per strength with that strength's generator."""
+    from medrobust.attacks import DeepFool
+
+    x, y = toy_batch
+    calls = []
+
+    def gen(eps):
+        calls.append(eps)
+        return torch.Generator().manual_seed(0)
+
+    attack = DeepFool(steps=20)
+    swept = dict(attack.sweep(toy_model, "classification", x, y, [0.05, 0.2], gen))
+    assert calls == [None]  # one run for every strength
+    for eps, result in swept.items():
+        direct = attack(toy_model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(result.x_adv, direct)
+        assert float(flat_norm(result.x_adv - x, "l2").max()) <= eps + 1e-6
+    calls.clear()
+    budget = ATTACKS.build("pgd", steps=5)
+    out = list(budget.sweep(toy_model, "classification", x, y, [0.01, 0.03], gen))
+    assert calls == [0.01, 0.03] and [eps for eps, _ in out] == [0.01, 0.03]

@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from medrobust.attacks import ATTACKS, Attack
 from medrobust.attacks.autoattack import AutoAttack
-from medrobust.attacks.base import clip_perturbation, flat_norm
+from medrobust.attacks.base import flat_norm
 from medrobust.attacks.transfer import Transfer
 from medrobust.cells import Cell, expand, file_digest, inside, trained_folder
 from medrobust.checks import run_model_checks
@@ -296,15 +296,13 @@ def run_cell(
         if p is None:
             add("clean", "clean", 0.0, x)
         elif attack is not None:
-            x_min = attack(model, task, x, y, generator=gen("attack")) if attack.minimal else None
-            for s in cell.strengths:
-                info: dict[str, list] = {}
-                if x_min is not None:
-                    x_adv = clip_perturbation(x, x_min, s, attack.threat_norm, bounds)
-                else:
-                    result = attack.detailed(model, task, x, y, eps=s, generator=gen("attack", s))
-                    x_adv, info = result.x_adv, result.info
-                add(cell.label, "attack", s, x_adv, info)
+
+            def attack_generator(eps: float | None) -> torch.Generator:
+                return gen("attack") if eps is None else gen("attack", eps)
+
+            for s, result in attack.sweep(model, task, x, y, cell.strengths, attack_generator):
+                x_adv = result.x_adv
+                add(cell.label, "attack", s, x_adv, result.info)
                 if spec.matched_noise:
                     noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
                     add(

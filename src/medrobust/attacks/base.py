@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -126,6 +126,27 @@ class Attack(ABC):
         if self.minimal and eps is not None:
             x_adv = clip_perturbation(x, x_adv, float(eps), self.threat_norm, model.bounds)
         return AttackResult(x_adv.detach().to(dtype=x.dtype), result.info)
+
+    def sweep(
+        self,
+        model: nn.Module,
+        task: str | Task,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        strengths: Iterable[float],
+        generator_for: Callable[[float | None], torch.Generator],
+    ) -> Iterator[tuple[float, AttackResult]]:
+        """The attack at every strength, in order: a minimal attack runs once (``generator_for(None)``) and its
+        perturbation is clipped to each strength, here and nowhere else; a budget attack runs once per strength
+        (``generator_for(eps)``)."""
+        if self.minimal:
+            base = self.detailed(model, task, x, y, generator=generator_for(None))
+            bounds = as_model(model).bounds
+            for eps in strengths:
+                yield eps, AttackResult(clip_perturbation(x, base.x_adv, eps, self.threat_norm, bounds), base.info)
+        else:
+            for eps in strengths:
+                yield eps, self.detailed(model, task, x, y, eps=eps, generator=generator_for(eps))
 
     @abstractmethod
     def run(
