@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from medrobust.attacks.base import Attack, clamp_bounds, flat_norm, per_sample
+from medrobust.attacks.base import Attack, normalised_ascent
 from medrobust.attacks.dag import check_target_params, dag_target
 from medrobust.models.wrapper import Model, as_model, attack_mode
 from medrobust.tasks import Task, get_task
@@ -67,20 +67,14 @@ class ASMA(Attack):
             return self._drive(model, x.detach(), target_mask).detach()
 
     def _drive(self, model: Model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        x_adv = x.clone()
-        active = torch.arange(x.shape[0], device=x.device)
         units = target[0].numel()
-        for _ in range(self.steps):
-            xa = x_adv[active].detach().requires_grad_(True)
-            out = model(xa)
-            ta = target[active]
-            live = out.argmax(1) != ta
-            keep = live.flatten(1).sum(1) > self.tolerance * units
-            if not bool(keep.any()):
-                break
+        task = get_task("segmentation")
+
+        def objective(out: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # log-probability of the target label, on the units not yet at their target
+            ta = target[rows]
+            live = ~task.correct(out, ta)
             log_p = out.log_softmax(1).gather(1, ta.unsqueeze(1)).squeeze(1)
-            (g,) = torch.autograd.grad((log_p * live).sum(), xa)
-            step = self.gamma * g / per_sample(flat_norm(g, "l2").clamp_min(1e-12), g)
-            x_adv[active] = clamp_bounds(x_adv[active] + step * per_sample(keep.to(g.dtype), g), model.bounds)
-            active = active[keep]
-        return x_adv
+            return log_p, live, live.flatten(1).sum(1) > self.tolerance * units
+
+        return normalised_ascent(model, x, self.steps, self.gamma, objective)

@@ -162,6 +162,32 @@ class Attack(ABC):
         """The algorithm. ``model`` is in eval mode with frozen parameters; ``x`` is detached."""
 
 
+def normalised_ascent(
+    model: Model,
+    x: torch.Tensor,
+    steps: int,
+    gamma: float,
+    objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """The loop DAG and ASMA share: from x, up to ``steps`` steps of ``gamma * g / ||g||_2`` along the gradient
+    g of a per-unit objective summed over the live units, each sample stopping once it is done.
+
+    ``objective(logits, rows)`` gets the model's output on the still-active samples (their rows of the batch)
+    and returns (per-unit objective, live units (bool), samples to keep going (bool, per sample))."""
+    x_adv = x.clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    for _ in range(steps):
+        xa = x_adv[active].detach().requires_grad_(True)
+        units, live, keep = objective(model(xa), active)
+        if not bool(keep.any()):
+            break
+        (g,) = torch.autograd.grad((units * live).sum(), xa)
+        step = gamma * g / per_sample(flat_norm(g, "l2").clamp_min(1e-12), g)
+        x_adv[active] = clamp_bounds(x_adv[active] + step * per_sample(keep.to(g.dtype), g), model.bounds)
+        active = active[keep]
+    return x_adv
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok or not math.isfinite(float(value)):

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, flat_norm, per_sample
+from medrobust.attacks.base import Attack, check_int, check_positive, normalised_ascent
 from medrobust.models.wrapper import Model
 from medrobust.tasks import Task
 
@@ -101,20 +101,12 @@ class DAG(Attack):
         # Pixels whose target differs from their label: the foreground for permutation, swap and background
         # targets (background maps to itself), and the grown rim (often background) for dilate.
         attackable = target != y
-        x_adv = x.clone()
-        active = torch.arange(x.shape[0], device=x.device)
-        for _ in range(self.steps):
-            xa = x_adv[active].detach().requires_grad_(True)
-            out = model(xa)
-            ya, ta = y[active], target[active]
-            live = attackable[active] & (out.argmax(1) == ya)
-            keep = live.flatten(1).any(1)
-            if not bool(keep.any()):
-                break
+
+        def objective(out: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # target logit minus true logit, on the units the task still scores correct
+            ya, ta = y[rows], target[rows]
+            live = attackable[rows] & task.correct(out, ya)
             diff = out.gather(1, ta.unsqueeze(1)).squeeze(1) - out.gather(1, ya.unsqueeze(1)).squeeze(1)
-            (g,) = torch.autograd.grad((diff * live).sum(), xa)
-            step = self.gamma * g / per_sample(flat_norm(g, "l2").clamp_min(1e-12), g)
-            step = step * per_sample(keep.to(g.dtype), g)
-            x_adv[active] = clamp_bounds(x_adv[active] + step, model.bounds)
-            active = active[keep]
-        return x_adv
+            return diff, live, live.flatten(1).any(1)
+
+        return normalised_ascent(model, x, self.steps, self.gamma, objective)
