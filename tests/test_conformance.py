@@ -65,25 +65,32 @@ def test_every_registered_algorithm_has_a_case():
 
 
 @pytest.mark.parametrize("name", sorted(SEG_ATTACK_CASES))
-def test_segmentation_attack_conformance(name, toy_segmenter, toy_seg_batch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segmentation_attack_conformance(name, dtype, toy_segmenter, toy_seg_batch):
     from medrobust.tasks import get_task
 
     params, eps = SEG_ATTACK_CASES[name]
     task = get_task("segmentation")
     x, y = toy_seg_batch
+    x = x.to(dtype)
+    model = toy_segmenter.to(dtype)
     if name == "transfer":
-        params = {**params, "sources": [toy_segmenter]}
+        params = {**params, "sources": [model]}
     attack = ATTACKS.build(name, **params)
-    runs = [attack(toy_segmenter, task, x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
-    x_adv = runs[0]
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-    assert float(flat_norm(x_adv - x, attack.threat_norm).max()) <= eps + 1e-6
-    assert torch.equal(runs[0], runs[1])
-    with torch.no_grad():
-        clean = float(task.score(toy_segmenter(x), y).mean())
-        adv = float(task.score(toy_segmenter(x_adv), y).mean())
-    assert adv < clean - 0.3, f"{name}: Dice {clean:.2f} -> {adv:.2f}"
+    try:
+        runs = [attack(model, task, x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+        x_adv = runs[0]
+        assert x_adv.shape == x.shape and x_adv.dtype == dtype and x_adv.device == x.device
+        assert not x_adv.requires_grad
+        assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+        assert float(flat_norm(x_adv - x, attack.threat_norm).max()) <= eps + 1e-6
+        assert torch.equal(runs[0], runs[1])
+        with torch.no_grad():
+            clean = float(task.score(model(x), y).mean())
+            adv = float(task.score(model(x_adv), y).mean())
+        assert adv < clean - 0.3, f"{name}: Dice {clean:.2f} -> {adv:.2f}"
+    finally:
+        toy_segmenter.float()  # a session fixture: back to float32
 
 
 @pytest.mark.parametrize("name", sorted(set(ATTACK_CASES)))
