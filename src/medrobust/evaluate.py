@@ -1,8 +1,9 @@
 """Evaluate one model on clean data and under a list of perturbations (attacks and corruptions).
 
-This is the single-model core the ``evaluate`` command prints; the grid runner builds on the same pieces.
-Every perturbation gets its own generator derived from the seed, its label and the batch index, so results do
-not depend on the order perturbations run in.
+This is what the ``evaluate`` command prints. Every perturbation gets its own generator derived from the
+seed, its label and the batch index, so results do not depend on the order perturbations run in. The grid
+runner (runner.py) uses the same attacks, corruptions and metrics in its own loop and also derives generators
+from the model's name, so a spec run and ``medrobust evaluate`` draw different random starts.
 """
 
 from __future__ import annotations

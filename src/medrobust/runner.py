@@ -1,9 +1,15 @@
-"""The experiment runner: expand models x perturbations x strengths into cells, run them, skip finished ones.
+"""The experiment runner: expand models x perturbations x strengths into cells (cells.py), run them, skip
+finished ones.
 
-Each cell derives its own generator from the seed and its key, so results do not depend on the order cells run
-in or on resuming. Minimal-norm attacks (DeepFool, C&W, JSMA) run once per model: one cell holds every
-strength, each evaluated by clipping the stored minimal perturbation (as foolbox does). Each attack cell also
-holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_noise[ATTACK]").
+Every random draw comes from a generator derived from the seed, the model's name, the perturbation's label,
+the strength (where each strength runs on its own) and the batch, so results do not depend on the order cells
+run in or on resuming. Minimal-norm attacks (DeepFool, C&W, JSMA) run once per model: one cell holds every
+strength, each the minimal perturbation clipped to it (``Attack.sweep``, as foolbox does). Each attack cell
+also holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_noise[ATTACK]").
+
+Before anything is written, a run locks its folder, checks results.db and the stored spec, and loads the data
+and checkpoints (trust boundary: ``module:function`` architectures only with ``trust_code``). After the cells it
+stores model-level sanity checks and CLEVER scores, and writes summary.csv/json and comparisons.csv/json.
 """
 
 from __future__ import annotations
