@@ -40,6 +40,7 @@ from medrobust.corruptions import CORRUPTIONS
 from medrobust.corruptions.base import Corruption
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
+from medrobust.files import write_atomic
 from medrobust.metrics import (
     flip_rate,
     flip_rate_per_structure,
@@ -68,11 +69,16 @@ class LoadedModel:
         self.model, self.card, self.fingerprint = model, card, fingerprint
 
 
+def load_folder(path: str | Path, spec: ExperimentSpec, trust_code: bool) -> LoadedModel:
+    """A checkpoint (folder or its model.json) on the spec's device, fingerprinted by its weights file."""
+    model, card = load_model(path, device=spec.device, trust_code=trust_code or spec.trust_code)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    return LoadedModel(model, card, file_digest(folder / card.weights))
+
+
 def load_checkpoint(spec: ExperimentSpec, m: ModelSpec, trust_code: bool) -> LoadedModel:
     assert m.checkpoint is not None
-    model, card = load_model(m.checkpoint, device=spec.device, trust_code=trust_code or spec.trust_code)
-    folder = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else Path(m.checkpoint).parent
-    return LoadedModel(model, card, file_digest(folder / card.weights))
+    return load_folder(m.checkpoint, spec, trust_code)
 
 
 def prepare_model(
@@ -99,12 +105,10 @@ def prepare_model(
     folder = trained_folder(spec, m, run_dir)
     if (folder / "model.json").exists():
         notify(f"reusing trained model {m.name} from {folder}")
-        model, card = load_model(folder, device=spec.device, trust_code=settings.trust_code)
-    else:
-        notify(f"training {m.name} ({m.train.architecture}) on {data.name}")
-        model, card = train(settings, folder)
-        model = model.to(spec.device)
-    return LoadedModel(model, card, file_digest(folder / card.weights))
+        return load_folder(folder, spec, trust_code)
+    notify(f"training {m.name} ({m.train.architecture}) on {data.name}")
+    model, card = train(settings, folder)
+    return LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
 
 
 def load_sources(
@@ -120,8 +124,7 @@ def load_sources(
             elif source in names:
                 continue  # a model of the spec not loaded yet (one to train): the caller adds it
             elif source not in out:
-                model, card = load_model(source, device=spec.device, trust_code=trust_code or spec.trust_code)
-                out[source] = LoadedModel(model, card, file_digest(Path(source) / card.weights))
+                out[source] = load_folder(source, spec, trust_code)
     return out
 
 
@@ -543,13 +546,6 @@ def check_stored_spec(spec: ExperimentSpec, run_dir: Path, force: bool) -> None:
             f"({k}: stored {json.dumps(stored.get(k) if differ else stored)}, "
             f"this spec {json.dumps(new.get(k))}); use a new run folder, or --force to add this run to it"
         )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def warn_large_eps(spec: ExperimentSpec, models: dict[str, LoadedModel], notify: Callable[[str], None]) -> None:

@@ -31,12 +31,17 @@ def check_bounds(bounds: Bounds) -> Bounds:
     return (low, high)
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device named by ``device``, after checking that this machine has it."""
+def parse_device(device: str | torch.device) -> torch.device:
+    """The torch device named by ``device`` (whether or not this machine has it)."""
     try:
-        d = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, ValueError):
         raise ValueError(f"device {str(device)!r} is not a torch device; expected cpu, cuda, cuda:N or mps") from None
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device named by ``device``, after checking that this machine has it."""
+    d = parse_device(device)
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():

@@ -212,27 +212,20 @@ def clever_estimate(
                 (grad,) = torch.autograd.grad(g, xp, retain_graph=r < ranks - 1)
                 grad_norms[sl, r] = grad.flatten(1).norm(p=q, dim=1)
     maxima = grad_norms.view(n, n_batches, batch_size, ranks).amax(dim=2).cpu().numpy()  # (N, B, T)
-    lipschitz = torch.full((n, k), math.nan, dtype=torch.float64)
-    per_class = torch.full((n, k), math.nan, dtype=torch.float64)
-    scores = torch.empty(n, dtype=torch.float64)
-    fits: list[str] = []
-    flagged = torch.zeros(n, dtype=torch.bool)
     correct = (logits.argmax(1) == y).cpu()
     margins = margin0.detach().cpu().double()
     fitted, statuses = fit_locations(maxima.transpose(0, 2, 1).reshape(n * ranks, n_batches))
-    for i in range(n):
-        best, how = math.inf, "misclassified"
-        for r in range(ranks):
-            loc, status = float(fitted[i * ranks + r]), statuses[i * ranks + r]
-            j = int(targets[i, r])
-            lipschitz[i, j] = loc
-            toward_j = min(float(margins[i, r]) / loc, radius) if loc > 0 else radius
-            per_class[i, j] = max(toward_j, 0.0)
-            flagged[i] |= status == "max"
-            if correct[i] and per_class[i, j] < best:
-                best, how = float(per_class[i, j]), status
-        scores[i] = best if correct[i] else 0.0
-        fits.append(how if correct[i] else "misclassified")
+    locs = torch.from_numpy(fitted).view(n, ranks)
+    status = np.asarray(statuses, dtype=object).reshape(n, ranks)
+    # score towards each target class: margin / Lipschitz constant, at most the radius, never below 0
+    toward = torch.where(locs > 0, margins / locs, torch.full_like(locs, radius)).clamp(0.0, radius)
+    cols = targets.cpu()
+    lipschitz = torch.full((n, k), math.nan, dtype=torch.float64).scatter_(1, cols, locs)
+    per_class = torch.full((n, k), math.nan, dtype=torch.float64).scatter_(1, cols, toward)
+    best, limiting = toward.min(dim=1)  # the first class reaching the smallest score
+    scores = torch.where(correct, best, torch.zeros_like(best))
+    fits = [str(status[i, int(limiting[i])]) if correct[i] else "misclassified" for i in range(n)]
+    flagged = torch.from_numpy((status == "max").any(axis=1))
     return CleverEstimate(scores, per_class, lipschitz, fits, flagged)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medrobust.files import write_atomic
 from medrobust.models.wrapper import Model
 from medrobust.models.zoo import build_network
 
@@ -90,9 +91,7 @@ def save_checkpoint(model: Model, card: ModelCard, directory: str | Path) -> Pat
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / card.weights))
     path = directory / CARD_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(card.model_dump_json(indent=2))
-    tmp.replace(path)
+    write_atomic(path, card.model_dump_json(indent=2))
     return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.checks import DESCRIPTIONS as CHECK_DESCRIPTIONS
+from medrobust.files import write_atomic
 from medrobust.report import analysis as A
 from medrobust.report import figures as F
 from medrobust.report.data import RunData, load_run
@@ -209,9 +210,9 @@ def build_report(
     out_dir = Path(run_dir)
     html = _env().get_template("report.html.j2").render(**context)
     html_path = out_dir / "report.html"
-    _write(html_path, html)
+    write_atomic(html_path, html)
     md_path = out_dir / "summary.md"
-    _write(md_path, summary_markdown(context))
+    write_atomic(md_path, summary_markdown(context))
     log.info("report written to %s in %.1f s", html_path, time.perf_counter() - t0)
     return html_path, md_path
 
@@ -237,10 +238,3 @@ def curve_table(run: RunData, values: A.Values) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def _write(path: Path, text: str) -> None:
-    """Write via a temporary file so a reader never sees half a report."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
