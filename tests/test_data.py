@@ -162,7 +162,7 @@ def test_medmnist_folder_and_flag(tmp_path):
     src = shared_data("pneumoniamnist.npz")
     shutil.copy(src, tmp_path / "pneumoniamnist.npz")
     ds = load_dataset("medmnist", split="val", path=tmp_path, flag="pneumoniamnist")
-    assert len(ds) == 524 and ds.flag == "pneumoniamnist"
+    assert len(ds) == 524 and ds.info["flag"] == "pneumoniamnist"
     with pytest.raises(ValueError, match="flag="):
         load_dataset("medmnist", path=tmp_path)
 

@@ -135,13 +135,13 @@ def test_pairing_by_csv_and_volume_splits(tmp_path):
         save(tmp_path / f"s{k}_seg.nii.gz", codes())
         rows.append(f"s{k}_T1.nii.gz,s{k}_seg.nii.gz,{['train', 'train', 'train', 'val', 'test'][k]}")
     common = {"label_map": ASEG_MAP, "class_names": TISSUES, "mode": "3d", "root": tmp_path}
-    volumes = [load_dataset("nifti", split=s, split_fractions=(0.6, 0.2, 0.2), **common).volumes for s in SPLITS]
+    volumes = [load_dataset("nifti", split=s, split_fractions=(0.6, 0.2, 0.2), **common).info["volumes"] for s in SPLITS]
     assert [len(v) for v in volumes] == [3, 1, 1]
     assert sorted(sum(volumes, [])) == [f"s{k}" for k in range(5)]
     again = load_dataset("nifti", split="train", split_fractions=(0.6, 0.2, 0.2), **common)
-    assert again.volumes == volumes[0]  # the seeded shuffle is deterministic
+    assert again.info["volumes"] == volumes[0]  # the seeded shuffle is deterministic
     explicit = load_dataset("nifti", split="val", splits={"train": ["s0"], "val": ["s3", "s1"]}, **common)
-    assert explicit.volumes == ["s1", "s3"]
+    assert explicit.info["volumes"] == ["s1", "s3"]
     with pytest.raises(ValueError, match="'s1' is listed in both splits 'train' and 'val'"):
         load_dataset("nifti", splits={"train": ["s1"], "val": ["s1"]}, **common)
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
@@ -244,12 +244,12 @@ def test_mni152_template_loads_offline_and_is_deterministic(monkeypatch):
 
 
 def test_mni152_splits_are_disjoint_slabs_with_all_classes(mni):
-    index = {s: set(ds.slice_index) for s, ds in mni.items()}
+    index = {s: set(ds.info["slice_index"]) for s, ds in mni.items()}
     assert not (index["train"] & index["val"] or index["train"] & index["test"] or index["val"] & index["test"])
     assert [len(mni[s]) for s in ("train", "val", "test")] == [38, 15, 15]
     for s, ds in mni.items():
-        assert min(ds.slice_index) < 35 and max(ds.slice_index) > 55, s  # each split spans the brain
-        assert ds.ids[0] == f"mni152-axial-{ds.slice_index[0]:03d}"
+        assert min(ds.info["slice_index"]) < 35 and max(ds.info["slice_index"]) > 55, s  # each split spans the brain
+        assert ds.ids[0] == f"mni152-axial-{ds.info['slice_index'][0]:03d}"
     test = mni["test"]
     assert test.input_shape == (1, 80, 96) and test.class_names == ("background", "csf", "gm", "wm")
     assert sorted(torch.unique(test.masks).tolist()) == [0, 1, 2, 3]

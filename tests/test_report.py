@@ -117,6 +117,18 @@ def parse(html: str) -> Cells:
     return p
 
 
+def hand_store(run: Path, models: list[tuple[str, str, int, tuple[float, float]]], cell_keys: list[str]):
+    """A results.db written by hand: one run with ``models`` (name, task, number of classes, bounds) and the cells
+    ``cell_keys``; returns (store, run id)."""
+    from medrobust.store import ModelRow, Store
+
+    store = Store(run / "results.db")
+    rows = [ModelRow(name, f"fp-{name}", task, [f"class {k}" for k in range(k)], bounds, "hand-written", {})
+            for name, task, k, bounds in models]
+    run_id = store.start_run({"name": run.name}, "hash", {"medrobust": "test"}, "cpu", 0, rows, cell_keys)
+    return store, run_id
+
+
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("report.html", "summary.md"))
@@ -252,7 +264,6 @@ def test_warnings_fire_on_broken_results(run_dir, tmp_path):
 def test_stored_sanity_checks_appear_in_the_warnings(run_dir, checkpoints, tmp_path, monkeypatch):
     from medrobust.attacks.base import Attack
     from medrobust.checks import MEANINGS, CheckResult
-    from medrobust.report.data import _fingerprints
     from medrobust.store import Store
 
     def refuse(*args, **kwargs):
@@ -260,8 +271,8 @@ def test_stored_sanity_checks_appear_in_the_warnings(run_dir, checkpoints, tmp_p
 
     monkeypatch.setattr(Attack, "detailed", refuse)
     copy = copy_run(run_dir, tmp_path)
-    digest = _fingerprints({"tiny": checkpoints[0]})["tiny"]
     store = Store(copy / "results.db")
+    digest = {m.name: m.fingerprint for m in store.run_models(store.latest_run())}["tiny"]
     store.write_checks("tiny", digest, [
         CheckResult("logits", True, 0.0, "Outputs are logits.", MEANINGS["logits"]),
         CheckResult("unbounded", False, 0.375, "PGD (Linf, 20 steps) with eps = 1 leaves accuracy 0.375.",
@@ -345,11 +356,10 @@ def test_worst_cases_without_a_strong_attack_are_flagged():
 
 def test_black_box_finding_is_computed_from_the_records(tmp_path):
     """A hand-written store (no spec, no model cards): Square fools 3 of the 4 samples PGD left correct."""
-    from medrobust.store import RECORD_COLUMNS, CellInfo, Store
+    from medrobust.store import CellInfo, Record
 
     run = tmp_path / "bb"
-    store = Store(run / "results.db")
-    run_id = store.start_run({"name": "bb"}, "hash", {"medrobust": "test"}, "cpu", 0)
+    store, run_id = hand_store(run, [("m", "classification", 2, (0.0, 1.0))], ["c", "pgd", "square"])
     labels = [i % 2 for i in range(10)]
     clean = [lab if i != 9 else 1 - lab for i, lab in enumerate(labels)]  # sample 9 is wrong clean
 
@@ -357,13 +367,13 @@ def test_black_box_finding_is_computed_from_the_records(tmp_path):
         rows = []
         for i, lab in enumerate(labels):
             pred = 1 - lab if (i in fooled or i == 9) else lab
-            rows.append(tuple({
-                "cell_key": key, "model": "m", "perturbation": pert, "kind": kind, "strength": strength,
-                "sample_index": i, "sample_id": f"s{i}", "label": lab, "clean_pred": clean[i], "pred": pred,
-                "probs_json": json.dumps([0.5, 0.5]), "l2": 0.1, "linf": strength, "l0": 10.0, "ssim": 0.99,
-                "psnr": 40.0, "rho": 0.01, "score": float(pred == lab),
-                "detail_json": json.dumps({"queries": 100}) if pert == "square" else None,
-            }[c] for c in RECORD_COLUMNS))
+            rows.append(Record(
+                cell_key=key, model="m", perturbation=pert, kind=kind, strength=strength,
+                sample_index=i, sample_id=f"s{i}", label=lab, clean_pred=clean[i], pred=pred,
+                probs=[0.5, 0.5], l2=0.1, linf=strength, l0=10.0, ssim=0.99,
+                psnr=40.0, rho=0.01, score=float(pred == lab),
+                detail={"queries": 100} if pert == "square" else None,
+            ))
         return rows
 
     store.write_cell(CellInfo("c", "m", "clean", "clean", {}, [0.0], {"bounds": [0, 1], "seed": 0}),
@@ -384,28 +394,31 @@ def test_black_box_finding_is_computed_from_the_records(tmp_path):
     assert "black box beats white box" in md_path.read_text()
 
 
-def test_incomplete_run_and_missing_model_cards_degrade_gracefully(run_dir, tmp_path, monkeypatch):
+def test_incomplete_run_reported_from_the_store_alone(run_dir, tmp_path, monkeypatch):
+    """The report reads only results.db: no model card, checkpoint or spec.json is opened (the models' classes,
+    task and weights' fingerprint are stored per run), and a cell missing from the store is reported."""
+    import medrobust.models.card as card_module
     from medrobust.attacks.base import Attack
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the report ran an attack")
+        raise AssertionError("the report ran an attack or read a model file")
 
     monkeypatch.setattr(Attack, "__call__", refuse)
+    monkeypatch.setattr(card_module, "read_card", refuse)
+    monkeypatch.setattr(card_module, "load_model", refuse)
     copy = copy_run(run_dir, tmp_path)
-    spec = json.loads((copy / "spec.json").read_text())
-    for m in spec["models"]:
-        m["checkpoint"] = str(tmp_path / "gone")
-    (copy / "spec.json").write_text(json.dumps(spec))
+    (copy / "spec.json").unlink()
     con = sqlite3.connect(copy / "results.db")
     with con:
         key = con.execute("SELECT key FROM cells WHERE perturbation='pgd' AND model='tiny' AND strengths_json='[0.01]'").fetchone()[0]
         con.execute("DELETE FROM records WHERE cell_key=?", (key,))
         con.execute("DELETE FROM cells WHERE key=?", (key,))
+        fingerprint = con.execute("SELECT fingerprint FROM models WHERE name='tiny'").fetchone()[0]
     con.close()
     html = build_report(copy)[0].read_text()
     assert "incomplete run</span>1 (model, perturbation, strength) cells" in html
-    assert "class 0, class 1, class 2" in html and "model card not found" in html
-    assert "is in the malignant group, so malignant-to-benign flips are not counted" in html
+    assert "nevus, melanoma, seborrheic_keratosis" in html and f"<code>{fingerprint}</code>" in html
+    assert "model card not found" not in html
 
 
 def test_single_model_run_and_cli(checkpoints, tmp_path):
@@ -429,19 +442,18 @@ def test_segmentation_run_reports_dice_and_structures(tmp_path):
     """A segmentation store (label = pred = -1, Dice in score, per-structure values in detail_json), written by
     hand and without spec or model cards: the report scores by Dice and lists per-structure Dice and HD95."""
     from medrobust.results import summarise, write_summary
-    from medrobust.store import RECORD_COLUMNS, CellInfo, Store
+    from medrobust.store import CellInfo, Record
 
     run = tmp_path / "seg"
-    store = Store(run / "results.db")
-    run_id = store.start_run({"name": "seg"}, "hash", {"medrobust": "test"}, "cpu", 0)
+    store, run_id = hand_store(run, [("unet", "segmentation", 4, (0.0, 1.0))], ["c", "f0.01", "f0.02"])
 
     def records(key, pert, kind, strength, scores):
-        return [tuple({
-            "cell_key": key, "model": "unet", "perturbation": pert, "kind": kind, "strength": strength,
-            "sample_index": i, "sample_id": f"s{i}", "label": -1, "clean_pred": -1, "pred": -1, "probs_json": "[]",
-            "l2": 10 * strength, "linf": strength, "l0": 100.0, "ssim": 0.99, "psnr": 40.0, "rho": 0.01,
-            "score": sc, "detail_json": json.dumps({"dice": [sc, sc / 2, 1.0], "hd95": [1.0, 2.0, None], "flip": 1 - sc}),
-        }[c] for c in RECORD_COLUMNS) for i, sc in enumerate(scores)]
+        return [Record(
+            cell_key=key, model="unet", perturbation=pert, kind=kind, strength=strength,
+            sample_index=i, sample_id=f"s{i}", label=-1, clean_pred=-1, pred=-1, probs=[],
+            l2=10 * strength, linf=strength, l0=100.0, ssim=0.99, psnr=40.0, rho=0.01, score=sc,
+            detail={"dice": [sc, sc / 2, 1.0], "hd95": [1.0, 2.0, None], "flip": 1 - sc, "flip_s": [1 - sc] * 3},
+        ) for i, sc in enumerate(scores)]
 
     clean = [0.9, 0.8, 0.7, 0.6]
     store.write_cell(CellInfo("c", "unet", "clean", "clean", {}, [0.0], {"bounds": [0, 1], "seed": 0}),
@@ -451,8 +463,8 @@ def test_segmentation_run_reports_dice_and_structures(tmp_path):
         recs = records(f"f{s}", "fgsm", "attack", s, [c - drop for c in clean])
         recs += records(f"f{s}", "matched_noise[fgsm]", "corruption", s, [c - 0.01 for c in clean])
         store.write_cell(CellInfo(f"f{s}", "unet", "fgsm", "attack", {}, [s], threat), recs, run_id, 0.0)
-    summary = summarise(store.records(), {"fgsm": "linf"}, {"unet": 4}, {"unet": [f"class {k}" for k in range(4)]},
-                        {"unet": "segmentation"})
+    summary = summarise(store.records(), {"fgsm": "linf"}, {"unet": "segmentation"},
+                        {"unet": [f"class {k}" for k in range(4)]})
     store.close()
     write_summary(summary, run)
     html = build_report(run)[0].read_text()
@@ -562,7 +574,7 @@ def test_gallery_figure_handles_volumes_single_samples_and_many_classes():
     pred[3:5, 2:8, 5] = 0
     row = GalleryRow("fgsm @ 0.1", "fgsm", "attack", 0.1, {7: (0.1 * rng.standard_normal(image.shape)).astype(np.float32)},
                      {7: pred}, {7: True})
-    g = Gallery("vol", "segmentation", tuple(f"s{k}" for k in range(300)), [7], {7: "case-7"}, {7: image},
+    g = Gallery("vol", True, tuple(f"s{k}" for k in range(300)), [7], {7: "case-7"}, {7: image},
                 {7: label}, {7: label}, [row], bounds=(-1.0, 2.0))
     assert _display_slice(g, 7) == 5
     with warnings.catch_warnings():
@@ -574,20 +586,26 @@ def test_gallery_figure_handles_volumes_single_samples_and_many_classes():
     # classification, one colour sample
     x = rng.uniform(0, 1, (3, 16, 16)).astype(np.float32)
     row = GalleryRow("pgd @ 0.03", "pgd", "attack", 0.03, {0: np.full_like(x, 0.03)}, {0: 1}, {0: True})
-    g = Gallery("rgb", "classification", ("benign", "malignant"), [0], {0: "img0"}, {0: x}, {0: 0}, {0: 0}, [row])
+    g = Gallery("rgb", False, ("benign", "malignant"), [0], {0: "img0"}, {0: x}, {0: 0}, {0: 0}, [row])
     assert _display_slice(g, 0) is None
     assert gallery_figure(g).startswith("data:image/png;base64,")
 
 
-def test_gallery_bounds_come_from_each_models_cells():
-    from medrobust.report.data import _bounds
+def test_gallery_bounds_come_from_each_models_record_in_the_store(tmp_path):
+    from medrobust.report.data import load_run
+    from medrobust.store import CellInfo, Record
 
-    cells = [
-        {"model": "a", "kind": "attack", "threat_json": json.dumps({"bounds": [0, 1]})},
-        {"model": "a", "kind": "clean", "threat_json": json.dumps({"bounds": [-1, 2]})},
-        {"model": "b", "kind": "corruption", "threat_json": json.dumps({"bounds": [0, 255]})},
-    ]
-    assert _bounds(cells) == {"a": (-1.0, 2.0), "b": (0.0, 255.0)}
+    run = tmp_path / "bounds"
+    store, run_id = hand_store(run, [("a", "classification", 2, (-1.0, 2.0)), ("b", "classification", 2, (0.0, 255.0))],
+                               ["ca", "cb"])
+    for key, model in (("ca", "a"), ("cb", "b")):
+        rec = Record(key, model, "clean", "clean", 0.0, 0, "s0", 0, 0, 0, [0.9, 0.1], 0.0, 0.0, 0.0, 1.0, None, 0.0,
+                     1.0, None)
+        # the cells' own threat records say other bounds: the models' rows decide
+        store.write_cell(CellInfo(key, model, "clean", "clean", {}, [0.0], {"bounds": [0, 1], "seed": 0}), [rec],
+                         run_id, 0.0)
+    store.close()
+    assert load_run(run).bounds == {"a": (-1.0, 2.0), "b": (0.0, 255.0)}
 
 
 def test_minimal_table_counts_samples_at_the_budget(report, run_dir):

@@ -120,7 +120,7 @@ def test_segmentation_report_draws_the_gallery(seg_run):
     assert png.width > 400 and png.height > 400
     (g,) = gallery(load_run(seg_run), {})
     assert g.orientation == "RAS"  # the MNI slices are drawn anatomically upright
-    assert g.task == "segmentation" and [r.title for r in g.rows] == [
+    assert g.dense and [r.title for r in g.rows] == [
         "rician_noise @ 0.1", "pgd @ 0.03", "dag @ 2", "asma @ 4"]
     for row in g.rows:
         for i in g.samples:

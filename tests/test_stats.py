@@ -120,13 +120,14 @@ def test_summary_rows_carry_intervals_and_comparisons_are_paired():
     b_pgd = [1 - y if 10 <= i < 20 else y for i, y in enumerate(labels)]  # 30/40
     recs = (_records("a", "clean", "clean", 0.0, labels, a_clean) + _records("b", "clean", "clean", 0.0, labels, b_clean)
             + _records("a", "pgd", "attack", 0.1, labels, a_pgd) + _records("b", "pgd", "attack", 0.1, labels, b_pgd))
-    rows = summarise(recs, {"pgd": "linf"}, {"a": 2, "b": 2})
+    tasks = {"a": "classification", "b": "classification"}
+    rows = summarise(recs, {"pgd": "linf"}, tasks, {"a": ["no", "yes"], "b": ["no", "yes"]})
     acc = {(r["model"], r["perturbation"]): r for r in rows if r["metric"] == "accuracy"}
     assert (acc[("b", "clean")]["ci_low"], acc[("b", "clean")]["ci_high"]) == pytest.approx(stats.wilson(30, 40))
     assert (acc[("a", "worst_case")]["ci_low"], acc[("a", "worst_case")]["ci_high"]) == pytest.approx(stats.wilson(10, 40))
     sizes = [r for r in rows if r["metric"] == "l2"]
     assert sizes and all(r["ci_low"] is None and r["ci_high"] is None for r in sizes)
-    comp = {(r["perturbation"]): r for r in compare_models(recs, {"pgd": "linf"})}
+    comp = {(r["perturbation"]): r for r in compare_models(recs, {"pgd": "linf"}, tasks)}
     clean, worst = comp["clean"], comp["worst_case"]
     # clean: only A right on samples 0..9 (10), only B right on none: p = 2 * 0.5^10
     assert (clean["only_a"], clean["only_b"]) == (10, 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,11 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def perturbation_labels(spec: ExperimentSpec) -> list[str]:
+def perturbation_labels(perturbations: Sequence[PerturbationSpec]) -> list[str]:
     """The name of each perturbation, with its parameters only where a name appears more than once."""
-    names = [p.name for p in spec.perturbations]
+    names = [p.name for p in perturbations]
     labels = []
-    for p in spec.perturbations:
+    for p in perturbations:
         if names.count(p.name) > 1:
             inner = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()))
             labels.append(f"{p.name}({inner})")
@@ -59,7 +60,7 @@ def expand(spec: ExperimentSpec, fingerprints: dict[str, str]) -> list[Cell]:
         "matched_noise": spec.matched_noise,
     }
     cells = []
-    labels = perturbation_labels(spec)
+    labels = perturbation_labels(spec.perturbations)
     for m in spec.models:
         base = {**common, "model": m.name, "weights": fingerprints[m.name]}
         cells.append(Cell(digest({**base, "perturbation": "clean"}), m.name, "clean", None, (0.0,)))

@@ -273,7 +273,7 @@ def check_unbounded(
     value = float(_units_correct(task, _forward(model, x_adv), y).mean())
     clean = float(_units_correct(task, _forward(model, x), y).mean())
     limit = max(tol, 1.0 / x.shape[0])
-    what = "accuracy" if task.name == "classification" else "share of foreground units still correct"
+    what = task.units_title
     text = (
         f"PGD (Linf, {steps} steps) with eps = {eps:.4g}, the full input range [{low:g}, {high:g}], leaves "
         f"{what} {value:.3f} on {x.shape[0]} samples (clean {clean:.3f}, limit {limit:.3f})"
@@ -310,7 +310,7 @@ def check_more_steps(
     weak, strong = scores
     value = strong - weak
     slack = max(tol, 1.0 / x.shape[0])
-    score = "accuracy" if task.name == "classification" else "Dice"
+    score = task.metric_title
     text = (
         f"Under PGD ({norm.capitalize()}, eps = {float(eps):.4g}) {score} is {strong:.3f} with "
         f"{steps * factor} steps x {restarts} restarts and {weak:.3f} with {steps} steps"

@@ -159,23 +159,28 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def results_table(title: str, rows: list[dict[str, Any]], width: int | None = None) -> Table:
-    """One row per perturbation; each attack's matched-noise accuracy sits beside it ("noise acc")."""
+def results_table(title: str, rows: list[dict[str, Any]], width: int | None = None, metric: str = "accuracy") -> Table:
+    """One row per perturbation; each attack's matched-noise score sits beside it ("noise"). Columns: the task's
+    score first, then whichever of the other metrics the rows have."""
     width = width or _consoles.out.width
-    noise = {r["threat_matched_to"]: r["accuracy"] for r in rows if r.get("threat_matched_to") is not None}
+    noise = {r["threat_matched_to"]: r.get(metric) for r in rows if r.get("threat_matched_to") is not None}
     table = Table(title=title, title_justify="left")
     columns = [
-        ("accuracy", "acc", 3),
+        (metric, {"accuracy": "acc", "dice": "Dice"}.get(metric, metric), 3),
         ("balanced_accuracy", "bal.acc", 3),
         ("auc", "AUC", 3),
         ("success_rate", "success", 3),
-        ("noise_accuracy", "noise acc", 3),
+        ("dice_drop", "Dice drop", 3),
+        ("flip_rate", "flip rate", 3),
+        ("noise", f"noise {'acc' if metric == 'accuracy' else metric}", 3),
         ("l2", "L2", 3),
         ("linf", "Linf", 4),
         ("l0", "L0", 0),
         ("ssim", "SSIM", 3),
         ("seconds", "time s", 1),
     ]
+    present = {k for r in rows for k in r} | ({"noise"} if noise else set())
+    columns = [c for c in columns if c[0] in present]
     if width < 140:
         columns = [c for c in columns if c[0] not in ("l0", "seconds", "balanced_accuracy")]
     table.add_column("perturbation", overflow="fold", ratio=1)
@@ -184,11 +189,11 @@ def results_table(title: str, rows: list[dict[str, Any]], width: int | None = No
     for row in rows:
         if row.get("threat_matched_to") is not None:
             continue
-        values = {**row, "noise_accuracy": noise.get(row["perturbation"])}
+        values = {**row, "noise": noise.get(row["perturbation"])}
         table.add_row(escape(str(row["perturbation"])), *(fmt(values.get(key), digits) for key, _, digits in columns))
     table.caption = (
-        "L2/Linf/L0: median perturbation size of successful attacks (of all samples for noise); "
-        "noise acc: accuracy under Gaussian noise of each attack's L2 size"
+        "L2/Linf/L0: median perturbation size of successful attacks (of all samples for noise and for models "
+        f"that decide per pixel); noise: {metric} under Gaussian noise of each attack's per-sample L2 size"
     )
     table.caption_justify = "left"
     return table
@@ -219,6 +224,7 @@ def evaluate(
     from medrobust.evaluate import parse_perturbation
     from medrobust.models import load_model
     from medrobust.seeding import deterministic_algorithms
+    from medrobust.tasks import get_task
 
     setup_logging(verbose)
     with user_errors():
@@ -249,11 +255,12 @@ def evaluate(
                 seed=seed,
                 matched_noise=matched_noise,
                 device=device,
+                name=card.name,
             )
-    rows = result["rows"]
+    rows = result.rows
     n = rows[0]["n"]
     title = escape(f"{card.name} on {dataset}/{split} (n={n}, bounds {list(net.bounds)}, seed {seed})")
-    _consoles.out.print(results_table(title, rows))
+    _consoles.out.print(results_table(title, rows, metric=get_task(ds.task).metric))
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2, default=str))
         _consoles.out.print(f"wrote {json_out}")
@@ -311,7 +318,7 @@ def _print_run(result: Any, spec: Any) -> None:
 
     norms = {
         label: ATTACKS.build(p.name, **p.params).threat_norm if p.kind == "attack" else ""
-        for label, p in zip(perturbation_labels(spec), spec.perturbations)
+        for label, p in zip(perturbation_labels(spec.perturbations), spec.perturbations)
     }
     metric = "dice" if any(r["metric"] == "dice" for r in result.summary) else "accuracy"
     table = robustness_table(result.summary, spec.reference_strength, norms, [m.name for m in spec.models], metric)
@@ -402,7 +409,7 @@ def demo(
 
             raise ValueError(unknown_name_message("demo task", task, list(specs)))
         spec = load_config(Path(__file__).parent / "specs" / specs[task])
-        out = out or Path("runs/demo" if task == "classification" else "runs/demo-segmentation")
+        out = out or Path({"classification": "runs/demo", "segmentation": "runs/demo-segmentation"}[task])
         result = run_experiment(spec, out, quiet=quiet, notify=_notify)
     _print_run(result, spec)
 

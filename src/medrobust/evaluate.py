@@ -1,13 +1,13 @@
 """Evaluate one model on clean data and under a list of perturbations (attacks and corruptions).
 
-This is what the ``evaluate`` command prints. Every perturbation gets its own generator derived from the
-seed, its label and the batch index, so results do not depend on the order perturbations run in. The grid
-runner (runner.py) uses the same attacks, corruptions and metrics in its own loop and also derives generators
-from the model's name, so a spec run and ``medrobust evaluate`` draw different random starts.
+This is what the ``evaluate`` command prints: a one-model run, in memory, through the same evaluation core and
+summary as ``medrobust run`` (evaluation.py, results.py), with generators derived the same way, so the same
+model, data, perturbations and seed give the same numbers through either door.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -17,23 +17,16 @@ from typing import Any
 import torch
 
 from medrobust.attacks import ATTACKS, Attack
-from medrobust.attacks.base import flat_norm
+from medrobust.cells import Cell, perturbation_labels
+from medrobust.config import PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
 from medrobust.corruptions.base import Corruption
-from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.metrics import (
-    accuracy,
-    attack_success_rate,
-    auc_ovr,
-    balanced_accuracy,
-    per_class_sensitivity,
-    psnr,
-    ssim,
-)
+from medrobust.data.base import ImageDataset
+from medrobust.evaluation import evaluate_cell
 from medrobust.models.wrapper import Model
 from medrobust.registry import parse_spec, unknown_name_message
-from medrobust.seeding import make_generator
-from medrobust.tasks import get_task
+from medrobust.results import summarise
+from medrobust.store import RECORD_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -93,69 +86,68 @@ def parse_perturbation(kind: str, spec: str) -> Perturbation:
     built = pert.build()  # validates parameters now, before any compute
     if isinstance(built, Attack) and strength is None and not built.minimal:
         raise ValueError(f"attack {name!r} needs a budget: write {name}:eps=VALUE")
+    if isinstance(built, Corruption) and strength is None:
+        if key is None:
+            raise ValueError(f"corruption {name!r} has no strength parameter to evaluate at")
+        pert = Perturbation(kind, name, params, float(getattr(built, key)))  # its default strength
     return pert
 
 
 @dataclass
-class Outcome:
-    """Per-sample results of one perturbation on the evaluated samples."""
+class Evaluation:
+    """What :func:`evaluate` computed: the records (as the runner stores them), the summary rows (as the runner
+    writes summary.json) and one table row per perturbation and strength (``rows``)."""
 
-    label: str
-    kind: str
-    name: str
-    strength: float | None
-    threat: dict[str, Any]
-    pred: torch.Tensor
-    probs: torch.Tensor
-    delta_l2: torch.Tensor
-    delta_linf: torch.Tensor
-    delta_l0: torch.Tensor
-    ssim: torch.Tensor
-    psnr: torch.Tensor
-    x_l2: torch.Tensor
-    seconds: float = 0.0
-
-    def summary(self, y: torch.Tensor, clean_pred: torch.Tensor, num_classes: int) -> dict[str, Any]:
-        # Sizes of attacks are taken over their successful adversarial examples (correct before, wrong
-        # after), as foolbox and the DeepFool paper report them; sizes of noise over all samples.
-        if self.kind == "attack":
-            keep = (clean_pred == y) & (self.pred != y)
-        else:
-            keep = torch.ones_like(y, dtype=torch.bool)
-
-        def med(t: torch.Tensor) -> float:
-            t = t[keep]
-            return float(t.median()) if t.numel() else math.nan
-
-        return {
-            "perturbation": self.label,
-            "kind": self.kind,
-            "n": int(y.numel()),
-            "accuracy": float(accuracy(self.pred, y)),
-            "balanced_accuracy": float(balanced_accuracy(self.pred, y, num_classes)),
-            "auc": float(auc_ovr(self.probs, y, num_classes)),
-            "sensitivity": per_class_sensitivity(self.pred, y, num_classes).tolist(),
-            "success_rate": float(attack_success_rate(clean_pred, self.pred, y)) if self.kind != "clean" else math.nan,
-            "l2": med(self.delta_l2),
-            "linf": med(self.delta_linf),
-            "l0": med(self.delta_l0),
-            "ssim": float(self.ssim[keep].mean()) if bool(keep.any()) else math.nan,
-            "psnr": med(self.psnr),
-            "rho": float((self.delta_l2 / self.x_l2.clamp_min(1e-12))[keep].mean()) if bool(keep.any()) else math.nan,
-            "seconds": self.seconds,
-            **{f"threat_{k}": v for k, v in self.threat.items()},
-        }
+    records: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
 
 
-def _threat(pert: Perturbation, built: Attack | Corruption, bounds) -> dict[str, Any]:
-    info: dict[str, Any] = {"bounds": list(bounds)}
-    if isinstance(built, Attack):
-        info["norm"] = built.threat_norm
-        info["eps"] = pert.strength
-        for key in ("steps", "restarts", "step_size", "random_start"):
-            if hasattr(built, key):
-                info[key] = getattr(built, key)
-    return info
+def cells_for(name: str, perturbations: list[Perturbation]) -> list[Cell]:
+    """The cells of a one-model run: clean, then one per (kind, name, parameters) with every strength asked for,
+    labelled as a spec with those perturbations labels them (so generators, and numbers, are the same). A
+    minimal attack without eps runs unclipped (strength inf)."""
+    grouped: dict[tuple[str, str, str], list[Perturbation]] = {}
+    for p in perturbations:
+        grouped.setdefault((p.kind, p.name, json.dumps(p.params, sort_keys=True, default=str)), []).append(p)
+    specs = [
+        PerturbationSpec.model_validate(
+            {ps[0].kind: ps[0].name, "params": ps[0].params, "strengths": [p.strength or 0.0 for p in ps]}
+        )
+        for ps in grouped.values()
+    ]
+    cells = [Cell("clean", name, "clean", None, (0.0,))]
+    for label, spec, ps in zip(perturbation_labels(specs), specs, grouped.values()):
+        strengths = tuple(sorted({math.inf if p.strength is None else p.strength for p in ps}))
+        cells.append(Cell(label, name, label, spec, strengths))
+    return cells
+
+
+def table_rows(
+    summary: list[dict[str, Any]], seconds: dict[str, float], labels: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One row per (perturbation, strength) from long summary rows: ``perturbation`` as the command line wrote
+    it (e.g. "fgsm(eps=0.02)"), ``n``, each metric's value, ``seconds`` of its cell and, for matched noise,
+    ``threat_matched_to`` (the attack's row)."""
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    for r in summary:
+        key = (r["perturbation"], r["strength"])
+        if key not in rows:
+            label, s = key
+            inner = label[len("matched_noise[") : -1] if label.startswith("matched_noise[") else None
+            shown = labels.get(f"{inner or label}@{s}", label)
+            rows[key] = {
+                "perturbation": f"matched_noise[{shown}]" if inner else shown,
+                "strength": s,
+                "n": r["n"],
+                "seconds": seconds.get(inner or label, 0.0),
+            }
+            if label == "clean":  # no perturbation: sizes are zero
+                rows[key].update(l2=0.0, linf=0.0, l0=0.0, ssim=1.0)
+            if inner:
+                rows[key]["threat_matched_to"] = shown
+        rows[key][r["metric"]] = r["value"]
+    return list(rows.values())
 
 
 def evaluate(
@@ -168,112 +160,42 @@ def evaluate(
     seed: int = 0,
     matched_noise: bool = True,
     device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Clean and perturbed predictions for ``model`` on ``dataset``.
+    name: str = "model",
+) -> Evaluation:
+    """Clean and perturbed results for ``model`` on ``dataset``: a one-model run through the runner's evaluation
+    core (:func:`medrobust.evaluation.evaluate_cell`) and summary (:func:`medrobust.results.summarise`), in memory.
+    ``name`` is the model's name in the records; with the name a spec gives the model, the numbers are the ones
+    ``medrobust run`` stores.
 
     For every attack, ``matched_noise=True`` adds Gaussian noise with the same per-sample L2 norm as that
-    attack's perturbation (the paper's "adversarial vs noise of the same size" baseline). Returns a dict with
-    ``y``, ``clean`` and ``outcomes`` (label -> Outcome) and ``rows`` (summary dicts in order).
-    """
+    attack's perturbation (the paper's "adversarial vs noise of the same size" baseline)."""
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise ValueError(f"limit={limit!r} must be a whole number of samples >= 1 (or None for all)")
-    device = torch.device(device)
-    task = get_task(dataset.task)
     model = model.to(device).eval()
-    bounds = model.bounds
-    built = [(p, p.build()) for p in perturbations]
-    collected: dict[str, dict[str, list[torch.Tensor]]] = {}
-    meta: dict[str, tuple[str, str, float | None, dict[str, Any]]] = {}
-    timings: dict[str, float] = {}
-    ys: list[torch.Tensor] = []
-
-    def record(label: str, kind: str, name: str, strength, threat, x, x_pert, elapsed: float) -> None:
-        with torch.no_grad():
-            logits = model(x_pert)
-        if logits.shape[1] != dataset.num_classes:
-            raise ValueError(
-                f"the model returns {logits.shape[1]} outputs per sample but dataset {dataset.name or 'given'!r} has "
-                f"{dataset.num_classes} classes {list(dataset.class_names)}"
-            )
-        if not bool(torch.isfinite(logits).all()):
-            raise ValueError(
-                f"the model returned NaN or infinite outputs under {label} (samples {batch.ids[0]!r}..); "
-                "scores on such outputs would be meaningless (check the weights and the input range)"
-            )
-        delta = (x_pert - x).flatten(1)
-        data = collected.setdefault(label, {})
-        meta.setdefault(label, (kind, name, strength, threat))
-        timings[label] = timings.get(label, 0.0) + elapsed
-        for key, value in {
-            "pred": logits.argmax(1),
-            "probs": logits.softmax(1),
-            "l2": flat_norm(delta, "l2"),
-            "linf": flat_norm(delta, "linf"),
-            "l0": flat_norm(delta, "l0"),
-            "ssim": ssim(x, x_pert, data_range=bounds[1] - bounds[0]),
-            "psnr": psnr(x, x_pert, data_range=bounds[1] - bounds[0]),
-            "x_l2": flat_norm(x, "l2"),
-        }.items():
-            data.setdefault(key, []).append(value.detach().cpu())
-
-    for b, batch in enumerate(iterate_batches(dataset, batch_size, limit)):
-        x, y = batch.x.to(device), batch.y.to(device)
-        ys.append(batch.y)
-        record("clean", "clean", "clean", None, {"bounds": list(bounds)}, x, x, 0.0)
-        for pert, obj in built:
-            gen = make_generator(seed, pert.label, b, device=device)
-            t0 = time.perf_counter()
-            if isinstance(obj, Attack):
-                x_adv = obj(model, task, x, y, eps=pert.strength, generator=gen)
-            else:
-                target = obj if pert.strength is None else obj.with_strength(pert.strength)
-                x_adv = target(x, generator=gen, bounds=bounds)
-            record(
-                pert.label,
-                pert.kind,
-                pert.name,
-                pert.strength,
-                _threat(pert, obj, bounds),
-                x,
-                x_adv,
-                time.perf_counter() - t0,
-            )
-            if matched_noise and isinstance(obj, Attack):
-                noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
-                x_noise = noise(
-                    x, generator=make_generator(seed, "matched", pert.label, b, device=device), bounds=bounds
-                )
-                record(
-                    f"matched_noise[{pert.label}]",
-                    "corruption",
-                    "matched_noise",
-                    pert.strength,
-                    {"bounds": list(bounds), "norm": "l2", "matched_to": pert.label},
-                    x,
-                    x_noise,
-                    0.0,
-                )
-    y_all = torch.cat(ys)
-    outcomes: dict[str, Outcome] = {}
-    for label, data in collected.items():
-        kind, name, strength, threat = meta[label]
-        cat = {k: torch.cat(v) for k, v in data.items()}
-        outcomes[label] = Outcome(
-            label,
-            kind,
-            name,
-            strength,
-            threat,
-            cat["pred"],
-            cat["probs"],
-            cat["l2"],
-            cat["linf"],
-            cat["l0"],
-            cat["ssim"],
-            cat["psnr"],
-            cat["x_l2"],
-            timings.get(label, 0.0),
+    cells = cells_for(name, perturbations)
+    records: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
+    norms: dict[str, str] = {}
+    for cell in cells:
+        t0 = time.perf_counter()
+        result = evaluate_cell(
+            cell,
+            model,
+            dataset,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
+            matched_noise=matched_noise,
         )
-    clean_pred = outcomes["clean"].pred
-    rows = [o.summary(y_all, clean_pred, dataset.num_classes) for o in outcomes.values()]
-    return {"y": y_all, "clean": outcomes["clean"], "outcomes": outcomes, "rows": rows}
+        seconds[cell.label] = time.perf_counter() - t0
+        records += [dict(zip(RECORD_COLUMNS, r.row())) for r in result.records]
+        if "norm" in result.threat:
+            norms[cell.label] = result.threat["norm"]
+    summary = summarise(records, norms, tasks={name: dataset.task}, class_names={name: list(dataset.class_names)})
+    labels = {}
+    for p in perturbations:
+        cell = next(c for c in cells if c.pert is not None and c.pert.name == p.name and c.pert.params == p.params)
+        labels[f"{cell.label}@{math.inf if p.strength is None else p.strength}"] = p.label
+    kept = [r for r in summary if not r["perturbation"].startswith("worst_case")]
+    return Evaluation(records, summary, table_rows(kept, seconds, labels))

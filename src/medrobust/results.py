@@ -18,69 +18,16 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medrobust import stats
-from medrobust.metrics import accuracy, attack_success_rate, auc_ovr, balanced_accuracy
+from medrobust.tasks import get_task
+from medrobust.tasks.base import Group
 
 SUMMARY_KEYS = ("model", "perturbation", "strength", "metric", "value", "n", "ci_low", "ci_high")
-
-
-def _median(values: Sequence[float | None]) -> float:
-    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
-    return float(torch.tensor(kept, dtype=torch.float64).median()) if kept else math.nan
-
-
-def _group_rows(
-    model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]], num_classes: int
-) -> list[dict[str, Any]]:
-    recs = sorted(recs, key=lambda r: r["sample_index"])
-    y = torch.tensor([r["label"] for r in recs])
-    pred = torch.tensor([r["pred"] for r in recs])
-    clean = torch.tensor([r["clean_pred"] for r in recs])
-    probs = torch.tensor([json.loads(r["probs_json"]) for r in recs], dtype=torch.float64)
-    n = len(recs)
-    row_key = (model, pert, float(strength))
-    correct = pred == y
-    metrics: dict[str, float] = {
-        "accuracy": float(accuracy(pred, y)),
-        "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
-        "auc": float(auc_ovr(probs, y, num_classes)) if probs.numel() else math.nan,
-    }
-    intervals = {
-        "accuracy": stats.wilson(int(correct.sum()), n),
-        "balanced_accuracy": stats.balanced_accuracy_interval(
-            pred.numpy(), y.numpy(), num_classes, key=(*row_key, "bacc")
-        ),
-        "auc": stats.auc_interval(probs.numpy(), y.numpy(), num_classes, key=(*row_key, "auc"))
-        if probs.numel()
-        else None,
-    }
-    if pert != "clean":
-        metrics["success_rate"] = float(attack_success_rate(clean, pred, y))
-        eligible = clean == y
-        intervals["success_rate"] = stats.wilson(int((eligible & ~correct).sum()), int(eligible.sum()))
-        keep = (
-            [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]] if kind == "attack" else recs
-        )
-        for key in ("l2", "linf", "l0", "psnr", "rho"):
-            metrics[key] = _median([r[key] for r in keep])
-        ssims = [r["ssim"] for r in keep if r["ssim"] is not None]
-        metrics["ssim"] = float(sum(ssims) / len(ssims)) if ssims else math.nan
-        # black-box attacks (square) store the model queries each sample used
-        queries = [
-            d["queries"]
-            for r in recs
-            if r.get("detail_json") and (d := json.loads(r["detail_json"])).get("queries") is not None
-        ]
-        if queries:
-            metrics["queries"] = _median(queries)
-    return _rows(model, pert, strength, metrics, intervals, n)
 
 
 def _rows(
@@ -110,87 +57,28 @@ def _rows(
 
 
 def sample_score(r: dict[str, Any]) -> float:
-    """Per-sample score: stored Dice or correctness; records written before the score column get correctness."""
-    if r.get("score") is not None:
-        return float(r["score"])
-    return float(r["pred"] == r["label"])
-
-
-def _nanmean(values: Sequence[float | None]) -> float:
-    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
-    return float(sum(kept) / len(kept)) if kept else math.nan
-
-
-def _segmentation_rows(
-    model: str,
-    pert: str,
-    strength: float,
-    recs: list[dict[str, Any]],
-    structures: list[str],
-    clean: dict[int, dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """Dice (mean foreground), per-structure Dice and HD95, flip rate and Dice drop (overall and per structure),
-    sizes, over all samples. ``clean``: sample index -> that sample's clean record."""
-    recs = sorted(recs, key=lambda r: r["sample_index"])
-    details = [json.loads(r["detail_json"]) for r in recs]
-    nan = math.nan
-    row_key = (model, pert, float(strength))
-    metrics: dict[str, float] = {"dice": _nanmean([r["score"] for r in recs])}
-    intervals: dict[str, tuple[float, float] | None] = {
-        "dice": stats.mean_interval([r["score"] for r in recs], key=(*row_key, "dice"))
-    }
-    for j, name in enumerate(structures):
-        metrics[f"dice:{name}"] = _nanmean([d["dice"][j] for d in details])
-        intervals[f"dice:{name}"] = stats.mean_interval([d["dice"][j] for d in details], key=(*row_key, "dice", name))
-        metrics[f"hd95:{name}"] = _median([v for d in details if (v := d["hd95"][j]) is not None])
-    if pert != "clean":
-        metrics["flip_rate"] = _nanmean([d["flip"] for d in details])
-        intervals["flip_rate"] = stats.mean_interval([d["flip"] for d in details], key=(*row_key, "flip"))
-        if any("target_iou" in d for d in details):
-            metrics["target_iou"] = _nanmean([d.get("target_iou") for d in details])
-        base = [clean.get(r["sample_index"]) for r in recs]
-        drops = [c["score"] - r["score"] if c else nan for c, r in zip(base, recs)]
-        metrics["dice_drop"] = _nanmean(drops)
-        intervals["dice_drop"] = stats.mean_interval(drops, key=(*row_key, "drop"))
-        base_details = [json.loads(c["detail_json"]) if c else None for c in base]
-        for j, name in enumerate(structures):
-            if all("flip_s" in d for d in details):  # absent from records of older versions
-                metrics[f"flip_rate:{name}"] = _nanmean([d["flip_s"][j] for d in details])
-            metrics[f"dice_drop:{name}"] = _nanmean(
-                [
-                    cd["dice"][j] - d["dice"][j]
-                    if cd and cd["dice"][j] is not None and d["dice"][j] is not None
-                    else nan
-                    for cd, d in zip(base_details, details)
-                ]
-            )
-        for key in ("l2", "linf", "l0", "psnr", "rho"):
-            metrics[key] = _median([r[key] for r in recs])
-        metrics["ssim"] = _nanmean([r["ssim"] for r in recs])
-    return _rows(model, pert, strength, metrics, intervals, len(recs))
+    """Per-sample score: correctness (0/1) or Dice, as the model's Task scored it."""
+    return float(r["score"])
 
 
 def summarise(
     records: list[dict[str, Any]],
     norms: dict[str, str],
-    num_classes: dict[str, int],
-    class_names: dict[str, list[str]] | None = None,
-    tasks: dict[str, str] | None = None,
+    tasks: dict[str, str],
+    class_names: dict[str, list[str]],
 ) -> list[dict[str, Any]]:
-    """Summary rows from store records. ``norms``: attack label -> threat norm; ``num_classes``,
-    ``class_names`` and ``tasks`` ("classification" or "segmentation"): per model."""
-    tasks = tasks or {}
-    class_names = class_names or {}
+    """Summary rows from store records. ``norms``: attack label -> threat norm; ``tasks`` (task name) and
+    ``class_names``: per model. Each group's metrics come from the model's Task (:meth:`Task.summary`)."""
     groups = group_records(records)
     clean_records = {
         model: {r["sample_index"]: r for r in recs} for (model, pert, _, _), recs in groups.items() if pert == "clean"
     }
 
     def rows_for(model: str, pert: str, strength: float, kind: str, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if tasks.get(model) == "segmentation":
-            names = class_names.get(model) or [f"class{k}" for k in range(num_classes[model])]
-            return _segmentation_rows(model, pert, strength, recs, names[1:], clean_records.get(model, {}))
-        return _group_rows(model, pert, strength, kind, recs, num_classes[model])
+        recs = sorted(recs, key=lambda r: r["sample_index"])
+        group = Group(recs, kind, class_names[model], clean_records.get(model, {}), (model, pert, float(strength)))
+        metrics, intervals = get_task(tasks[model]).summary(group)
+        return _rows(model, pert, strength, metrics, intervals, len(recs))
 
     rows: list[dict[str, Any]] = []
     for (model, pert, strength, kind), recs in sorted(groups.items()):
@@ -277,16 +165,14 @@ COMPARISON_KEYS = (
 )
 
 
-def compare_models(
-    records: list[dict[str, Any]], norms: dict[str, str], tasks: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
+def compare_models(records: list[dict[str, Any]], norms: dict[str, str], tasks: dict[str, str]) -> list[dict[str, Any]]:
     """Paired tests between every two models on the samples both were scored on, for clean data and every
     worst case at every strength. Classification: exact McNemar on per-sample correctness (metric accuracy);
     segmentation: Wilcoxon signed-rank on per-sample Dice. ``difference`` = value_a - value_b with a bootstrap
     95% interval over samples; ``p_adjusted``: Holm over the model pairs of one (perturbation, strength);
     ``samples_needed``: for McNemar, the samples a test at 0.05 with power 0.8 would need for the observed
-    discordance (None when the models disagree symmetrically)."""
-    tasks = tasks or {}
+    discordance (None when the models disagree symmetrically). The test is the Task's (:meth:`Task.paired_test`),
+    of model a's task."""
     groups = group_records(records)
     scored: dict[tuple[str, float], dict[str, dict[int, float]]] = defaultdict(dict)
     for (model, pert, strength, _), recs in groups.items():
@@ -305,35 +191,22 @@ def compare_models(
                     continue
                 sa = [by_model[a][k] for k in common]
                 sb = [by_model[b][k] for k in common]
-                segmentation = tasks.get(a) == "segmentation" or tasks.get(b) == "segmentation"
+                task = get_task(tasks[a])
                 lo, hi = stats.paired_difference_interval(sa, sb, key=("compare", a, b, pert, strength))
                 row = {
                     "model_a": a,
                     "model_b": b,
                     "perturbation": pert,
                     "strength": float(strength),
-                    "metric": "dice" if segmentation else "accuracy",
+                    "metric": task.metric,
                     "n": len(common),
-                    "value_a": _nanmean(sa),
-                    "value_b": _nanmean(sb),
-                    "difference": _nanmean(sa) - _nanmean(sb),
+                    "value_a": stats.mean(sa),
+                    "value_b": stats.mean(sb),
+                    "difference": stats.mean(sa) - stats.mean(sb),
                     "ci_low": lo,
                     "ci_high": hi,
-                    "only_a": None,
-                    "only_b": None,
-                    "samples_needed": None,
+                    **task.paired_test(sa, sb),
                 }
-                if segmentation:
-                    row.update(test="wilcoxon", p=stats.wilcoxon(sa, sb))
-                else:
-                    only_a, only_b, p = stats.mcnemar([v > 0.5 for v in sa], [v > 0.5 for v in sb])
-                    row.update(
-                        test="mcnemar-exact",
-                        p=p,
-                        only_a=only_a,
-                        only_b=only_b,
-                        samples_needed=stats.mcnemar_samples(only_a, only_b, len(common)),
-                    )
                 family.append(row)
         for row, adjusted in zip(family, stats.holm([float(r["p"]) for r in family])):
             row["p_adjusted"] = adjusted

@@ -1,11 +1,12 @@
-"""The experiment runner: expand models x perturbations x strengths into cells (cells.py), run them, skip
-finished ones.
+"""The experiment runner: expand models x perturbations x strengths into cells (cells.py), run each through
+the evaluation core (evaluation.py), store it, skip finished ones.
 
 Every random draw comes from a generator derived from the seed, the model's name, the perturbation's label,
 the strength (where each strength runs on its own) and the batch, so results do not depend on the order cells
 run in or on resuming. Minimal-norm attacks (DeepFool, C&W, JSMA) run once per model: one cell holds every
 strength, each the minimal perturbation clipped to it (``Attack.sweep``, as foolbox does). Each attack cell
-also holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_noise[ATTACK]").
+also holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_noise[ATTACK]"). Each run
+records its models (task, classes, bounds, weights' fingerprint, card) and the cells of its grid in results.db.
 
 Before anything is written, a run locks its folder, checks results.db and the stored spec, and loads the data
 and checkpoints (trust boundary: ``module:function`` architectures only with ``trust_code``). After the cells it
@@ -25,38 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from medrobust.attacks import ATTACKS, Attack
-from medrobust.attacks.autoattack import AutoAttack
-from medrobust.attacks.base import flat_norm
-from medrobust.attacks.transfer import Transfer
+from medrobust.attacks import ATTACKS
 from medrobust.cells import Cell, expand, file_digest, inside, trained_folder
 from medrobust.checks import run_model_checks
-from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
-from medrobust.corruptions import CORRUPTIONS
-from medrobust.corruptions.base import Corruption
+from medrobust.config import ExperimentSpec, ModelSpec
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
+from medrobust.evaluation import CellResult, evaluate_cell
 from medrobust.files import write_atomic
-from medrobust.metrics import (
-    flip_rate,
-    flip_rate_per_structure,
-    hd95,
-    mean_foreground_dice,
-    per_structure_dice,
-    psnr,
-    ssim,
-    target_iou,
-)
 from medrobust.metrics.clever import clever_estimate
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard
 from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
-from medrobust.store import CellInfo, Store, check_database
+from medrobust.store import CellInfo, ModelRow, Store, check_database
 from medrobust.tasks import get_task
 from medrobust.train import TrainSettings, train, versions
 from medrobust.types import check_device
@@ -128,50 +114,22 @@ def load_sources(
     return out
 
 
-def _finite(value: Any) -> Any:
-    """NaN and inf -> None, recursively, so details are valid JSON."""
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    return value
-
-
-def _threat(p: PerturbationSpec | None, obj: Attack | None, bounds, strengths, seed: int) -> dict[str, Any]:
-    info: dict[str, Any] = {"bounds": list(bounds), "seed": seed}
-    if p is None:
-        return info
-    info["strengths"] = list(strengths)
-    if obj is not None:
-        info.update(norm=obj.threat_norm, eps=list(strengths), minimal=obj.minimal, params=p.params)
-        for key in (
-            "steps",
-            "restarts",
-            "step_size",
-            "random_start",
-            "keep_best",
-            "loss",
-            "targeted",
-            "target_classes",
-            "queries",
-            "version",
-            "binary_search_steps",
-            "gamma",
-            "candidates",
-        ):
-            if hasattr(obj, key):
-                info[key] = getattr(obj, key)
-        if isinstance(obj, AutoAttack):
-            info["members"] = [name for name, _ in obj.members()]
-        if p.sources:
-            info.update(sources=p.sources, source_attack=p.params.get("attack", "pgd"))
+def model_row(name: str, lm: LoadedModel, m: ModelSpec, dataset: ImageDataset) -> ModelRow:
+    """What the store records of a model as this run used it (the report reads it from there)."""
+    if m.checkpoint is not None:
+        source = f"checkpoint {m.checkpoint}"
     else:
-        info.update(strength_param=CORRUPTIONS.get(p.name).strength_param, params=p.params)
-    return info
-
-
-def _label_dtype(num_classes: int) -> type:
-    return np.uint8 if num_classes <= 256 else np.int32
+        assert m.train is not None
+        source = f"trained {m.train.architecture}, {m.train.epochs} epochs"
+    return ModelRow(
+        name,
+        lm.fingerprint,
+        dataset.task,
+        list(dataset.class_names),  # checked equal to the card's (or mapped by class_map)
+        lm.model.bounds,
+        source,
+        lm.card.model_dump(mode="json"),
+    )
 
 
 def run_cell(
@@ -181,154 +139,22 @@ def run_cell(
     spec: ExperimentSpec,
     on_batch: Callable[[int], None] | None = None,
     sources: dict[str, LoadedModel] | None = None,
-) -> tuple[list[tuple], dict[str, Any], list[tuple]]:
-    """Compute all records of one cell, its threat model and its gallery examples (nothing is written here).
-    ``sources``: the loaded transfer sources by name (see :func:`load_sources`)."""
-    device = torch.device(spec.device)
-    model, task = lm.model, get_task(dataset.task)
-    bounds = model.bounds
-    span = bounds[1] - bounds[0]
-    p = cell.pert
-    obj: Attack | Corruption | None = None
-    if p is not None:
-        obj = ATTACKS.build(p.name, **p.params) if p.kind == "attack" else CORRUPTIONS.build(p.name, **p.params)
-        if isinstance(obj, Transfer):
-            obj = obj.with_sources([(sources or {})[s].model for s in p.sources])
-    attack = obj if isinstance(obj, Attack) else None
-    corruption = obj if isinstance(obj, Corruption) else None
-    threat = _threat(p, attack, bounds, cell.strengths, spec.seed)
-    if p is None and dataset.orientation:
-        threat["orientation"] = dataset.orientation  # how the report's gallery draws slices
-    records: list[tuple] = []
-    examples: list[tuple] = []
-    offset = 0
-    for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
-        x, y = batch.x.to(device), batch.y.to(device)
-        with torch.no_grad():
-            clean_logits = model(x)
-        try:
-            task.check(clean_logits, y)
-            if clean_logits.shape[1] != dataset.num_classes:
-                raise ValueError(
-                    f"the model returns {clean_logits.shape[1]} outputs per {'pixel' if y.dim() > 1 else 'sample'} "
-                    f"but its card and the data have {dataset.num_classes} classes"
-                )
-        except ValueError as err:  # NaN outputs, wrong shapes: say which model and samples
-            raise ValueError(f"model {cell.model!r} on samples {batch.ids[0]!r}..{batch.ids[-1]!r}: {err}") from None
-        clean_pred = clean_logits.argmax(1)
-        x_norm = flat_norm(x, "l2").clamp_min(1e-12)
-        segmentation = task.name == "segmentation"
-        # targeted structured-output attacks (ASMA) are scored by IoU with their target label map
-        target_for = getattr(attack, "target_for", None)
-        target_map = target_for(y, clean_logits.shape[1]) if target_for is not None else None
-
-        def add(
-            label: str, kind: str, strength: float, x_pert: torch.Tensor, info: dict[str, list] | None = None
-        ) -> None:
-            with torch.no_grad():
-                logits = model(x_pert)
-            pred = logits.argmax(1)
-            delta = x_pert - x
-            cols = {
-                "l2": flat_norm(delta, "l2").tolist(),
-                "linf": flat_norm(delta, "linf").tolist(),
-                "l0": flat_norm(delta, "l0").tolist(),
-                "ssim": ssim(x, x_pert, data_range=span).tolist(),
-                "psnr": psnr(x, x_pert, data_range=span).tolist(),
-                "rho": (flat_norm(delta, "l2") / x_norm).tolist(),
-            }
-            if segmentation:
-                k = logits.shape[1]
-                dice = per_structure_dice(pred, y, k)
-                details = {
-                    "dice": dice.tolist(),
-                    "hd95": hd95(pred, y, k).tolist(),
-                    "flip": flip_rate(clean_pred, pred, y).tolist(),
-                    "flip_s": flip_rate_per_structure(clean_pred, pred, y, k).tolist(),
-                }
-                if target_map is not None and kind == "attack":
-                    details["target_iou"] = target_iou(pred, target_map).tolist()
-                details.update(info or {})
-                score = mean_foreground_dice(pred, y, k).tolist()
-            else:
-                probs = logits.softmax(1).double().tolist()
-                score = (pred == y).double().tolist()
-            for i in range(min(x.shape[0], spec.gallery - offset)):
-                # gallery: the clean input once (clean cell), each perturbation as x_pert - x, label maps for
-                # segmentation; matched-noise controls are not kept
-                if label.startswith("matched_noise["):
-                    break
-                index, dtype = offset + i, _label_dtype(logits.shape[1])
-                if kind == "clean":
-                    examples.append((label, strength, index, "image", x[i].detach().float().cpu().numpy()))
-                    if segmentation:
-                        examples.append((label, strength, index, "label", y[i].cpu().numpy().astype(dtype)))
-                else:
-                    delta_i = (x_pert[i] - x[i]).detach().float().cpu().numpy()
-                    if float(np.abs(delta_i).max(initial=0.0)) < 6e4:  # float16 holds it (raw intensities may not)
-                        delta_i = delta_i.astype(np.float16)
-                    examples.append((label, strength, index, "delta", delta_i))
-                if segmentation:
-                    examples.append((label, strength, index, "pred", pred[i].cpu().numpy().astype(dtype)))
-            for i in range(x.shape[0]):
-                if segmentation:
-                    ints = (-1, -1, -1, "[]")
-                    detail: str | None = json.dumps({key: _finite(v[i]) for key, v in details.items()})
-                else:
-                    ints = (int(y[i]), int(clean_pred[i]), int(pred[i]), json.dumps([round(v, 7) for v in probs[i]]))
-                    # what the attack reports per sample (queries used, the ensemble member that broke it)
-                    detail = json.dumps({key: _finite(v[i]) for key, v in info.items()}) if info else None
-                records.append(
-                    (
-                        cell.key,
-                        cell.model,
-                        label,
-                        kind,
-                        float(strength),
-                        offset + i,
-                        batch.ids[i],
-                        *ints,
-                        cols["l2"][i],
-                        cols["linf"][i],
-                        cols["l0"][i],
-                        cols["ssim"][i],
-                        None if cols["psnr"][i] == float("inf") else cols["psnr"][i],
-                        cols["rho"][i],
-                        score[i],
-                        detail,
-                    )
-                )
-
-        def gen(*keys: Any) -> torch.Generator:
-            return make_generator(spec.seed, cell.model, cell.label, *keys, b, device=device)
-
-        if p is None:
-            add("clean", "clean", 0.0, x)
-        elif attack is not None:
-
-            def attack_generator(eps: float | None) -> torch.Generator:
-                return gen("attack") if eps is None else gen("attack", eps)
-
-            for s, result in attack.sweep(model, task, x, y, cell.strengths, attack_generator):
-                x_adv = result.x_adv
-                add(cell.label, "attack", s, x_adv, result.info)
-                if spec.matched_noise:
-                    noise = CORRUPTIONS.build("matched_noise", reference=(x_adv - x), norm="l2")
-                    add(
-                        f"matched_noise[{cell.label}]",
-                        "corruption",
-                        s,
-                        noise(x, generator=gen("matched", s), bounds=bounds),
-                    )
-        else:
-            for s in cell.strengths:
-                assert corruption is not None
-                x_c = corruption.with_strength(s)(x, generator=gen("corruption", s), bounds=bounds)
-                add(cell.label, "corruption", s, x_c)
-        offset += x.shape[0]
-        if on_batch is not None:
-            on_batch(x.shape[0])
-    return records, threat, examples
+) -> CellResult:
+    """All records of one cell, its threat model and its gallery examples (nothing is written here), by the
+    evaluation core. ``sources``: the loaded transfer sources by name (see :func:`load_sources`)."""
+    return evaluate_cell(
+        cell,
+        lm.model,
+        dataset,
+        seed=spec.seed,
+        batch_size=spec.batch_size,
+        device=spec.device,
+        limit=spec.limit,
+        matched_noise=spec.matched_noise,
+        gallery=spec.gallery,
+        sources={k: v.model for k, v in (sources or {}).items()},
+        on_batch=on_batch,
+    )
 
 
 def check_strength(spec: ExperimentSpec) -> float | None:
@@ -602,8 +428,11 @@ def _run_experiment(
         raise ValueError(f"{str(run_dir / 'results.db')!r} is read-only; this run could not store its results")
     check_stored_spec(spec, run_dir, force)
     dataset = load_dataset(spec.dataset.name, split=spec.dataset.split, **spec.dataset.params)
-    if spec.clever is not None and dataset.task != "classification":
-        raise ValueError(f"clever: CLEVER scores classifiers; dataset {spec.dataset.name!r} is a {dataset.task} task")
+    if spec.clever is not None and get_task(dataset.task).dense:
+        raise ValueError(
+            f"clever: CLEVER scores classifiers (one decision per input); dataset {spec.dataset.name!r} is a "
+            f"{dataset.task} task"
+        )
     loaded = {m.name: load_checkpoint(spec, m, trust_code) for m in spec.models if m.checkpoint is not None}
     for m in spec.models:
         if m.name in loaded:
@@ -624,7 +453,15 @@ def _run_experiment(
     )
     store = Store(run_dir / "results.db")
     try:
-        run_id = store.start_run(spec.model_dump(mode="json"), spec.spec_hash(), versions(), spec.device, spec.seed)
+        run_id = store.start_run(
+            spec.model_dump(mode="json"),
+            spec.spec_hash(),
+            versions(),
+            spec.device,
+            spec.seed,
+            models=[model_row(m.name, models[m.name], m, dataset) for m in spec.models],
+            cell_keys=[c.key for c in cells],
+        )
         sanity_checks(spec, models, dataset, store, notify)
         clever = clever_scores(spec, models, dataset, store, notify)
         done = store.done_keys()
@@ -634,7 +471,7 @@ def _run_experiment(
         with _progress(quiet, len(todo), n_samples) as advance:
             for cell in todo:
                 t0 = time.time()
-                records, threat, examples = run_cell(cell, models[cell.model], dataset, spec, advance.samples, sources)
+                result = run_cell(cell, models[cell.model], dataset, spec, advance.samples, sources)
                 info = CellInfo(
                     cell.key,
                     cell.model,
@@ -642,9 +479,9 @@ def _run_experiment(
                     cell.pert.kind if cell.pert else "clean",
                     cell.pert.params if cell.pert else {},
                     list(cell.strengths),
-                    threat,
+                    result.threat,
                 )
-                store.write_cell(info, records, run_id, t0, examples)
+                store.write_cell(info, result.records, run_id, t0, result.examples)
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
         stored = store.records([c.key for c in cells])
         norms = {
@@ -652,13 +489,12 @@ def _run_experiment(
             for c in cells
             if c.pert and c.pert.kind == "attack"
         }
-        tasks = {k: v.card.task for k, v in models.items()}
+        tasks = {k: dataset.task for k in models}
         summary = summarise(
             stored,
             norms=norms,
-            num_classes={k: v.card.num_classes for k, v in models.items()},
-            class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
             tasks=tasks,
+            class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
         )
         if spec.clever is not None:
             for name, scores in clever.items():

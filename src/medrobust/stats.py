@@ -42,6 +42,23 @@ def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float
     return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
+def _kept(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def median(values: Sequence[float | None]) -> float:
+    """The median of the values that are not None or NaN (the lower middle value for an even count, as
+    ``torch.median``); NaN when none is left."""
+    kept = _kept(values)
+    return float(np.sort(np.asarray(kept, dtype=np.float64))[(len(kept) - 1) // 2]) if kept else math.nan
+
+
+def mean(values: Sequence[float | None]) -> float:
+    """The mean of the values that are not None or NaN; NaN when none is left."""
+    kept = _kept(values)
+    return float(sum(kept) / len(kept)) if kept else math.nan
+
+
 def seed_of(*key: object) -> int:
     """A stable 64-bit seed from any key (not Python's salted ``hash``)."""
     return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little")

@@ -1,8 +1,13 @@
 """The run's SQLite database (``results.db``): one row per (cell, sample), written atomically per cell.
 
-Classification records carry label, predictions and class probabilities; ``score`` is 1/0 (correct or not).
-Segmentation records have label = clean_pred = pred = -1 and probs_json "[]"; ``score`` is the mean foreground
-Dice and ``detail_json`` holds per-structure Dice, per-structure HD95 and the foreground flip rate.
+A record's task-specific fields come from the model's Task (``Task.outcomes``): classification records carry
+label, predictions and class probabilities and ``score`` 1/0 (correct or not); segmentation records have label =
+clean_pred = pred = -1, probs_json "[]", ``score`` the mean foreground Dice and ``detail_json`` per-structure
+Dice, HD95 and flip rates. :class:`Record` is the typed row.
+
+Provenance: each invocation of a spec is a row of ``runs``; ``run_cells`` lists the cells of its grid (in grid
+order) and ``models`` each model as it ran (task, class names, input bounds, the fingerprint of its weights,
+where it came from and its model card), so the report reads everything it shows from this file.
 
 The ``examples`` table keeps the arrays of a few samples per model (the spec's ``gallery``, the first samples of
 the test set) so the report can draw its gallery without re-running anything: the clean input (``image``), each
@@ -27,7 +32,7 @@ import sqlite3
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +65,24 @@ CREATE TABLE IF NOT EXISTS cells (
     started REAL,
     finished REAL,
     seconds REAL
+);
+CREATE TABLE IF NOT EXISTS run_cells (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    position INTEGER NOT NULL,
+    cell_key TEXT NOT NULL,
+    PRIMARY KEY (run_id, cell_key)
+);
+CREATE TABLE IF NOT EXISTS models (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    task TEXT NOT NULL,
+    class_names_json TEXT NOT NULL,
+    bounds_json TEXT NOT NULL,
+    source TEXT NOT NULL,
+    card_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS records (
     cell_key TEXT NOT NULL REFERENCES cells(key),
@@ -145,8 +168,52 @@ RECORD_COLUMNS = (
     "score",
     "detail_json",
 )
-# Columns added after the first release of the schema: (name, type), added to older databases on open.
-ADDED_COLUMNS = (("score", "REAL"), ("detail_json", "TEXT"))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample under one perturbation at one strength: a row of the ``records`` table (same order)."""
+
+    cell_key: str
+    model: str
+    perturbation: str
+    kind: str
+    strength: float
+    sample_index: int
+    sample_id: str
+    label: int
+    clean_pred: int
+    pred: int
+    probs: list[float]
+    l2: float
+    linf: float
+    l0: float
+    ssim: float
+    psnr: float | None  # None where the perturbation is zero (infinite PSNR)
+    rho: float
+    score: float
+    detail: dict[str, Any] | None
+
+    def row(self) -> tuple[Any, ...]:
+        """The values in ``RECORD_COLUMNS`` order (probabilities and details as JSON)."""
+        probs = json.dumps(self.probs)
+        detail = json.dumps(self.detail) if self.detail else None
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(probs_json=probs, detail_json=detail)
+        return tuple(values[c] for c in RECORD_COLUMNS)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A model as a run used it: what the report needs to describe and score it without its files."""
+
+    name: str
+    fingerprint: str
+    task: str
+    class_names: list[str]
+    bounds: tuple[float, float]
+    source: str
+    card: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -158,6 +225,10 @@ class CellInfo:
     params: dict[str, Any]
     strengths: list[float]
     threat: dict[str, Any]
+
+
+def _bounds(value: list[float]) -> tuple[float, float]:
+    return float(value[0]), float(value[1])
 
 
 class StoreError(ValueError):
@@ -198,11 +269,6 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(SCHEMA)
-            present = {row[1] for row in self.conn.execute("PRAGMA table_info(records)")}
-            with self.conn:
-                for name, kind in ADDED_COLUMNS:
-                    if name not in present:
-                        self.conn.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
         except sqlite3.DatabaseError as err:  # OperationalError (read-only, locked) included
             raise StoreError(f"{str(self.path)!r} cannot be used as the run's database: {err}") from None
 
@@ -221,14 +287,74 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    def start_run(self, spec: dict[str, Any], spec_hash: str, versions: dict[str, str], device: str, seed: int) -> int:
+    def start_run(
+        self,
+        spec: dict[str, Any],
+        spec_hash: str,
+        versions: dict[str, str],
+        device: str,
+        seed: int,
+        models: Sequence[ModelRow] = (),
+        cell_keys: Sequence[str] = (),
+    ) -> int:
+        """A new row of ``runs`` with the models it uses and the keys of the cells of its grid, in one
+        transaction."""
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO runs (spec_json, spec_hash, versions_json, device, seed, started) VALUES (?,?,?,?,?,?)",
                 (json.dumps(spec, sort_keys=True), spec_hash, json.dumps(versions), device, seed, time.time()),
             )
-        assert cur.lastrowid is not None  # an INSERT always sets it
-        return int(cur.lastrowid)
+            assert cur.lastrowid is not None  # an INSERT always sets it
+            run_id = int(cur.lastrowid)
+            self.conn.executemany(
+                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        run_id,
+                        i,
+                        m.name,
+                        m.fingerprint,
+                        m.task,
+                        json.dumps(list(m.class_names)),
+                        json.dumps([float(b) for b in m.bounds]),
+                        m.source,
+                        json.dumps(m.card, sort_keys=True),
+                    )
+                    for i, m in enumerate(models)
+                ],
+            )
+            self.conn.executemany(
+                "INSERT INTO run_cells VALUES (?,?,?)", [(run_id, i, k) for i, k in enumerate(dict.fromkeys(cell_keys))]
+            )
+        return run_id
+
+    def latest_run(self) -> int | None:
+        """The newest run that recorded its grid, or None."""
+        row = self.conn.execute("SELECT MAX(run_id) FROM run_cells").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def run_cell_keys(self, run_id: int) -> list[str]:
+        """The cell keys of a run's grid, in grid order."""
+        return [
+            r[0]
+            for r in self.conn.execute("SELECT cell_key FROM run_cells WHERE run_id=? ORDER BY position", (run_id,))
+        ]
+
+    def run_models(self, run_id: int) -> list[ModelRow]:
+        """The models of a run, in spec order."""
+        rows = self._dicts("SELECT * FROM models WHERE run_id=? ORDER BY position", (run_id,))
+        return [
+            ModelRow(
+                r["name"],
+                r["fingerprint"],
+                r["task"],
+                json.loads(r["class_names_json"]),
+                _bounds(json.loads(r["bounds_json"])),
+                r["source"],
+                json.loads(r["card_json"]),
+            )
+            for r in rows
+        ]
 
     def finish_run(self, run_id: int) -> None:
         with self.conn:
@@ -240,7 +366,7 @@ class Store:
     def write_cell(
         self,
         cell: CellInfo,
-        records: Iterable[Sequence[Any]],
+        records: Iterable[Record],
         run_id: int,
         started: float,
         examples: Iterable[tuple[str, float, int, str, np.ndarray]] = (),
@@ -258,7 +384,7 @@ class Store:
             self.conn.execute("DELETE FROM examples WHERE cell_key=?", (cell.key,))
             self.conn.executemany(
                 f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
-                records,
+                (r.row() for r in records),
             )
             self.conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
             self.conn.execute(

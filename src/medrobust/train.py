@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, load_all
-from medrobust.metrics import accuracy, auc_ovr, balanced_accuracy, mean_foreground_dice
 from medrobust.models.card import ModelCard, build_model, save_checkpoint
 from medrobust.models.wrapper import Model
 from medrobust.models.zoo import resolve_factory
+from medrobust.tasks import get_task
 from medrobust.types import check_device
 
 log = logging.getLogger(__name__)
@@ -79,39 +78,22 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25
     return out
 
 
-def classification_scores(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
-    pred = logits.argmax(1)
-    return {
-        "accuracy": float(accuracy(pred, y)),
-        "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
-        "auc": float(auc_ovr(logits.softmax(1), y, num_classes)),
-    }
-
-
-def segmentation_scores(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
-    pred = logits.argmax(1)
-    return {
-        "dice": float(mean_foreground_dice(pred, y, num_classes).mean()),
-        "pixel_accuracy": float((pred == y).float().mean()),
-    }
-
-
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     dims = [0] + list(range(2, x.dim()))
     return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-6).tolist()
 
 
 def _augment(
-    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, segmentation: bool
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, dense: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips. Classification: horizontal and vertical (lesions and chest films are read in any such
-    orientation). Segmentation: left-right only (the last axis), applied to the mask as well."""
+    """Random flips. One label per image: horizontal and vertical (lesions and chest films are read in any such
+    orientation). Label maps (``dense``): left-right only (the last axis), applied to the map as well."""
     n = x.shape[0]
     flip_h = torch.rand(n, generator=generator) < 0.5
     flip_v = torch.rand(n, generator=generator) < 0.5
     shape_x = (-1,) + (1,) * (x.dim() - 1)
     x = torch.where(flip_h.view(shape_x), x.flip(-1), x)
-    if segmentation:
+    if dense:
         y = torch.where(flip_h.view((-1,) + (1,) * (y.dim() - 1)), y.flip(-1), y)
         return x, y
     return torch.where(flip_v.view(shape_x), x.flip(-2), x), y
@@ -130,22 +112,15 @@ def train(
         split: load_dataset(s.dataset, split=split, **s.dataset_params) for split in ("train", "val", "test")
     }
     train_ds = datasets["train"]
-    segmentation = train_ds.task == "segmentation"
-    select = s.select_metric or ("dice" if segmentation else "balanced_accuracy")
-    scores = segmentation_scores if segmentation else classification_scores
-    if select not in (("dice", "pixel_accuracy") if segmentation else ("accuracy", "balanced_accuracy", "auc")):
-        raise ValueError(f"select_metric={select!r} does not apply to a {train_ds.task} dataset")
-    if segmentation:
-        from monai.losses import DiceCELoss
-
-        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-
-        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return dice_ce(logits, target.unsqueeze(1))
-    else:
-
-        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits, target)
+    task = get_task(train_ds.task)
+    select = s.select_metric or task.select_metrics[0]
+    if select not in task.select_metrics:
+        raise ValueError(
+            f"select_metric={select!r} does not apply to a {train_ds.task} dataset; expected one of "
+            f"{list(task.select_metrics)}"
+        )
+    loss_fn = task.training_loss()
+    scores = task.model_scores
 
     data = {split: load_all(ds) for split, ds in datasets.items()}
     x_train, y_train = data["train"].x, data["train"].y
@@ -188,7 +163,7 @@ def train(
                 idx = order[i : i + s.batch_size]
                 xb, yb = x_train[idx], y_train[idx]
                 if s.augment:
-                    xb, yb = _augment(xb, yb, gen, segmentation)
+                    xb, yb = _augment(xb, yb, gen, task.dense)
                 xb, yb = xb.to(device), yb.to(device)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)

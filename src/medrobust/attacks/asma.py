@@ -46,7 +46,7 @@ class ASMA(Attack):
         if not 0.0 <= self.tolerance < 1.0:
             raise ValueError(f"tolerance={self.tolerance!r} must be in [0, 1)")
 
-    def target_for(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def target_map(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The target label map this attack drives toward, for true labels ``y`` (N, *spatial)."""
         return dag_target(y, num_classes, self.target, self.classes, self.radius)
 
@@ -54,7 +54,7 @@ class ASMA(Attack):
         with torch.no_grad():
             logits = model(x)
         task.check(logits, y)
-        return self._drive(model, x, self.target_for(y, logits.shape[1]))
+        return self._drive(model, x, self.target_map(y, logits.shape[1]))
 
     def run_targeted(self, model: torch.nn.Module, x: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
         """Drive ``model``'s prediction on x (N, C, *spatial) toward a user-given ``target_mask`` (N, *spatial)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -32,10 +32,14 @@ PERTURBATION_NORMS = ("linf", "l2", "l0")
 @dataclass(frozen=True)
 class AttackResult:
     """x_adv: like the input x. info: per-sample facts, each a list of N JSON-serialisable values (e.g.
-    ``{"queries": [812, 5000, ...]}`` or ``{"broken_by": ["apgd-ce", None, ...]}``)."""
+    ``{"queries": [812, 5000, ...]}`` or ``{"broken_by": ["apgd-ce", None, ...]}``). From :meth:`Attack.sweep`
+    also the model's output on x_adv (``logits``) and whether each sample is adversarial for the task
+    (``success``, bool (N,)); None from a single call."""
 
     x_adv: torch.Tensor
     info: dict[str, list[Any]] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    success: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -136,17 +140,36 @@ class Attack(ABC):
         strengths: Iterable[float],
         generator_for: Callable[[float | None], torch.Generator],
     ) -> Iterator[tuple[float, AttackResult]]:
-        """The attack at every strength, in order: a minimal attack runs once (``generator_for(None)``) and its
+        """The attack at every strength, in order, each result with the model's output on x_adv and per-sample
+        success (as foolbox's ``__call__`` returns): a minimal attack runs once (``generator_for(None)``) and its
         perturbation is clipped to each strength, here and nowhere else; a budget attack runs once per strength
         (``generator_for(eps)``)."""
+        wrapped, task = as_model(model), get_task(task)
+        labels = torch.as_tensor(y, device=x.device).long()
+
+        def scored(result: AttackResult) -> AttackResult:
+            with torch.no_grad():
+                logits = wrapped(result.x_adv)
+            return replace(result, logits=logits, success=task.is_adversarial(logits, labels))
+
         if self.minimal:
-            base = self.detailed(model, task, x, y, generator=generator_for(None))
-            bounds = as_model(model).bounds
+            base = self.detailed(wrapped, task, x, y, generator=generator_for(None))
             for eps in strengths:
-                yield eps, AttackResult(clip_perturbation(x, base.x_adv, eps, self.threat_norm, bounds), base.info)
+                # an infinite strength: the minimal perturbation itself, whatever its size
+                clipped = (
+                    base.x_adv
+                    if math.isinf(eps)
+                    else clip_perturbation(x, base.x_adv, eps, self.threat_norm, wrapped.bounds)
+                )
+                yield eps, scored(AttackResult(clipped, base.info))
         else:
             for eps in strengths:
-                yield eps, self.detailed(model, task, x, y, eps=eps, generator=generator_for(eps))
+                yield eps, scored(self.detailed(wrapped, task, x, y, eps=eps, generator=generator_for(eps)))
+
+    def target_map(self, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """For a targeted structured-output attack, the label map it drives toward for true labels ``y`` (scored
+        by IoU); None for every other attack."""
+        return None
 
     @abstractmethod
     def run(

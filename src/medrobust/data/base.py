@@ -41,6 +41,8 @@ class ImageDataset(Dataset, ABC):
     def __init__(self, class_names: Sequence[str], labels: torch.Tensor, ids: Sequence[str], split: str) -> None:
         self.class_names = tuple(str(c) for c in class_names)
         self.ids = [str(i) for i in ids]
+        # where the samples came from and how they were cut (files, volumes, slice indices, variant), per builder
+        self.info: dict[str, Any] = {}
         raw = torch.as_tensor(labels).reshape(-1)
         if raw.is_floating_point():  # a cast would truncate 1.5 to 1 and NaN to garbage: refuse non-integers
             bad = ~torch.isfinite(raw) | (raw != raw.round())

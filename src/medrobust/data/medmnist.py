@@ -84,8 +84,7 @@ def build_medmnist(
     names = _class_names(flag, class_names, n_classes, file)
     ids = [f"{flag}-{split}-{i:05d}" for i in range(len(labels))]
     ds = MedMNISTDataset(images, labels, ids, names, split)
-    ds.flag = flag
-    ds.source = str(file)
+    ds.info.update(flag=flag, source=str(file))
     return ds
 
 

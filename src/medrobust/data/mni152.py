@@ -118,9 +118,16 @@ def build_mni152_tissue(
         masks = torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels, axis_index, 0)[index]))
         ids = [f"mni152-{axis}-{i:03d}" for i in index]
     ds = MNI152TissueDataset(images, masks, ids, CLASS_NAMES, split)
-    ds.slice_index = index
-    ds.resolution, ds.axis, ds.mode = resolution, axis, mode
-    ds.variant, ds.severity, ds.seed, ds.variant_params = variant, float(severity), int(seed), params
+    ds.info.update(
+        slice_index=index,
+        resolution=resolution,
+        axis=axis,
+        mode=mode,
+        variant=variant,
+        severity=float(severity),
+        seed=int(seed),
+        variant_params=params,
+    )
     return ds
 
 

@@ -136,9 +136,9 @@ def build_nifti(
         )
     logger.info("nifti %s: %d samples from %d volumes (mode %s)", split, len(ids), len(chosen), mode)
     ds = NiftiDataset(stack_or_list(images), stack_or_list(masks), ids, names, split)
-    ds.volumes = chosen
-    ds.sources = {vid: (str(pairs[vid][0]), str(pairs[vid][1])) for vid in chosen}
-    ds.mode, ds.axis = mode, axis
+    ds.info.update(
+        volumes=chosen, sources={vid: (str(pairs[vid][0]), str(pairs[vid][1])) for vid in chosen}, mode=mode, axis=axis
+    )
     return ds
 
 

@@ -43,6 +43,7 @@ class SegmentationDataset(ImageDataset):
         # ImageDataset.__init__ validates one class label per sample; a mask needs its own checks.
         self.class_names = tuple(str(c) for c in class_names)
         self.ids = [str(i) for i in ids]
+        self.info: dict[str, Any] = {}
         self.split = split
         self.images = images
         self.masks = masks

@@ -26,6 +26,7 @@ from medrobust.metrics.robustness import (
 from medrobust.metrics.segmentation import (
     flip_rate,
     flip_rate_per_structure,
+    foreground_dice,
     hd95,
     mean_foreground_dice,
     per_structure_dice,
@@ -35,6 +36,7 @@ from medrobust.metrics.segmentation import (
 __all__ = [
     "flip_rate",
     "flip_rate_per_structure",
+    "foreground_dice",
     "hd95",
     "mean_foreground_dice",
     "target_iou",

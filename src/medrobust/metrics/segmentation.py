@@ -10,8 +10,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from medrobust.tasks.segmentation import foreground_dice
-
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
@@ -28,9 +26,26 @@ def per_structure_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     return torch.where(empty, torch.full_like(dice, float("nan")), dice)
 
 
+def foreground_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean Dice over the foreground structures present in either mask, per sample (N,), in float64; a structure
+    absent from both masks is left out (it says nothing about the segmentation), and a sample with no structure in
+    either mask scores 1. The one definition of Dice in medrobust: the segmentation task scores attacks and
+    records with it.
+
+    pred, y: label maps (N, *spatial) with values in [0, num_classes)."""
+    pred_1h = F.one_hot(pred.long(), num_classes).movedim(-1, 1).flatten(2)[:, 1:]
+    true_1h = F.one_hot(y.long(), num_classes).movedim(-1, 1).flatten(2)[:, 1:]
+    inter = (pred_1h * true_1h).sum(-1).double()
+    total = (pred_1h.sum(-1) + true_1h.sum(-1)).double()
+    present = total > 0
+    dice = torch.where(present, 2 * inter / total.clamp_min(1), torch.zeros_like(total))
+    count = present.sum(1)
+    return torch.where(count > 0, dice.sum(1) / count.clamp_min(1), torch.ones_like(dice[:, 0]))
+
+
 def mean_foreground_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean Dice over the structures present in either mask, per sample (N,); 1 when both are empty. The same
-    definition the segmentation task scores attacks with (:func:`medrobust.tasks.segmentation.foreground_dice`)."""
+    definition as :func:`foreground_dice`, in float32."""
     return foreground_dice(pred, y, num_classes).float()
 
 

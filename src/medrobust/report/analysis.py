@@ -367,11 +367,11 @@ class SizeGroup:
         return _mean(self.values[key])
 
 
-def _size_group(model: str, p: PerturbationInfo, strength: float, recs: list[dict[str, Any]], task: str) -> SizeGroup:
-    """Classification: sizes of the successful examples; segmentation (no single decision): of every sample."""
-    ok = _successful(recs) if task == "classification" else recs
+def _size_group(model: str, p: PerturbationInfo, strength: float, recs: list[dict[str, Any]], dense: bool) -> SizeGroup:
+    """Sizes of the successful examples; for a model deciding per pixel (no single decision), of every sample."""
+    ok = recs if dense else _successful(recs)
     vals = {k: [r[k] for r in ok if r[k] is not None] for k in SIZE_KEYS}
-    targets = sum(r["clean_pred"] == r["label"] for r in recs) if task == "classification" else len(recs)
+    targets = len(recs) if dense else sum(r["clean_pred"] == r["label"] for r in recs)
     return SizeGroup(model, p.label, p.norm, strength, targets, vals)
 
 
@@ -387,9 +387,9 @@ def perceptibility(run: RunData, reference: dict[str, float]) -> tuple[list[Size
         s = nearest_strength(p.strengths, p.norm, reference)
         top = max(p.strengths)
         for m in run.models:
-            at_ref.append(_size_group(m.name, p, s, groups.get((m.name, p.label, s), []), m.task))
+            at_ref.append(_size_group(m.name, p, s, groups.get((m.name, p.label, s), []), m.adapter.dense))
             if p.minimal:
-                minimal.append(_size_group(m.name, p, top, groups.get((m.name, p.label, top), []), m.task))
+                minimal.append(_size_group(m.name, p, top, groups.get((m.name, p.label, top), []), m.adapter.dense))
     return at_ref, minimal
 
 
@@ -457,7 +457,7 @@ def clinical(run: RunData, reference: dict[str, float], malignant: list[str] | t
     groups = _records_by(run)
     out = []
     for m in run.models:
-        if m.task != "classification":
+        if m.adapter.dense:  # per-class tables are about one decision per image
             continue
         mal = set(malignant_indices(m.class_names, malignant))
         k_range = range(len(m.class_names))
@@ -508,7 +508,7 @@ class StructureTable:
 def structures(run: RunData, values: Values, reference: dict[str, float]) -> list[StructureTable]:
     out = []
     for m in run.models:
-        if m.task != "segmentation":
+        if not m.adapter.dense:
             continue
         names = tuple(m.class_names[1:])  # class 0 is background
         items = [("clean", "clean", 0.0)]
@@ -554,7 +554,7 @@ class GalleryRow:
 @dataclass
 class Gallery:
     model: str
-    task: str
+    dense: bool  # label maps (segmentation) rather than one class per sample
     class_names: tuple[str, ...]
     samples: list[int]
     sample_ids: dict[int, str]
@@ -587,7 +587,7 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
         )
         if not samples:
             continue
-        seg = m.task == "segmentation"
+        seg = m.adapter.dense
         # the clean image of every gallery sample is stored with its clean cell
         image = cast(dict[int, np.ndarray], {i: ex((m.name, "clean", 0.0, i, "image")) for i in samples})
         clean = {i: records.get((m.name, "clean", 0.0, i)) or {} for i in samples}
@@ -623,7 +623,7 @@ def gallery(run: RunData, reference: dict[str, float]) -> list[Gallery]:
         out.append(
             Gallery(
                 m.name,
-                m.task,
+                m.adapter.dense,
                 m.class_names,
                 samples,
                 ids,

@@ -166,8 +166,9 @@ def build_report(
     findings = A.warnings(run, values, checks=checks)
     galleries = A.gallery(run, reference)
     areas = A.curve_areas(run)
-    segmentation = [m.name for m in run.models if m.task == "segmentation"]
-    which = "successful" if not segmentation else "all"
+    # models that decide per pixel: sizes over every sample, label maps in the gallery, a rank test
+    dense = [m.name for m in run.models if m.adapter.dense]
+    which = "successful" if not dense else "all"
 
     plottable = any(r["worst"] is not None for h in heads for r in h.rows)
     figures = {
@@ -197,7 +198,7 @@ def build_report(
         "minimal": minimal,
         "clinical": clinical,
         "malignant": malignant,
-        "segmentation": segmentation,
+        "dense": dense,
         "findings": findings,
         "galleries": galleries,
         "checks": A.CHECKS,

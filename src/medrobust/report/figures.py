@@ -400,7 +400,7 @@ def _display_slice(g: Gallery, i: int) -> int | None:
     x = g.image[i]
     if x.ndim != 4:
         return None
-    label = g.label.get(i) if g.task == "segmentation" else None
+    label = g.label.get(i) if g.dense else None
     if label is not None and label.ndim == 3 and (label > 0).any():
         return int((label > 0).sum(axis=(0, 1)).argmax())
     return x.shape[-1] // 2
@@ -413,7 +413,7 @@ def gallery_figure(g: Gallery, samples: list[int] | None = None) -> str:
     input, clean prediction). Classification predictions are written under each input, in vermilion where the
     perturbation changed them; volumes show one slice (the one with the most foreground)."""
     samples = g.samples if samples is None else samples
-    seg = g.task == "segmentation"
+    seg = g.dense
     per = 3 if seg else 2
     names = list(g.class_names)
     colours = _structure_colours(len(names))

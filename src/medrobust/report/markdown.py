@@ -88,7 +88,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
     if ctx["pair_tests"]:
         out += [
             "Paired tests on the same samples (difference A - B with a 95% bootstrap interval; "
-            + ("Wilcoxon signed-rank" if ctx["segmentation"] else "exact McNemar")
+            + ("Wilcoxon signed-rank" if ctx["dense"] else "exact McNemar")
             + "; p after Holm's correction "
             "over the pairs of one perturbation):",
             "",
@@ -127,7 +127,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             ],
         )
     out += [
-        "## Perturbation size of " + ("successful attacks" if not ctx["segmentation"] else "attacks (all samples)"),
+        "## Perturbation size of " + ("successful attacks" if not ctx["dense"] else "attacks (all samples)"),
         "",
     ]
     out += table(
@@ -135,7 +135,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             "model",
             "attack",
             "eps",
-            "samples" if ctx["segmentation"] else "successful",
+            "samples" if ctx["dense"] else "successful",
             "median L2",
             "median Linf",
             "median L0",
@@ -164,7 +164,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
                 "model",
                 "attack",
                 "budget",
-                "samples" if ctx["segmentation"] else "successful",
+                "samples" if ctx["dense"] else "successful",
                 "median size",
                 "at the budget",
                 "mean rho",

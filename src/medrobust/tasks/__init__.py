@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medrobust.registry import Registry
-from medrobust.tasks.base import Task
+from medrobust.tasks.base import Outcome, Task
 from medrobust.tasks.classification import ClassificationTask
 from medrobust.tasks.segmentation import SegmentationTask
 
@@ -19,4 +19,4 @@ def get_task(task: str | Task) -> Task:
     return TASKS.build(task)
 
 
-__all__ = ["Task", "ClassificationTask", "SegmentationTask", "TASKS", "get_task"]
+__all__ = ["Outcome", "Task", "ClassificationTask", "SegmentationTask", "TASKS", "get_task"]

@@ -3,18 +3,64 @@
 Classification has one unit per image (logits (N, K), labels (N,)); segmentation has one unit per pixel or
 voxel (logits (N, K, *spatial), labels (N, *spatial)). The class axis is always dim 1, so loss, margin and
 "unit still correct" are written once here. Attacks use only this interface.
+
+After the attack the Task still decides: it turns (logits, labels) into the per-sample fields of a record
+(:meth:`Task.outcomes`), a group of stored records into summary metrics with intervals (:meth:`Task.summary`)
+and two models' per-sample scores into a paired test (:meth:`Task.paired_test`). Nothing outside ``tasks/``
+asks which task it has; it asks the Task.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+# A group's summary: metric -> value, and metric -> 95% interval (None where a metric has none).
+Metrics = tuple[dict[str, float], dict[str, tuple[float, float] | None]]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Stored records of one model under one perturbation at one strength, sorted by sample, as summaries read
+    them. ``kind``: "clean", "attack" or "corruption"; ``clean``: sample index -> that sample's clean record;
+    ``key`` seeds the bootstrap of each interval."""
+
+    records: list[dict[str, Any]]
+    kind: str
+    class_names: Sequence[str]
+    clean: dict[int, dict[str, Any]]
+    key: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The task's part of one sample's record: the label, clean and perturbed predictions and class
+    probabilities (classification; -1 and [] where decisions are per pixel), the per-sample score in [0, 1]
+    and task-specific details (per-structure Dice, HD95, flip rates)."""
+
+    label: int
+    clean_pred: int
+    pred: int
+    probs: list[float]
+    score: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
 
 class Task(ABC):
     name: str = ""
+    metric: str = ""  # the name of the per-sample score in summaries ("accuracy", "dice")
+    metric_title: str = ""  # how text names it ("accuracy", "Dice")
+    # one decision per pixel or voxel: label maps are kept for the gallery, sizes are taken over every sample
+    # (there is no single decision that an attack flips), and scores are compared with a rank test
+    dense: bool = False
+    units_title: str = ""  # what "the share of units still correct" is called ("accuracy", ...)
+    # validation scores a training run may select its checkpoint by; the first is the default
+    select_metrics: tuple[str, ...] = ()
 
     def check(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         if logits.dim() != y.dim() + 1 or logits.shape[0] != y.shape[0] or logits.shape[2:] != y.shape[1:]:
@@ -63,3 +109,27 @@ class Task(ABC):
     @abstractmethod
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Boolean per sample: has the attack reached its goal."""
+
+    @abstractmethod
+    def training_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The loss a model of this task is trained with: (logits, labels) -> scalar."""
+
+    @abstractmethod
+    def model_scores(self, logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+        """Scores of a model on a whole split (validation, test), by name; every name in ``select_metrics``."""
+
+    @abstractmethod
+    def outcomes(
+        self, logits: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, target: torch.Tensor | None = None
+    ) -> list[Outcome]:
+        """One :class:`Outcome` per sample of a perturbed batch. ``clean_pred``: the predictions on the clean
+        inputs; ``target``: the label map a targeted attack aimed for (scored by IoU), if any."""
+
+    @abstractmethod
+    def summary(self, group: Group) -> Metrics:
+        """Summary metrics of a :class:`Group` of records and their 95% intervals."""
+
+    @abstractmethod
+    def paired_test(self, a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+        """A paired test of two models' per-sample scores on the same samples: the test's name, its p value and
+        any counts it rests on (keys test, p, only_a, only_b, samples_needed)."""

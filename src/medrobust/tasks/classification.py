@@ -2,16 +2,116 @@
 
 from __future__ import annotations
 
-import torch
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from medrobust.tasks.base import Task
+import torch
+import torch.nn.functional as F
+
+from medrobust import stats
+from medrobust.metrics import accuracy, attack_success_rate, auc_ovr, balanced_accuracy
+from medrobust.tasks.base import Group, Metrics, Outcome, Task
+
+# perturbation sizes in summaries: medians (ssim: mean) over the attack's successful adversarial examples
+SIZE_KEYS = ("l2", "linf", "l0", "psnr", "rho")
+
+
+def successful(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of successful adversarial examples: correct on the clean input, wrong on the perturbed one."""
+    return [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]]
 
 
 class ClassificationTask(Task):
     name = "classification"
+    metric = "accuracy"
+    metric_title = "accuracy"
+    dense = False
+    units_title = "accuracy"
+    select_metrics = ("balanced_accuracy", "accuracy", "auc")
 
     def score(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.correct(logits, y).to(logits.dtype)
 
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ~self.correct(logits, y)
+
+    def training_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return F.cross_entropy
+
+    def model_scores(self, logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+        pred = self.predict(logits)
+        return {
+            "accuracy": float(accuracy(pred, y)),
+            "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
+            "auc": float(auc_ovr(logits.softmax(1), y, num_classes)),
+        }
+
+    def outcomes(
+        self, logits: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, target: torch.Tensor | None = None
+    ) -> list[Outcome]:
+        pred = self.predict(logits)
+        probs = logits.softmax(1).double().tolist()
+        score = (pred == y).double().tolist()
+        labels, clean, preds = y.tolist(), clean_pred.tolist(), pred.tolist()
+        return [
+            Outcome(int(labels[i]), int(clean[i]), int(preds[i]), [round(v, 7) for v in probs[i]], score[i])
+            for i in range(len(labels))
+        ]
+
+    def summary(self, group: Group) -> Metrics:
+        """Accuracy (Wilson interval), balanced accuracy and one-vs-rest AUC (bootstrap intervals); under a
+        perturbation also the attack success rate over the clean-correct samples, perturbation sizes and, for
+        black-box attacks, the median number of queries."""
+        recs, kind, key = group.records, group.kind, group.key
+        num_classes = len(group.class_names)
+        y = torch.tensor([r["label"] for r in recs])
+        pred = torch.tensor([r["pred"] for r in recs])
+        clean_pred = torch.tensor([r["clean_pred"] for r in recs])
+        probs = torch.tensor([json.loads(r["probs_json"]) for r in recs], dtype=torch.float64)
+        correct = pred == y
+        metrics: dict[str, float] = {
+            "accuracy": float(accuracy(pred, y)),
+            "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
+            "auc": float(auc_ovr(probs, y, num_classes)) if probs.numel() else float("nan"),
+        }
+        intervals: dict[str, tuple[float, float] | None] = {
+            "accuracy": stats.wilson(int(correct.sum()), len(recs)),
+            "balanced_accuracy": stats.balanced_accuracy_interval(
+                pred.numpy(), y.numpy(), num_classes, key=(*key, "bacc")
+            ),
+            "auc": stats.auc_interval(probs.numpy(), y.numpy(), num_classes, key=(*key, "auc"))
+            if probs.numel()
+            else None,
+        }
+        if kind == "clean":
+            return metrics, intervals
+        metrics["success_rate"] = float(attack_success_rate(clean_pred, pred, y))
+        eligible = clean_pred == y
+        intervals["success_rate"] = stats.wilson(int((eligible & ~correct).sum()), int(eligible.sum()))
+        keep = successful(recs) if kind == "attack" else recs
+        for size in SIZE_KEYS:
+            metrics[size] = stats.median([r[size] for r in keep])
+        ssims = [r["ssim"] for r in keep if r["ssim"] is not None]
+        metrics["ssim"] = float(sum(ssims) / len(ssims)) if ssims else float("nan")
+        # black-box attacks (square) store the model queries each sample used
+        queries = [
+            d["queries"]
+            for r in recs
+            if r.get("detail_json") and (d := json.loads(r["detail_json"])).get("queries") is not None
+        ]
+        if queries:
+            metrics["queries"] = stats.median(queries)
+        return metrics, intervals
+
+    def paired_test(self, a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+        """Exact McNemar on per-sample correctness, with the samples a test at 0.05 and power 0.8 would need
+        for the observed discordance."""
+        only_a, only_b, p = stats.mcnemar([v > 0.5 for v in a], [v > 0.5 for v in b])
+        return {
+            "test": "mcnemar-exact",
+            "p": p,
+            "only_a": only_a,
+            "only_b": only_b,
+            "samples_needed": stats.mcnemar_samples(only_a, only_b, len(a)),
+        }
