@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo lint test test-all test-browser chromium bench clean
+.PHONY: setup demo demo-defenses lint test test-all test-browser chromium bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/medrobust demo
 	$(VENV)/bin/medrobust demo --task segmentation
+
+# robust training: four models of one architecture trained four ways (about 7 minutes on 2 cores)
+demo-defenses: $(STAMP)
+	$(VENV)/bin/medrobust demo --task defenses
 
 # ruff (lint and format check) and mypy over the package; part of `make test`, so CI runs it
 lint: $(STAMP)

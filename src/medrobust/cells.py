@@ -99,10 +99,14 @@ def inside(run_dir: Path, path: Path) -> Path:
     return path
 
 
-def trained_folder(spec: ExperimentSpec, m: ModelSpec, run_dir: Path) -> Path:
-    """Where the run caches model ``m`` trained from ``m.train``: a safe name plus a hash of what defines it."""
+def trained_folder(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, sources: dict[str, str] | None = None) -> Path:
+    """Where the run caches model ``m`` trained from ``m.train``: a safe name plus a hash of what defines it (its
+    training settings and defense, the data, the seed and the weights' fingerprints of its defense's sources)."""
     assert m.train is not None
     data = spec.train_dataset or spec.dataset
     seed = spec.seed if m.train.seed is None else m.train.seed
-    ident = digest([m.train.model_dump(mode="json"), data.model_dump(mode="json"), seed])
+    settings = m.train.model_dump(mode="json")
+    if m.train.defense is None:  # standard training: the identity it had before defenses existed
+        settings.pop("defense")
+    ident = digest([settings, data.model_dump(mode="json"), seed, *([sources] if sources else [])])
     return inside(run_dir, run_dir / "models" / f"{safe_name(m.name)}-{ident}")

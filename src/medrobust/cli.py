@@ -118,6 +118,16 @@ def train(
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     out: Path = typer.Option(..., "--out", "-o", help="checkpoint folder to write"),
+    defense: str = typer.Option(
+        "none", help="robust training: none, adversarial, ensemble_adversarial or jacobian (see --defense-param)"
+    ),
+    defense_param: list[str] = typer.Option(
+        None,
+        "--defense-param",
+        "-D",
+        help="defense setting key=value, e.g. eps=0.0078, method=pgd|fast|trades, steps=7, warmup_epochs=2, "
+        "sources=[a,b] (checkpoint folders), weight=0.01, select=robust",
+    ),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -139,14 +149,24 @@ def train(
             seed=seed,
             device=device,
             trust_code=trust_code,
+            defense={"kind": defense, **parse_pairs(defense_param, "--defense-param")},
         )
+        sources = {}
+        if settings.defense["sources"]:
+            from medrobust.cells import file_digest
+            from medrobust.models import load_model
+
+            for folder in settings.defense["sources"]:
+                net, card_ = load_model(folder, device=device, trust_code=trust_code)
+                path = Path(folder) if Path(folder).is_dir() else Path(folder).parent
+                sources[folder] = (net, file_digest(path / card_.weights))
 
         def show(epoch: int, row: dict[str, float]) -> None:
             vals = "  ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in row.items() if k.startswith("val_"))
             _consoles.out.print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val: {vals}", highlight=False)
 
         with deterministic_algorithms(device):
-            _, card = run_train(settings, out, progress=show)
+            _, card = run_train(settings, out, progress=show, sources=sources)
     test = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics["test"].items())
     _consoles.out.print(f"saved {out} (best epoch {card.training['best_epoch']}): test {test}", highlight=False)
 
@@ -392,7 +412,10 @@ def report(
 
 @app.command()
 def demo(
-    task: str = typer.Option("classification", help="classification (derm-synth) or segmentation (mni152-tissue)"),
+    task: str = typer.Option(
+        "classification",
+        help="classification (derm-synth), segmentation (mni152-tissue) or defenses (robust training on derm-synth)",
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory (models are cached here)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -403,13 +426,17 @@ def demo(
 
     setup_logging(verbose or quiet)
     with user_errors():
-        specs = {"classification": "derm-demo.yaml", "segmentation": "mni-demo.yaml"}
-        if task not in specs:
+        demos = {
+            "classification": ("derm-demo.yaml", "runs/demo"),
+            "segmentation": ("mni-demo.yaml", "runs/demo-segmentation"),
+            "defenses": ("defenses-demo.yaml", "runs/demo-defenses"),
+        }
+        if task not in demos:
             from medrobust.registry import unknown_name_message
 
-            raise ValueError(unknown_name_message("demo task", task, list(specs)))
-        spec = load_config(Path(__file__).parent / "specs" / specs[task])
-        out = out or Path({"classification": "runs/demo", "segmentation": "runs/demo-segmentation"}[task])
+            raise ValueError(unknown_name_message("demo task", task, list(demos)))
+        spec = load_config(Path(__file__).parent / "specs" / demos[task][0])
+        out = out or Path(demos[task][1])
         result = run_experiment(spec, out, quiet=quiet, notify=_notify)
     _print_run(result, spec)
 

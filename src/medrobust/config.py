@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medrobust.defenses import DefenseSpec
 from medrobust.registry import unknown_name_message
 
 
@@ -57,6 +58,8 @@ class TrainSpec(_Frozen):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     seed: int | None = None
+    # robust training: adversarial (pgd, fast, trades), ensemble_adversarial, jacobian (medrobust.defenses)
+    defense: DefenseSpec | None = None
 
     @field_validator("architecture")
     @classmethod
@@ -87,6 +90,11 @@ class ModelSpec(_Frozen):
         if not value.strip() or not value.isprintable():
             raise ValueError(f"model name {value!r} must be printable text (no control characters or newlines)")
         return value
+
+    @property
+    def defense_sources(self) -> list[str]:
+        """The static source models its ensemble adversarial training crafts examples on (names or folders)."""
+        return list(self.train.defense.sources) if self.train is not None and self.train.defense is not None else []
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -226,6 +234,23 @@ class ExperimentSpec(_Frozen):
                 raise ValueError(
                     f"transfer from {p.sources} has no target: every model of the spec is one of its sources"
                 )
+        needs = {m.name: m.defense_sources for m in self.models}
+        for m in self.models:
+            for source in needs[m.name]:
+                if source not in names and not (Path(source) / "model.json").exists():
+                    raise ValueError(
+                        f"model {m.name!r}: ensemble_adversarial source {source!r} is neither a model of this spec "
+                        f"({', '.join(names)}) nor a checkpoint folder with a model.json"
+                    )
+        for m in self.models:  # a model cannot depend on itself through its sources
+            stack, visited = list(needs[m.name]), set()
+            while stack:
+                source = stack.pop()
+                if source == m.name:
+                    raise ValueError(f"model {m.name!r} is among its own ensemble_adversarial sources")
+                if source not in visited:
+                    visited.add(source)
+                    stack += needs.get(source, [])
         return self
 
     def spec_hash(self) -> str:

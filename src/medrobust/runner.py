@@ -68,12 +68,30 @@ def load_checkpoint(spec: ExperimentSpec, m: ModelSpec, trust_code: bool) -> Loa
 
 
 def prepare_model(
-    spec: ExperimentSpec, m: ModelSpec, run_dir: Path, notify: Callable[[str], None], trust_code: bool = False
+    spec: ExperimentSpec,
+    m: ModelSpec,
+    run_dir: Path,
+    notify: Callable[[str], None],
+    trust_code: bool = False,
+    prepared: dict[str, LoadedModel] | None = None,
 ) -> LoadedModel:
-    """Load a checkpoint, or train (once; cached under ``run_dir/models``) a registered architecture."""
+    """Load a checkpoint, or train (once; cached under ``run_dir/models``) a registered architecture. The static
+    sources of an ensemble adversarial defense are prepared first (``prepared``: models of the spec already
+    loaded, by name; filled in)."""
+    prepared = {} if prepared is None else prepared
+    if m.name in prepared:
+        return prepared[m.name]
     if m.checkpoint is not None:
-        return load_checkpoint(spec, m, trust_code)
+        prepared[m.name] = load_checkpoint(spec, m, trust_code)
+        return prepared[m.name]
     assert m.train is not None
+    by_name = {s.name: s for s in spec.models}
+    sources = {
+        name: prepare_model(spec, by_name[name], run_dir, notify, trust_code, prepared)
+        if name in by_name
+        else load_folder(name, spec, trust_code)
+        for name in m.defense_sources
+    }
     data = spec.train_dataset or spec.dataset
     settings = TrainSettings(
         architecture=m.train.architecture,
@@ -87,14 +105,18 @@ def prepare_model(
         device=spec.device,
         name=m.name,
         trust_code=trust_code or spec.trust_code,
+        defense=m.train.defense.model_dump(mode="json") if m.train.defense is not None else {},
     )
-    folder = trained_folder(spec, m, run_dir)
+    folder = trained_folder(spec, m, run_dir, {k: v.fingerprint for k, v in sources.items()})
     if (folder / "model.json").exists():
         notify(f"reusing trained model {m.name} from {folder}")
-        return load_folder(folder, spec, trust_code)
-    notify(f"training {m.name} ({m.train.architecture}) on {data.name}")
-    model, card = train(settings, folder)
-    return LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
+        prepared[m.name] = load_folder(folder, spec, trust_code)
+        return prepared[m.name]
+    how = f", {m.train.defense.describe()}" if m.train.defense is not None else ""
+    notify(f"training {m.name} ({m.train.architecture}{how}) on {data.name}")
+    model, card = train(settings, folder, sources={k: (v.model, v.fingerprint) for k, v in sources.items()})
+    prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
+    return prepared[m.name]
 
 
 def load_sources(
@@ -441,7 +463,8 @@ def _run_experiment(
     for name, lm in sources.items():
         if name not in loaded:
             check_classes(name, {}, lm.card, dataset, spec.dataset.name)
-    models = {m.name: loaded.get(m.name) or prepare_model(spec, m, run_dir, notify, trust_code) for m in spec.models}
+    prepared = dict(loaded)
+    models = {m.name: prepare_model(spec, m, run_dir, notify, trust_code, prepared) for m in spec.models}
     for m in spec.models:
         if m.name not in loaded:
             check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)

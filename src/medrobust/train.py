@@ -19,6 +19,7 @@ import torch
 
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, load_all
+from medrobust.defenses import DefenseSpec, DefenseTrainer
 from medrobust.models.card import ModelCard, build_model, save_checkpoint
 from medrobust.models.wrapper import Model
 from medrobust.models.zoo import resolve_factory
@@ -45,9 +46,12 @@ class TrainSettings:
     device: str = "cpu"
     name: str | None = None
     trust_code: bool = False  # allow a module:function architecture (it runs code); not stored in the card
+    # robust training (medrobust.defenses.DefenseSpec as a dict): adversarial, ensemble_adversarial, jacobian
+    defense: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        self.defense = DefenseSpec.model_validate(self.defense).model_dump(mode="json")  # checked, all settings
         if ":" in self.architecture and not self.trust_code:
             resolve_factory(self.architecture)  # raises UntrustedCodeError before any data is loaded
         if self.epochs < 1:
@@ -104,8 +108,11 @@ def train(
     out_dir: str | Path | None = None,
     *,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    sources: dict[str, tuple[Model, str]] | None = None,
 ) -> tuple[Model, ModelCard]:
-    """Train, select by validation ``select_metric``, evaluate on test, and save to ``out_dir`` if given."""
+    """Train, select by validation ``select_metric`` (or, with ``defense.select: robust``, by the score under
+    PGD at the defense's eps), evaluate on test, and save to ``out_dir`` if given. ``sources``: the static source
+    models of ensemble adversarial training by name, each with the fingerprint of its weights."""
     s = settings
     started = time.perf_counter()
     datasets: dict[str, ImageDataset] = {
@@ -119,7 +126,8 @@ def train(
             f"select_metric={select!r} does not apply to a {train_ds.task} dataset; expected one of "
             f"{list(task.select_metrics)}"
         )
-    loss_fn = task.training_loss()
+    defense = DefenseSpec.model_validate(s.defense)
+    trainer = DefenseTrainer(defense, task, s.seed, {k: m for k, (m, _) in (sources or {}).items()}, epochs=s.epochs)
     scores = task.model_scores
 
     data = {split: load_all(ds) for split, ds in datasets.items()}
@@ -159,26 +167,30 @@ def train(
             model.train()
             order = torch.randperm(len(x_train), generator=gen)
             total = 0.0
-            for i in range(0, len(order), s.batch_size):
+            for b, i in enumerate(range(0, len(order), s.batch_size)):
                 idx = order[i : i + s.batch_size]
                 xb, yb = x_train[idx], y_train[idx]
                 if s.augment:
                     xb, yb = _augment(xb, yb, gen, task.dense)
                 xb, yb = xb.to(device), yb.to(device)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), yb)
+                loss = trainer.loss(model, xb, yb, epoch - 1 + i / len(x_train), (epoch, b))
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += float(loss.detach()) * len(idx)
-            val = scores(predict_logits(model, data["val"].x.to(device)).cpu(), data["val"].y, num_classes)
+            x_val, y_val = data["val"].x.to(device), data["val"].y.to(device)
+            val = scores(predict_logits(model, x_val).cpu(), data["val"].y, num_classes)
+            if defense.select == "robust":
+                val["robust"] = float(trainer.robust_scores(model, x_val, y_val, epoch).mean())
             row = {"epoch": epoch, "train_loss": total / len(x_train), **{f"val_{k}": v for k, v in val.items()}}
             history.append(row)
             log.info("epoch %d: %s", epoch, row)
             if progress is not None:
                 progress(epoch, row)
-            if val[select] > best_score:
-                best_score, best_epoch = val[select], epoch
+            chosen = val["robust"] if defense.select == "robust" else val[select]
+            if chosen > best_score:
+                best_score, best_epoch = chosen, epoch
                 best_state = copy.deepcopy(model.state_dict())
     assert best_state is not None
     model.load_state_dict(best_state)
@@ -192,6 +204,15 @@ def train(
             "metrics": metrics,
             "training": {
                 **card.training,
+                "defense_description": defense.describe(),
+                **(
+                    {
+                        "defense_sources": {k: fp for k, (_, fp) in (sources or {}).items()},
+                        "defense_batches_per_source": dict(trainer.used),
+                    }
+                    if defense.kind == "ensemble_adversarial"
+                    else {}
+                ),
                 "best_epoch": best_epoch,
                 "history": history,
                 "seconds": round(time.perf_counter() - started, 2),

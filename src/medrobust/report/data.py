@@ -46,6 +46,11 @@ class ModelInfo:
     card: dict[str, Any]
 
     @property
+    def training(self) -> str:
+        """How the model was trained, as its card records it: "standard" or its defense (robust training)."""
+        return str((self.card.get("training") or {}).get("defense_description") or "standard")
+
+    @property
     def adapter(self) -> Task:
         """The model's Task: what its score is called and how its records are read."""
         return get_task(self.task)
