@@ -1,5 +1,9 @@
 """Train a registered model on a dataset's train split; keep the checkpoint with the best validation score.
 
+Each batch's loss comes from the defense (``medrobust.defenses``): the task's loss for standard training, or
+adversarial, ensemble-adversarial or Jacobian-regularised training; the checkpoint is chosen by the clean
+validation score or, with ``select: robust``, by the score under PGD at the defense's eps.
+
 Randomness (initial weights, shuffling, flips, dropout) comes from ``seed`` alone: training runs inside
 ``torch.random.fork_rng`` so the caller's global generator state is left untouched.
 """
