@@ -217,3 +217,26 @@ def test_segmentation_unet_adversarial_training_with_segpgd(tmp_path):
     model, card = train(settings, tmp_path / "unet")
     assert card.task == "segmentation" and card.training["defense"]["attack"] == "segpgd"
     assert 0.0 <= card.metrics["test"]["dice"] <= 1.0
+
+
+def test_the_cache_key_includes_the_defense_and_keeps_standard_models_where_they_were(tmp_path):
+    from medrobust.cells import digest, trained_folder
+
+    def spec(defense):
+        train_block = {"architecture": "small-cnn", "epochs": 2, **({"defense": defense} if defense else {})}
+        return load_config({"dataset": {"name": "derm-synth"}, "models": [{"name": "m", "train": train_block}],
+                            "perturbations": [{"attack": "fgsm", "strengths": [0.01]}]})
+
+    plain, adv = spec(None), spec({"kind": "adversarial", "eps": 0.01})
+    stronger = spec({"kind": "adversarial", "eps": 0.02})
+    folders = {trained_folder(s, s.models[0], tmp_path).name for s in (plain, adv, stronger)}
+    assert len(folders) == 3
+    # a standard model's folder is the one it had before defenses existed (settings without a defense key)
+    m = plain.models[0]
+    before = digest([{k: v for k, v in m.train.model_dump(mode="json").items() if k != "defense"},
+                     plain.dataset.model_dump(mode="json"), plain.seed])
+    assert trained_folder(plain, m, tmp_path).name == f"m-{before}"
+    # ensemble sources' weights are part of it too
+    a = trained_folder(adv, adv.models[0], tmp_path, {"s": "aaaa"})
+    b = trained_folder(adv, adv.models[0], tmp_path, {"s": "bbbb"})
+    assert a != b
