@@ -369,6 +369,10 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="logs only, no progress bars"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     force: bool = typer.Option(False, "--force", help="add to a run folder that holds another experiment"),
+    executor: str | None = typer.Option(None, help="local (default) or ray: where the work units run"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local Ray instance)"),
+    shard_size: int | None = typer.Option(None, help="samples per work unit (default: one unit per cell)"),
+    threads: int | None = typer.Option(None, help="torch CPU threads per process or Ray unit"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run an experiment spec: every model x perturbation x strength; finished cells are skipped."""
@@ -378,6 +382,13 @@ def run(
     setup_logging(verbose or quiet)
     with user_errors():
         spec = load_config(spec_path)
+        chosen = {"name": executor, "address": address, "shard_size": shard_size}
+        overrides = {k: v for k, v in chosen.items() if v is not None}
+        if overrides or threads is not None:
+            from medrobust.config import ExecutorSpec
+
+            executor_spec = ExecutorSpec.model_validate({**spec.executor.model_dump(), **overrides})
+            spec = spec.model_copy(update={"executor": executor_spec, "threads": threads or spec.threads})
         result = run_experiment(spec, out, quiet=quiet, notify=_notify, trust_code=trust_code, force=force)
     _print_run(result, spec)
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -179,6 +179,19 @@ class CleverSpec(_Frozen):
         return f"clever[{self.norm}]"
 
 
+class ExecutorSpec(_Frozen):
+    """Where the work units of a run execute: ``local`` (this process, cell after cell) or ``ray`` (a Ray cluster:
+    ``address``, or a local instance when none is given). ``shard_size``: samples per work unit (rounded up to
+    whole batches; default: a unit per cell); ``num_cpus`` / ``num_gpus``: what each unit requests (the unit's
+    torch threads follow ``num_cpus`` unless the spec sets ``threads``). None of it changes a result."""
+
+    name: Literal["local", "ray"] = "local"
+    address: str | None = None
+    shard_size: int | None = Field(default=None, ge=1)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+
 class ExperimentSpec(_Frozen):
     name: str = Field("experiment", max_length=MAX_NAME_LENGTH)
     seed: int = 0
@@ -199,6 +212,10 @@ class ExperimentSpec(_Frozen):
     gallery: int = Field(2, ge=0, le=16)
     reference_strength: dict[str, float] = Field(default_factory=dict)
     clever: CleverSpec | None = None
+    # torch CPU threads for training and evaluation (default: torch's). Results depend on it in the last bits
+    # (the order of float sums), so runs compare bit for bit at the same thread count, on any executor.
+    threads: int | None = Field(None, ge=1)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     @field_validator("device")
     @classmethod
@@ -318,6 +335,15 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
             if isinstance(model, dict) and model.get("checkpoint") and not Path(model["checkpoint"]).is_absolute():
                 model["checkpoint"] = str(base / model["checkpoint"])
         names = {m.get("name") for m in data.get("models") or [] if isinstance(m, dict)}
+        for model in data.get("models") or []:
+            train = model.get("train") if isinstance(model, dict) else None
+            defense = train.get("defense") if isinstance(train, dict) else None
+            if isinstance(defense, dict) and isinstance(defense.get("sources"), list):
+                # ensemble sources that are not model names are checkpoint folders, relative to the spec file
+                defense["sources"] = [
+                    str(base / s) if isinstance(s, str) and s not in names and not Path(s).is_absolute() else s
+                    for s in defense["sources"]
+                ]
         for pert in data.get("perturbations") or []:
             params = pert.get("params") if isinstance(pert, dict) and pert.get("attack") == "transfer" else None
             if isinstance(params, dict) and isinstance(params.get("sources"), list):

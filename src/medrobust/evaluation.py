@@ -273,16 +273,19 @@ def evaluate_cell(
     gallery: int = 0,
     sources: dict[str, Model] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    batches: range | None = None,
 ) -> CellResult:
-    """All records of one cell on ``dataset`` (nothing is written here). ``sources``: transfer source models by
-    name; ``on_batch(n)`` is told after each batch of n samples."""
+    """All records of one cell on ``dataset`` (nothing is written here), or of the sample batches ``batches`` of
+    it (a shard: each batch draws from the same generators as in the whole cell, so shards add up to the cell).
+    ``sources``: transfer source models by name; ``on_batch(n)`` is told after each batch of n samples."""
     task = get_task(dataset.task)
     obj = build_perturbation(cell.pert, sources) if cell.pert is not None else None
     out = CellResult(threat=threat_model(cell.pert, obj, model.bounds, cell.strengths, seed))
     if cell.pert is None and dataset.orientation:
         out.threat["orientation"] = dataset.orientation  # how the report's gallery draws slices
-    offset, device = 0, torch.device(device)
-    for b, batch in enumerate(iterate_batches(dataset, batch_size, limit)):
+    first = 0 if batches is None else batches.start
+    offset, device = first * batch_size, torch.device(device)
+    for b, batch in enumerate(iterate_batches(dataset, batch_size, limit, batches), start=first):
 
         def gen(*keys: Any, _b: int = b) -> torch.Generator:
             return make_generator(seed, cell.model, cell.label, *keys, _b, device=device)

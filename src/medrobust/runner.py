@@ -30,16 +30,16 @@ import torch
 from filelock import FileLock, Timeout
 
 from medrobust.attacks import ATTACKS
-from medrobust.cells import Cell, expand, file_digest, inside, trained_folder
+from medrobust.cells import expand, file_digest, inside, trained_folder
 from medrobust.checks import run_model_checks
 from medrobust.config import ExperimentSpec, ModelSpec
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.evaluation import CellResult, evaluate_cell
+from medrobust.executors import LocalExecutor, RayExecutor, Settings, make_executor, plan
 from medrobust.files import write_atomic
 from medrobust.metrics.clever import clever_estimate
 from medrobust.models import Model, load_model
-from medrobust.models.card import ModelCard
+from medrobust.models.card import ModelCard, save_checkpoint
 from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, ModelRow, Store, check_database
@@ -74,6 +74,7 @@ def prepare_model(
     notify: Callable[[str], None],
     trust_code: bool = False,
     prepared: dict[str, LoadedModel] | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
 ) -> LoadedModel:
     """Load a checkpoint, or train (once; cached under ``run_dir/models``) a registered architecture. The static
     sources of an ensemble adversarial defense are prepared first (``prepared``: models of the spec already
@@ -87,7 +88,7 @@ def prepare_model(
     assert m.train is not None
     by_name = {s.name: s for s in spec.models}
     sources = {
-        name: prepare_model(spec, by_name[name], run_dir, notify, trust_code, prepared)
+        name: prepare_model(spec, by_name[name], run_dir, notify, trust_code, prepared, executor)
         if name in by_name
         else load_folder(name, spec, trust_code)
         for name in m.defense_sources
@@ -114,7 +115,12 @@ def prepare_model(
         return prepared[m.name]
     how = f", {m.train.defense.describe()}" if m.train.defense is not None else ""
     notify(f"training {m.name} ({m.train.architecture}{how}) on {data.name}")
-    model, card = train(settings, folder, sources={k: (v.model, v.fingerprint) for k, v in sources.items()})
+    executor = executor or LocalExecutor(spec.executor)
+    # the training job runs where the executor runs it; the driver saves the checkpoint
+    model, card = executor.train(
+        train, settings, None, sources={k: (v.model, v.fingerprint) for k, v in sources.items()}
+    )
+    save_checkpoint(model.cpu(), card, folder)
     prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
     return prepared[m.name]
 
@@ -154,28 +160,15 @@ def model_row(name: str, lm: LoadedModel, m: ModelSpec, dataset: ImageDataset) -
     )
 
 
-def run_cell(
-    cell: Cell,
-    lm: LoadedModel,
-    dataset: ImageDataset,
-    spec: ExperimentSpec,
-    on_batch: Callable[[int], None] | None = None,
-    sources: dict[str, LoadedModel] | None = None,
-) -> CellResult:
-    """All records of one cell, its threat model and its gallery examples (nothing is written here), by the
-    evaluation core. ``sources``: the loaded transfer sources by name (see :func:`load_sources`)."""
-    return evaluate_cell(
-        cell,
-        lm.model,
-        dataset,
+def unit_settings(spec: ExperimentSpec) -> Settings:
+    return Settings(
         seed=spec.seed,
         batch_size=spec.batch_size,
         device=spec.device,
         limit=spec.limit,
         matched_noise=spec.matched_noise,
         gallery=spec.gallery,
-        sources={k: v.model for k, v in (sources or {}).items()},
-        on_batch=on_batch,
+        threads=spec.threads,
     )
 
 
@@ -463,8 +456,27 @@ def _run_experiment(
     for name, lm in sources.items():
         if name not in loaded:
             check_classes(name, {}, lm.card, dataset, spec.dataset.name)
+    executor = make_executor(spec.executor, spec.threads)
+    try:
+        return _run_with(spec, run_dir, executor, dataset, loaded, sources, quiet, notify, trust_code, started)
+    finally:
+        executor.close()
+
+
+def _run_with(
+    spec: ExperimentSpec,
+    run_dir: Path,
+    executor: LocalExecutor | RayExecutor,
+    dataset: ImageDataset,
+    loaded: dict[str, LoadedModel],
+    sources: dict[str, LoadedModel],
+    quiet: bool,
+    notify: Callable[[str], None],
+    trust_code: bool,
+    started: float,
+) -> RunResult:
     prepared = dict(loaded)
-    models = {m.name: prepare_model(spec, m, run_dir, notify, trust_code, prepared) for m in spec.models}
+    models = {m.name: prepare_model(spec, m, run_dir, notify, trust_code, prepared, executor) for m in spec.models}
     for m in spec.models:
         if m.name not in loaded:
             check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)
@@ -490,11 +502,35 @@ def _run_experiment(
         done = store.done_keys()
         todo = [c for c in cells if c.key not in done]
         n_samples = min(len(dataset), spec.limit or len(dataset))
-        notify(f"{len(cells)} cells, {len(cells) - len(todo)} already in {run_dir / 'results.db'}, {len(todo)} to run")
-        with _progress(quiet, len(todo), n_samples) as advance:
-            for cell in todo:
-                t0 = time.time()
-                result = run_cell(cell, models[cell.model], dataset, spec, advance.samples, sources)
+        units = plan(todo, n_samples, spec.batch_size, spec.executor.shard_size)
+        # shards stored by a killed run: skip them; a cell stored under another sharding starts afresh
+        partial = store.stored_shards()
+        planned: dict[str, set[tuple[int, int]]] = {}
+        for u in units:
+            planned.setdefault(u.cell.key, set()).add((u.lo, u.hi))
+        for key, have in partial.items():
+            if not have <= planned.get(key, set()):
+                store.discard_partial(key)
+                partial[key] = set()
+        units = [u for u in units if (u.lo, u.hi) not in partial.get(u.cell.key, set())]
+        notify(
+            f"{len(cells)} cells, {len(cells) - len(todo)} already in {run_dir / 'results.db'}, {len(todo)} to run"
+            + (
+                f" as {len(units)} units on {executor.name}"
+                if executor.name != "local" or len(units) != len(todo)
+                else ""
+            )
+        )
+        with _progress(quiet, len(units), sum(u.samples for u in units), executor.name) as advance:
+            for unit, result, seconds in executor.run(
+                units,
+                {k: v.model for k, v in models.items()},
+                dataset,
+                unit_settings(spec),
+                {k: v.model for k, v in sources.items()},
+                advance.samples,
+            ):
+                cell = unit.cell
                 info = CellInfo(
                     cell.key,
                     cell.model,
@@ -504,8 +540,18 @@ def _run_experiment(
                     list(cell.strengths),
                     result.threat,
                 )
-                store.write_cell(info, result.records, run_id, t0, result.examples)
-                advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}")
+                store.write_cell(
+                    info,
+                    result.records,
+                    run_id,
+                    time.time() - seconds,
+                    result.examples,
+                    shard=(unit.lo, unit.hi),
+                    shards=unit.shards,
+                    seconds=seconds,
+                )
+                shard = f" samples {unit.lo}-{unit.hi - 1}" if unit.shards > 1 else ""
+                advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}{shard}")
         stored = store.records([c.key for c in cells])
         norms = {
             c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm
@@ -531,8 +577,8 @@ def _run_experiment(
 
 
 class _Advance:
-    def __init__(self, progress, cells_task, samples_task, n_samples: int) -> None:
-        self.progress, self.cells_task, self.samples_task, self.n = progress, cells_task, samples_task, n_samples
+    def __init__(self, progress, units_task, samples_task) -> None:
+        self.progress, self.units_task, self.samples_task = progress, units_task, samples_task
 
     def samples(self, k: int) -> None:
         if self.progress is not None:
@@ -540,30 +586,31 @@ class _Advance:
 
     def cell(self, description: str) -> None:
         if self.progress is not None:
-            self.progress.advance(self.cells_task, 1)
-            self.progress.reset(self.samples_task, total=self.n)
-        log.info("cell done: %s", description)
+            self.progress.advance(self.units_task, 1)
+        log.info("done: %s", description)
 
 
 class _progress:
-    """Rich progress bars (cells, samples of the current cell, ETA), or logging only when quiet."""
+    """Rich progress bars (work units, samples over all units, ETA) drawn by the driver, or logging only when
+    quiet."""
 
-    def __init__(self, quiet: bool, n_cells: int, n_samples: int) -> None:
-        self.quiet, self.n_cells, self.n_samples = quiet, n_cells, n_samples
+    def __init__(self, quiet: bool, n_units: int, n_samples: int, executor: str = "local") -> None:
+        self.quiet, self.n_units, self.n_samples, self.executor = quiet, n_units, n_samples, executor
         self.progress: Any = None
 
     def __enter__(self) -> _Advance:
         if self.quiet:
-            return _Advance(None, None, None, self.n_samples)
+            return _Advance(None, None, None)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
         )
         self.progress.start()
-        cells = self.progress.add_task("cells", total=self.n_cells)
+        where = "" if self.executor == "local" else f" ({self.executor})"
+        units = self.progress.add_task(f"units{where}", total=self.n_units)
         samples = self.progress.add_task("samples", total=self.n_samples)
-        return _Advance(self.progress, cells, samples, self.n_samples)
+        return _Advance(self.progress, units, samples)
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:

@@ -19,7 +19,10 @@ gradients, unbounded attack, more steps), one row per (model, check), with the f
 ran on; a model's rows are replaced together.
 
 A cell is in the store whole or not at all: its records, its examples and its "done" row are written in one
-transaction, so a run killed at any moment leaves only finished cells, and re-running skips exactly those.
+transaction, so a run killed at any moment leaves only finished cells, and re-running skips exactly those. A cell
+split into sample shards (the ray executor's work units) is written shard by shard, each in one transaction with
+its row in ``shards``; the cell's "done" row comes with its last shard, and a resumed run skips the shards
+already stored.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ CREATE TABLE IF NOT EXISTS models (
     source TEXT NOT NULL,
     card_json TEXT NOT NULL,
     PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS shards (
+    cell_key TEXT NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    started REAL,
+    seconds REAL,
+    PRIMARY KEY (cell_key, lo)
 );
 CREATE TABLE IF NOT EXISTS records (
     cell_key TEXT NOT NULL REFERENCES cells(key),
@@ -370,23 +381,43 @@ class Store:
         run_id: int,
         started: float,
         examples: Iterable[tuple[str, float, int, str, np.ndarray]] = (),
-    ) -> None:
+        shard: tuple[int, int] | None = None,
+        shards: int = 1,
+        seconds: float | None = None,
+    ) -> bool:
         """Insert all records of a cell, its example arrays ((perturbation, strength, sample_index, array name,
-        array) tuples) and mark it done, in one transaction."""
+        array) tuples) and mark it done, in one transaction. With ``shard`` = (lo, hi), the records are those of
+        samples lo..hi-1 only, one of ``shards`` shards of the cell; the cell is marked done with its last shard.
+        ``seconds``: compute time of these records (default: since ``started``). Returns whether the cell is done."""
         finished = time.time()
+        seconds = finished - started if seconds is None else seconds
         rows = []
         for pert, strength, index, name, array in examples:
             if name not in EXAMPLE_ARRAYS:
                 raise ValueError(f"example array {name!r} is not one of {EXAMPLE_ARRAYS}")
             rows.append((cell.key, cell.model, pert, float(strength), int(index), name, encode_array(array)))
+        lo, hi = shard if shard is not None else (0, 2**62)
         with self.conn:
-            self.conn.execute("DELETE FROM records WHERE cell_key=?", (cell.key,))
-            self.conn.execute("DELETE FROM examples WHERE cell_key=?", (cell.key,))
+            for table in ("records", "examples"):
+                self.conn.execute(
+                    f"DELETE FROM {table} WHERE cell_key=? AND sample_index>=? AND sample_index<?", (cell.key, lo, hi)
+                )
             self.conn.executemany(
                 f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
                 (r.row() for r in records),
             )
             self.conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
+            if shard is not None and shards > 1:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO shards VALUES (?,?,?,?,?)", (cell.key, lo, hi, started, seconds)
+                )
+                stored = self.conn.execute(
+                    "SELECT COUNT(*), MIN(started), SUM(seconds) FROM shards WHERE cell_key=?", (cell.key,)
+                ).fetchone()
+                if stored[0] < shards:
+                    return False
+                started, seconds = stored[1], stored[2]
+                self.conn.execute("DELETE FROM shards WHERE cell_key=?", (cell.key,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -401,9 +432,23 @@ class Store:
                     run_id,
                     started,
                     finished,
-                    finished - started,
+                    seconds,
                 ),
             )
+        return True
+
+    def stored_shards(self) -> dict[str, set[tuple[int, int]]]:
+        """The shards stored of cells not done yet: cell key -> {(lo, hi)}."""
+        out: dict[str, set[tuple[int, int]]] = {}
+        for key, lo, hi in self.conn.execute("SELECT cell_key, lo, hi FROM shards"):
+            out.setdefault(key, set()).add((int(lo), int(hi)))
+        return out
+
+    def discard_partial(self, cell_key: str) -> None:
+        """Drop what is stored of a cell that is not done (shards of another sharding), in one transaction."""
+        with self.conn:
+            for table in ("records", "examples", "shards"):
+                self.conn.execute(f"DELETE FROM {table} WHERE cell_key=?", (cell_key,))
 
     def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self.conn.cursor()

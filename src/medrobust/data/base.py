@@ -118,12 +118,17 @@ class TensorImageDataset(ImageDataset):
         return img.float()
 
 
-def iterate_batches(dataset: ImageDataset, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
-    """Yield Batch objects in dataset order; ``limit`` keeps the first ``limit`` samples."""
+def iterate_batches(
+    dataset: ImageDataset, batch_size: int, limit: int | None = None, batches: range | None = None
+) -> Iterator[Batch]:
+    """Yield Batch objects in dataset order; ``limit`` keeps the first ``limit`` samples; ``batches`` keeps the
+    batches of those indices only (a shard of the samples; the others are not loaded)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    for start in range(0, n, batch_size):
+    for b, start in enumerate(range(0, n, batch_size)):
+        if batches is not None and b not in batches:
+            continue
         idx = range(start, min(start + batch_size, n))
         items = [dataset[i] for i in idx]
         x = _stack([it[0] for it in items], items)

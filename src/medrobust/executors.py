@@ -1,0 +1,215 @@
+"""Where a run's work executes: ``local`` (this process, unit after unit) or ``ray`` (tasks on a Ray cluster).
+
+A run's work is training jobs (models a spec trains) and work units: a cell, or a shard of a cell's samples (whole
+batches, so each batch draws from the same generators as in the whole cell: results do not depend on the
+executor, the number of workers or the order units finish in). The driver plans the units, the executor runs
+them and hands each result back as it finishes; only the driver writes results.db (store.py), one transaction
+per finished unit.
+
+With Ray, the models, transfer sources and the dataset reach the workers once through Ray's object store; each
+unit is a task requesting ``num_cpus`` (and ``num_gpus``) and sets its torch threads from its CPU share (or the
+spec's ``threads``); a unit on a worker that dies is retried by Ray (``max_retries``); a killed driver resumes from
+the store. Training jobs run as Ray tasks and send the trained model back, which the driver saves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from medrobust.cells import Cell
+from medrobust.config import ExecutorSpec
+from medrobust.data.base import ImageDataset
+from medrobust.evaluation import CellResult, evaluate_cell
+from medrobust.models.card import ModelCard
+from medrobust.models.wrapper import Model
+
+RAY_MISSING = "the ray executor needs Ray: pip install 'medrobust[ray]' (or pip install ray)"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A work unit: the sample batches ``batches`` of ``cell`` (samples ``lo``..``hi - 1``), shard ``index`` of
+    ``shards``."""
+
+    cell: Cell
+    batches: range
+    lo: int
+    hi: int
+    index: int
+    shards: int
+
+    @property
+    def samples(self) -> int:
+        return self.hi - self.lo
+
+
+def plan(cells: list[Cell], n_samples: int, batch_size: int, shard_size: int | None) -> list[Unit]:
+    """Units of every cell: one per cell, or with ``shard_size`` (samples, rounded up to whole batches) as many
+    as it takes to cover the cell's samples."""
+    n_batches = max(1, math.ceil(n_samples / batch_size))
+    per = n_batches if shard_size is None else max(1, math.ceil(shard_size / batch_size))
+    starts = list(range(0, n_batches, per))
+    units = []
+    for cell in cells:
+        for i, b in enumerate(starts):
+            batches = range(b, min(b + per, n_batches))
+            lo, hi = b * batch_size, min(batches.stop * batch_size, n_samples)
+            units.append(Unit(cell, batches, lo, hi, i, len(starts)))
+    return units
+
+
+@dataclass
+class Settings:
+    """What every unit of a run shares (the evaluation core's arguments besides the cell)."""
+
+    seed: int
+    batch_size: int
+    device: str
+    limit: int | None
+    matched_noise: bool
+    gallery: int
+    threads: int | None = None
+
+
+def run_unit(
+    unit: Unit,
+    model: Model,
+    dataset: ImageDataset,
+    settings: Settings,
+    sources: dict[str, Model],
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[CellResult, float]:
+    """Evaluate one unit; returns its result and the seconds it took."""
+    t0 = time.perf_counter()
+    result = evaluate_cell(
+        unit.cell,
+        model,
+        dataset,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        limit=settings.limit,
+        matched_noise=settings.matched_noise,
+        gallery=settings.gallery,
+        sources=sources,
+        on_batch=on_batch,
+        batches=unit.batches if unit.shards > 1 else None,
+    )
+    return result, time.perf_counter() - t0
+
+
+class LocalExecutor:
+    """Everything in this process, one unit after another (the default)."""
+
+    name = "local"
+
+    def __init__(self, spec: ExecutorSpec, threads: int | None = None) -> None:
+        self.spec, self.threads = spec, threads
+        self._before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    def train(self, job: Callable[..., tuple[Model, ModelCard]], *args: Any, **kwargs: Any) -> tuple[Model, ModelCard]:
+        return job(*args, **kwargs)
+
+    def run(
+        self,
+        units: list[Unit],
+        models: dict[str, Model],
+        dataset: ImageDataset,
+        settings: Settings,
+        sources: dict[str, Model],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[Unit, CellResult, float]]:
+        for unit in units:
+            result, seconds = run_unit(unit, models[unit.cell.model], dataset, settings, sources, on_batch)
+            yield unit, result, seconds
+
+    def close(self) -> None:
+        torch.set_num_threads(self._before)
+
+
+def _threads(settings_threads: int | None, num_cpus: float) -> int:
+    return settings_threads or max(1, int(num_cpus))
+
+
+class RayExecutor:
+    """Units and training jobs as Ray tasks. Connects to ``spec.address`` (or the Ray instance this process
+    already runs, or starts a local one)."""
+
+    name = "ray"
+
+    def __init__(self, spec: ExecutorSpec, threads: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError(RAY_MISSING) from None
+        self.ray, self.spec, self.threads = ray, spec, threads
+        self.started = False
+        if not ray.is_initialized():
+            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self.started = True
+        n = _threads(threads, spec.num_cpus)
+        options = {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "max_retries": 3}
+        self._unit = ray.remote(_remote_unit).options(**options)
+        self._train = ray.remote(_remote_train).options(**options)
+        self._n_threads = n
+
+    def train(self, job: Callable[..., tuple[Model, ModelCard]], *args: Any, **kwargs: Any) -> tuple[Model, ModelCard]:
+        model, card = self.ray.get(self._train.remote(self._n_threads, job, args, kwargs))
+        return model, card
+
+    def run(
+        self,
+        units: list[Unit],
+        models: dict[str, Model],
+        dataset: ImageDataset,
+        settings: Settings,
+        sources: dict[str, Model],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[Unit, CellResult, float]]:
+        ray = self.ray
+        data_ref = ray.put(dataset)
+        source_ref = ray.put(sources)
+        model_refs = {name: ray.put(m) for name, m in models.items() if any(u.cell.model == name for u in units)}
+        pending = {
+            self._unit.remote(self._n_threads, u, model_refs[u.cell.model], data_ref, settings, source_ref): u
+            for u in units
+        }
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                unit = pending.pop(ref)
+                result, seconds = ray.get(ref)
+                if on_batch is not None:
+                    on_batch(unit.samples)
+                yield unit, result, seconds
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _remote_unit(
+    threads: int, unit: Unit, model: Model, dataset: ImageDataset, settings: Settings, sources: dict[str, Model]
+) -> tuple[CellResult, float]:
+    torch.set_num_threads(threads)
+    return run_unit(unit, model, dataset, settings, sources)
+
+
+def _remote_train(
+    threads: int, job: Callable[..., tuple[Model, ModelCard]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Model, ModelCard]:
+    torch.set_num_threads(threads)
+    model, card = job(*args, **kwargs)
+    return model.cpu(), card
+
+
+def make_executor(spec: ExecutorSpec, threads: int | None = None) -> LocalExecutor | RayExecutor:
+    return RayExecutor(spec, threads) if spec.name == "ray" else LocalExecutor(spec, threads)
