@@ -92,7 +92,11 @@ def timed_run(s: dict, out: Path) -> tuple[float, float, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="replace this script's section of bench/RESULTS.md")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU arms (num_gpus per unit)")
+    parser.add_argument("--limit", type=int, default=96, help="test images (default 96)")
     args = parser.parse_args()
+    if args.device != "cpu":
+        return gpu_main(args)
     import ray
 
     from medrobust.executors import Settings, Unit
@@ -178,6 +182,65 @@ def main() -> None:
         block = "\n".join(lines)
         if BEGIN in text:
             text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        RESULTS.write_text(text)
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    """The same sweep on a GPU: local (one process on the GPU) against Ray units requesting 1, 0.5 and 0.25 GPUs
+    (1, 2 and 4 units at a time on one GPU), with 24-sample shards."""
+    import ray
+
+    begin, end = "<!-- section:executors-gpu -->", "<!-- /section:executors-gpu -->"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        models = {}
+        for seed in (0, 1):
+            folder = tmp_path / f"m{seed}"
+            train(TrainSettings(architecture="small-cnn", dataset="derm-synth", epochs=3, seed=seed), folder)
+            models[f"m{seed}"] = folder
+        ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        arms = [
+            ("local, cuda", {"name": "local"}),
+            ("ray, num_gpus 1 per unit, unit = cell", {"name": "ray", "num_gpus": 1.0}),
+            ("ray, num_gpus 1 per unit, unit = 24 samples", {"name": "ray", "num_gpus": 1.0, "shard_size": 24}),
+            ("ray, num_gpus 0.5 per unit, unit = 24 samples", {"name": "ray", "num_gpus": 0.5, "shard_size": 24}),
+            ("ray, num_gpus 0.25 per unit, unit = 24 samples", {"name": "ray", "num_gpus": 0.25, "shard_size": 24}),
+        ]
+        summaries = {}
+        for i, (label, executor) in enumerate(arms):
+            out = tmp_path / f"run{i}"
+            wall, writes, units, compute = timed_run(spec(models, executor, 4, args.device, args.limit), out)
+            summaries[label] = (out / "summary.json").read_bytes()
+            print(f"{label}: {wall:.1f} s wall, {units} units, driver writes {writes:.2f} s, compute {compute:.1f} s")
+            rows.append(f"| {label} | {wall:.1f} | {units} | {compute:.1f} | {writes:.2f} |")
+        ray.shutdown()
+    same = len(set(summaries.values())) == 1
+    lines = [
+        begin,
+        f"## Executors on a GPU ({torch.cuda.get_device_name(0)}, bench/executors.py --device cuda)",
+        "",
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; command: `python bench/executors.py --device "
+        f"cuda --limit {args.limit} --write`; torch {torch.__version__}, ray {ray.__version__}, "
+        f"os.cpu_count()={os.cpu_count()}, torch threads 4 per process or unit",
+        f"- the CPU section's sweep (2 small-cnn, 14 cells) with `device: cuda` on {args.limit} images; Ray: a local "
+        "instance with 8 CPUs and the 1 GPU, each unit requesting 1 CPU and the GPU share shown",
+        f"- summary.json identical across all arms: {'yes' if same else 'NO'}",
+        "",
+        "| arm | wall s | units | unit compute s (sum) | driver writing results.db s |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        end,
+    ]
+    print("\n".join(lines))
+    if args.write:
+        text = RESULTS.read_text()
+        block = "\n".join(lines)
+        if begin in text:
+            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
         else:
             text = text.rstrip() + "\n\n" + block + "\n"
         RESULTS.write_text(text)

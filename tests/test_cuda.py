@@ -175,3 +175,23 @@ def test_whole_run_on_cuda_matches_cpu_clean_scores(task, tmp_path):
     assert raw["cuda"] == raw["cuda-again"]
     # trained on each device from the same seed: the same model up to float rounding, so close clean scores
     assert rows["cuda"][("clean", 0.0, metric)] == pytest.approx(rows["cpu"][("clean", 0.0, metric)], abs=0.15)
+
+
+@pytest.mark.parametrize("defense", [
+    {"kind": "adversarial", "method": "pgd", "eps": 0.03, "steps": 2},
+    {"kind": "adversarial", "method": "trades", "eps": 0.03, "steps": 2},
+    {"kind": "jacobian", "weight": 0.01},
+    {"kind": "adversarial", "method": "fast", "eps": 0.03, "select": "robust"},
+])
+def test_robust_training_on_cuda_is_deterministic(defense, tmp_path):
+    from medrobust.train import TrainSettings, train
+
+    settings = TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
+                             dataset_params={"size": 16, "n": 60}, epochs=2, seed=0, device="cuda", defense=defense)
+    with deterministic_algorithms("cuda"):
+        a, card = train(settings, tmp_path / "a")
+        b, _ = train(settings)
+    assert next(a.parameters()).device.type == "cuda"
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+    assert card.training["defense"]["kind"] == defense["kind"]
