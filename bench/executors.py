@@ -43,12 +43,13 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 BEGIN, END = "<!-- section:executors-cpu -->", "<!-- /section:executors-cpu -->"
 
 
-def spec(models: dict[str, Path], executor: dict, threads: int) -> dict:
+def spec(models: dict[str, Path], executor: dict, threads: int, device: str = "cpu", limit: int = 96) -> dict:
     return {
+        "device": device,
         "name": "executor-bench",
         "seed": 0,
         "batch_size": 24,
-        "limit": 96,
+        "limit": limit,
         "threads": threads,
         "gallery": 0,
         "dataset": {"name": "derm-synth", "split": "test"},

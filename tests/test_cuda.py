@@ -42,6 +42,8 @@ def test_classification_attack_on_cuda(name, toy_model, toy_batch):
     params, eps = ATTACK_CASES[name]
     model = copy.deepcopy(toy_model).to(CUDA)  # the session fixture stays on the CPU for the other tests
     x, y = (t.to(CUDA) for t in toy_batch)
+    if name == "transfer":  # the source is the model itself, as in test_conformance
+        params = {**params, "sources": [model]}
     attack = ATTACKS.build(name, **params)
     with deterministic_algorithms(CUDA):
         runs = [attack(model, "classification", x, y, eps=eps, generator=cuda_gen(7)) for _ in range(2)]
@@ -61,6 +63,8 @@ def test_segmentation_attack_on_cuda(name, toy_segmenter, toy_seg_batch):
     task = get_task("segmentation")
     model = copy.deepcopy(toy_segmenter).to(CUDA)
     x, y = (t.to(CUDA) for t in toy_seg_batch)
+    if name == "transfer":
+        params = {**params, "sources": [model]}
     attack = ATTACKS.build(name, **params)
     with deterministic_algorithms(CUDA):
         runs = [attack(model, task, x, y, eps=eps, generator=cuda_gen(7)) for _ in range(2)]
