@@ -28,6 +28,7 @@ from medrobust.data.base import ImageDataset
 from medrobust.evaluation import CellResult, evaluate_cell
 from medrobust.models.card import ModelCard
 from medrobust.models.wrapper import Model
+from medrobust.seeding import deterministic_algorithms
 
 RAY_MISSING = "the ray executor needs Ray: pip install 'medrobust[ray]' (or pip install ray)"
 
@@ -75,6 +76,7 @@ class Settings:
     matched_noise: bool
     gallery: int
     threads: int | None = None
+    deterministic: bool = True  # CUDA: deterministic kernels in every worker, as in the driver
 
 
 def run_unit(
@@ -145,7 +147,9 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, spec: ExecutorSpec, threads: int | None = None) -> None:
+    def __init__(
+        self, spec: ExecutorSpec, threads: int | None = None, device: str = "cpu", deterministic: bool = True
+    ) -> None:
         try:
             import ray
         except ImportError:
@@ -160,9 +164,11 @@ class RayExecutor:
         self._unit = ray.remote(_remote_unit).options(**options)
         self._train = ray.remote(_remote_train).options(**options)
         self._n_threads = n
+        self._device, self._deterministic = device, deterministic
 
     def train(self, job: Callable[..., tuple[Model, ModelCard]], *args: Any, **kwargs: Any) -> tuple[Model, ModelCard]:
-        model, card = self.ray.get(self._train.remote(self._n_threads, job, args, kwargs))
+        ref = self._train.remote(self._n_threads, self._device, self._deterministic, job, args, kwargs)
+        model, card = self.ray.get(ref)
         return model, card
 
     def run(
@@ -200,16 +206,29 @@ def _remote_unit(
     threads: int, unit: Unit, model: Model, dataset: ImageDataset, settings: Settings, sources: dict[str, Model]
 ) -> tuple[CellResult, float]:
     torch.set_num_threads(threads)
-    return run_unit(unit, model, dataset, settings, sources)
+    with deterministic_algorithms(settings.device, settings.deterministic):
+        return run_unit(unit, model, dataset, settings, sources)
 
 
 def _remote_train(
-    threads: int, job: Callable[..., tuple[Model, ModelCard]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    threads: int,
+    device: str,
+    deterministic: bool,
+    job: Callable[..., tuple[Model, ModelCard]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> tuple[Model, ModelCard]:
     torch.set_num_threads(threads)
-    model, card = job(*args, **kwargs)
+    with deterministic_algorithms(device, deterministic):
+        model, card = job(*args, **kwargs)
     return model.cpu(), card
 
 
-def make_executor(spec: ExecutorSpec, threads: int | None = None) -> LocalExecutor | RayExecutor:
-    return RayExecutor(spec, threads) if spec.name == "ray" else LocalExecutor(spec, threads)
+def make_executor(
+    spec: ExecutorSpec, threads: int | None = None, device: str = "cpu", deterministic: bool = True
+) -> LocalExecutor | RayExecutor:
+    """The executor ``spec`` names; ``device`` and ``deterministic`` are the run's (Ray workers select the same
+    deterministic kernels as the driver)."""
+    if spec.name == "ray":
+        return RayExecutor(spec, threads, device, deterministic)
+    return LocalExecutor(spec, threads)

@@ -169,6 +169,7 @@ def unit_settings(spec: ExperimentSpec) -> Settings:
         matched_noise=spec.matched_noise,
         gallery=spec.gallery,
         threads=spec.threads,
+        deterministic=spec.deterministic,
     )
 
 
@@ -456,7 +457,7 @@ def _run_experiment(
     for name, lm in sources.items():
         if name not in loaded:
             check_classes(name, {}, lm.card, dataset, spec.dataset.name)
-    executor = make_executor(spec.executor, spec.threads)
+    executor = make_executor(spec.executor, spec.threads, spec.device, spec.deterministic)
     try:
         return _run_with(spec, run_dir, executor, dataset, loaded, sources, quiet, notify, trust_code, started)
     finally:
