@@ -94,7 +94,7 @@ def test_killed_ray_driver_resumes_with_nothing_lost_or_repeated(cluster, refere
                 stored = sqlite3.connect(db, timeout=1).execute("SELECT COUNT(*) FROM shards").fetchone()[0]
             except sqlite3.OperationalError:
                 stored = 0
-            if stored >= 3:
+            if stored >= 1:
                 break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
@@ -104,7 +104,8 @@ def test_killed_ray_driver_resumes_with_nothing_lost_or_repeated(cluster, refere
     cells_then = con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
     shards_then = con.execute("SELECT COUNT(*) FROM shards").fetchone()[0]
     con.close()
-    assert cells_then < 13 and shards_then >= 1  # killed with cells part-way through
+    # killed mid-run: some work stored (a shard, or a cell its last shard completed), not all of it
+    assert cells_then < 13 and cells_then + shards_then >= 1
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
