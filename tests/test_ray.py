@@ -106,7 +106,11 @@ def test_killed_ray_driver_resumes_with_nothing_lost_or_repeated(cluster, refere
     con.close()
     # killed mid-run: some work stored (a shard, or a cell its last shard completed), not all of it
     assert cells_then < 13 and cells_then + shards_then >= 1
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # Ray reclaims the dead driver's workers once it notices; until then a new driver's units would wait for CPUs
+    deadline = time.time() + 120
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < 2:
+        time.sleep(0.2)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
     assert _records(db) == _records(reference / "results.db")
