@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_md import write_section
 
 import medrobust
 from medrobust.data.base import iterate_batches
@@ -149,13 +150,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        text = RESULTS.read_text()
-        block = "\n".join(lines)
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        RESULTS.write_text(text)
+        write_section(BEGIN, END, lines)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from results_md import write_section
 
 from medrobust.cells import file_digest
 from medrobust.train import TrainSettings, train
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 BEGIN, END = "<!-- section:defenses-cpu -->", "<!-- /section:defenses-cpu -->"
 EPS = 2 / 255
 MODES = [
@@ -99,13 +98,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        text = RESULTS.read_text()
-        block = "\n".join(lines)
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        RESULTS.write_text(text)
+        write_section(BEGIN, END, lines)
 
 
 if __name__ == "__main__":

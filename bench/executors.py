@@ -32,14 +32,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from results_md import write_section
 
 from medrobust.config import load_config
 from medrobust.runner import run_experiment
 from medrobust.store import Store
 from medrobust.train import TrainSettings, train
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 BEGIN, END = "<!-- section:executors-cpu -->", "<!-- /section:executors-cpu -->"
 
 
@@ -179,13 +178,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        text = RESULTS.read_text()
-        block = "\n".join(lines)
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        RESULTS.write_text(text)
+        write_section(BEGIN, END, lines)
 
 
 def gpu_main(args: argparse.Namespace) -> None:
@@ -242,13 +235,7 @@ def gpu_main(args: argparse.Namespace) -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        text = RESULTS.read_text()
-        block = "\n".join(lines)
-        if begin in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        RESULTS.write_text(text)
+        write_section(begin, end, lines)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from medrobust.cells import Cell
-from medrobust.config import ExecutorSpec
+from medrobust.config import ExecutorSpec, ExperimentSpec
 from medrobust.data.base import ImageDataset
 from medrobust.evaluation import CellResult, evaluate_cell
 from medrobust.models.card import ModelCard
@@ -78,6 +78,31 @@ class Settings:
     threads: int | None = None
     deterministic: bool = True  # CUDA: deterministic kernels in every worker, as in the driver
 
+    @classmethod
+    def of(cls, spec: ExperimentSpec) -> Settings:
+        return cls(
+            spec.seed,
+            spec.batch_size,
+            spec.device,
+            spec.limit,
+            spec.matched_noise,
+            spec.gallery,
+            spec.threads,
+            spec.deterministic,
+        )
+
+
+@dataclass
+class Work:
+    """The units to run and what they need: the models by name, the dataset, the settings and the transfer
+    sources by name."""
+
+    units: list[Unit]
+    models: dict[str, Model]
+    dataset: ImageDataset
+    settings: Settings
+    sources: dict[str, Model]
+
 
 def run_unit(
     unit: Unit,
@@ -121,16 +146,12 @@ class LocalExecutor:
         return job(*args, **kwargs)
 
     def run(
-        self,
-        units: list[Unit],
-        models: dict[str, Model],
-        dataset: ImageDataset,
-        settings: Settings,
-        sources: dict[str, Model],
-        on_batch: Callable[[int], None] | None = None,
+        self, work: Work, on_batch: Callable[[int], None] | None = None
     ) -> Iterator[tuple[Unit, CellResult, float]]:
-        for unit in units:
-            result, seconds = run_unit(unit, models[unit.cell.model], dataset, settings, sources, on_batch)
+        """Each unit's result and compute seconds, in the order they finish."""
+        for unit in work.units:
+            model = work.models[unit.cell.model]
+            result, seconds = run_unit(unit, model, work.dataset, work.settings, work.sources, on_batch)
             yield unit, result, seconds
 
     def close(self) -> None:
@@ -172,20 +193,15 @@ class RayExecutor:
         return model, card
 
     def run(
-        self,
-        units: list[Unit],
-        models: dict[str, Model],
-        dataset: ImageDataset,
-        settings: Settings,
-        sources: dict[str, Model],
-        on_batch: Callable[[int], None] | None = None,
+        self, work: Work, on_batch: Callable[[int], None] | None = None
     ) -> Iterator[tuple[Unit, CellResult, float]]:
-        ray = self.ray
-        data_ref = ray.put(dataset)
-        source_ref = ray.put(sources)
-        model_refs = {name: ray.put(m) for name, m in models.items() if any(u.cell.model == name for u in units)}
+        """Each unit's result and compute seconds, in the order they finish."""
+        ray, units = self.ray, work.units
+        data_ref, source_ref = ray.put(work.dataset), ray.put(work.sources)
+        used = {u.cell.model for u in units}
+        model_refs = {name: ray.put(m) for name, m in work.models.items() if name in used}
         pending = {
-            self._unit.remote(self._n_threads, u, model_refs[u.cell.model], data_ref, settings, source_ref): u
+            self._unit.remote(self._n_threads, u, model_refs[u.cell.model], data_ref, work.settings, source_ref): u
             for u in units
         }
         while pending:

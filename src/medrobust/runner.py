@@ -35,7 +35,7 @@ from medrobust.checks import run_model_checks
 from medrobust.config import ExperimentSpec, ModelSpec
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.executors import LocalExecutor, RayExecutor, Settings, make_executor, plan
+from medrobust.executors import LocalExecutor, RayExecutor, Settings, Work, make_executor, plan
 from medrobust.files import write_atomic
 from medrobust.metrics.clever import clever_estimate
 from medrobust.models import Model, load_model
@@ -157,19 +157,6 @@ def model_row(name: str, lm: LoadedModel, m: ModelSpec, dataset: ImageDataset) -
         lm.model.bounds,
         source,
         lm.card.model_dump(mode="json"),
-    )
-
-
-def unit_settings(spec: ExperimentSpec) -> Settings:
-    return Settings(
-        seed=spec.seed,
-        batch_size=spec.batch_size,
-        device=spec.device,
-        limit=spec.limit,
-        matched_noise=spec.matched_noise,
-        gallery=spec.gallery,
-        threads=spec.threads,
-        deterministic=spec.deterministic,
     )
 
 
@@ -523,14 +510,14 @@ def _run_with(
             )
         )
         with _progress(quiet, len(units), sum(u.samples for u in units), executor.name) as advance:
-            for unit, result, seconds in executor.run(
+            work = Work(
                 units,
                 {k: v.model for k, v in models.items()},
                 dataset,
-                unit_settings(spec),
+                Settings.of(spec),
                 {k: v.model for k, v in sources.items()},
-                advance.samples,
-            ):
+            )
+            for unit, result, seconds in executor.run(work, advance.samples):
                 cell = unit.cell
                 info = CellInfo(
                     cell.key,
