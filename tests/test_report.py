@@ -545,9 +545,10 @@ def test_minimal_sizes_at_the_budget_are_counted():
     from medrobust.report.analysis import SizeGroup
 
     vals = {"l2": [0.5, 2.0, 1.99999999], "linf": [0.1, 0.2, 0.2], "l0": [3, 4, 5]}
-    assert SizeGroup("m", "dag", "l2", 2.0, 3, vals).at_budget == 2
-    assert SizeGroup("m", "pgd", "linf", 0.3, 3, vals).at_budget == 0
-    assert SizeGroup("m", "jsma", "l0", 0.01, 3, vals).at_budget is None
+    # 5 attacked samples: the 3 successful above and 2 left unfooled, one cut off at the budget
+    assert SizeGroup("m", "dag", "l2", 2.0, 5, vals, [0.5, 2.0, 1.99999999, 2.0, 1.2]).at_budget == 3
+    assert SizeGroup("m", "pgd", "linf", 0.3, 5, vals, [0.1, 0.2, 0.2, 0.3, 0.25]).at_budget == 1
+    assert SizeGroup("m", "jsma", "l0", 0.01, 3, vals, [3, 4, 5]).at_budget is None
 
 
 def test_gallery_figure_handles_volumes_single_samples_and_many_classes():
@@ -612,9 +613,34 @@ def test_minimal_table_counts_samples_at_the_budget(report, run_dir):
     _, md_path, html = report
     assert "<th class=\"num\">at the budget</th>" in html
     con = sqlite3.connect(run_dir / "results.db")
-    # successful DeepFool examples of model "tiny" whose L2 reached the largest budget, 1.0
-    at = con.execute(
-        "SELECT COUNT(*) FROM records WHERE model='tiny' AND perturbation='deepfool' AND strength=1.0 "
-        "AND label=clean_pred AND pred!=label AND l2 >= 1.0 * (1 - 1e-4)").fetchone()[0]
+    # attacked (clean-correct) DeepFool samples of model "tiny" whose L2 reached the largest budget, 1.0, fooled
+    # or not: the clip cut them off there
+    at, attacked = con.execute(
+        "SELECT SUM(l2 >= 1.0 * (1 - 1e-4)), COUNT(*) FROM records WHERE model='tiny' AND perturbation='deepfool' "
+        "AND strength=1.0 AND label=clean_pred").fetchone()
     line = [ln for ln in md_path.read_text().splitlines() if ln.startswith("| tiny | deepfool | 1 |")]
-    assert len(line) == 1 and line[0].split("|")[6].strip() == str(at)
+    assert len(line) == 1 and line[0].split("|")[6].strip() == f"{at}/{attacked}"
+
+
+def test_report_writes_the_summary_files_again_from_the_store(run_dir, tmp_path):
+    copy = copy_run(run_dir, tmp_path)
+    names = ("summary.json", "summary.csv", "comparisons.json", "comparisons.csv")
+    for name in names:
+        (copy / name).unlink()
+    build_report(copy)
+    for name in names:
+        assert (copy / name).read_bytes() == (run_dir / name).read_bytes(), name
+
+
+def test_an_interrupted_run_reports_its_wall_time_until_its_last_cell(run_dir, tmp_path):
+    copy = copy_run(run_dir, tmp_path)
+    con = sqlite3.connect(copy / "results.db")
+    with con:
+        started, = con.execute("SELECT started FROM runs WHERE id=1").fetchone()
+        con.execute("UPDATE runs SET finished=NULL WHERE id=1")
+        last, = con.execute("SELECT MAX(finished) FROM cells WHERE run_id=1").fetchone()
+    con.close()
+    html = build_report(copy)[0].read_text()
+    shown = re.search(r"<tr><th>wall time</th><td>([0-9.]+) s", html).group(1)
+    assert float(shown) == pytest.approx(last - started, abs=0.06) and float(shown) > 0
+    assert "interrupted (last cell stored" in html

@@ -376,7 +376,9 @@ def test_clever_scores_are_stored_summarised_reused_and_reported(checkpoint, tmp
 
     monkeypatch.setattr(R, "clever_estimate", refuse)
     run_experiment(spec, tmp_path / "run", quiet=True)
+    written = (tmp_path / "run" / "summary.json").read_bytes()
     html = build_report(tmp_path / "run")[0].read_text()
+    assert (tmp_path / "run" / "summary.json").read_bytes() == written  # the report writes the same bytes again
     (shown,) = re.findall(r'data-model="tiny" data-clever="([^"]+)"', html)
     assert float(shown) == pytest.approx(float(np.median(kept)))
 

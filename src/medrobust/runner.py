@@ -554,7 +554,7 @@ def _run_with(
             class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
         )
         if spec.clever is not None:
-            for name, scores in clever.items():
+            for name, scores in clever.items():  # in spec order, as the report writes them again
                 summary += clever_rows(name, spec.clever.label, scores)
         write_summary(summary, run_dir)
         write_comparisons(compare_models(stored, norms, tasks), run_dir)

@@ -347,6 +347,9 @@ class SizeGroup:
     strength: float
     n_correct: int  # clean-correct samples (the attack's targets)
     values: dict[str, list[float]]  # per-sample sizes of the successful adversarial examples
+    # per-sample sizes in the attack's norm of every attacked sample (clean-correct; all for dense tasks),
+    # fooled or not
+    attacked: list[float] = field(default_factory=list)
 
     @property
     def n_success(self) -> int:
@@ -357,11 +360,12 @@ class SizeGroup:
 
     @property
     def at_budget(self) -> int | None:
-        """Samples whose perturbation reached the budget (L2/Linf only): for a minimal attack their true minimal
-        size is at least the budget (the clip cut it, or the attack stopped at its iteration limit)."""
+        """Attacked samples whose perturbation reached the budget (L2/Linf only), fooled or not: for a minimal
+        attack their minimal perturbation is at least the budget (the clip cut it off, or the attack stopped at
+        its iteration limit there), so the attack neither failed on them nor measured them."""
         if self.norm not in ("l2", "linf"):
             return None
-        return sum(v >= self.strength * (1 - 1e-4) for v in self.values[self.norm])
+        return sum(v >= self.strength * (1 - 1e-4) for v in self.attacked)
 
     def mean(self, key: str) -> float | None:
         return _mean(self.values[key])
@@ -371,8 +375,9 @@ def _size_group(model: str, p: PerturbationInfo, strength: float, recs: list[dic
     """Sizes of the successful examples; for a model deciding per pixel (no single decision), of every sample."""
     ok = recs if dense else _successful(recs)
     vals = {k: [r[k] for r in ok if r[k] is not None] for k in SIZE_KEYS}
-    targets = len(recs) if dense else sum(r["clean_pred"] == r["label"] for r in recs)
-    return SizeGroup(model, p.label, p.norm, strength, targets, vals)
+    attacked = recs if dense else [r for r in recs if r["clean_pred"] == r["label"]]
+    sizes = [r[p.norm] for r in attacked if p.norm in SIZE_KEYS and r[p.norm] is not None]
+    return SizeGroup(model, p.label, p.norm, strength, len(attacked), vals, sizes)
 
 
 def perceptibility(run: RunData, reference: dict[str, float]) -> tuple[list[SizeGroup], list[SizeGroup]]:

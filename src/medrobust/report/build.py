@@ -19,6 +19,7 @@ from medrobust.report import analysis as A
 from medrobust.report import figures as F
 from medrobust.report.data import RunData, load_run
 from medrobust.report.markdown import summary_markdown
+from medrobust.results import write_comparisons, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,18 @@ def provenance(run: RunData) -> dict[str, Any]:
     finished = [r["finished"] for r in run.runs if r.get("finished")]
     runs = []
     for r in run.runs:
-        wall = (r["finished"] - r["started"]) if r.get("finished") else None
+        # an interrupted run (killed, or stopped by an error) counts until the last cell it stored
+        end = r.get("finished") or run.last_write.get(r["id"])
+        wall = end - r["started"] if end else None
         runs.append(
             {
                 "id": r["id"],
                 "started": when(r["started"]),
-                "finished": when(r.get("finished")) if r.get("finished") else "interrupted",
+                "finished": when(r["finished"])
+                if r.get("finished")
+                else f"interrupted (last cell stored {when(end)})"
+                if end
+                else "interrupted",
                 "wall": wall,
                 "device": r["device"],
                 "seed": r["seed"],
@@ -143,7 +150,8 @@ def build_report(
     reference_strength: dict[str, float] | None = None,
     malignant: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``RUN_DIR/report.html`` (self-contained) and ``RUN_DIR/summary.md``; returns both paths.
+    """Write ``RUN_DIR/report.html`` (self-contained) and ``RUN_DIR/summary.md``, and write summary.csv/json and
+    comparisons.csv/json again from the store; returns the report's two paths.
 
     reference_strength: norm -> eps (input units) for the headline, overriding the spec's
     ``reference_strength``; a norm without one uses the middle strength. malignant: class names counted as
@@ -152,6 +160,9 @@ def build_report(
     """
     t0 = time.perf_counter()
     run = load_run(run_dir)
+    # the summary files are a pure function of the store: written again, they are the run's own bytes
+    write_summary(run.summary, run.run_dir)
+    write_comparisons(run.comparisons, run.run_dir)
     reference = {**(run.spec.get("reference_strength") or {}), **(reference_strength or {})}
     malignant = tuple(malignant) if malignant else A.DEFAULT_MALIGNANT
     values = A.Values(run.summary, run.metric)

@@ -78,6 +78,8 @@ class RunData:
     checks: list[dict[str, Any]] = field(default_factory=list)
     # paired tests between the models (medrobust.results.compare_models) on clean data and every worst case
     comparisons: list[dict[str, Any]] = field(default_factory=list)
+    # run id -> when it last stored a cell (an interrupted run's wall time ends there)
+    last_write: dict[int, float] = field(default_factory=dict)
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -147,8 +149,10 @@ def load_run(run_dir: str | Path) -> RunData:
     for r in score_rows:
         if fingerprints.get(r["model"]) == r["fingerprint"]:
             latest[(r["model"], r["name"])] = r["scores"]
-    for (model, name), scores in sorted(latest.items()):
-        summary += clever_rows(model, name, scores)
+    for m in models:  # in spec order, as the runner writes them
+        for (model, name), scores in sorted(latest.items()):
+            if model == m.name:
+                summary += clever_rows(model, name, scores)
     clean_counts: dict[str, int] = defaultdict(int)
     for r in records:
         if r["perturbation"] == "clean":
@@ -188,6 +192,10 @@ def load_run(run_dir: str | Path) -> RunData:
             if c["kind"] == "clean" and (o := json.loads(c["threat_json"]).get("orientation"))
         },
         checks=checks,
+        last_write={
+            int(rid): max(c["finished"] for c in all_cells if c["run_id"] == rid and c["finished"])
+            for rid in {c["run_id"] for c in all_cells if c["run_id"] is not None and c["finished"]}
+        },
     )
 
 

@@ -177,7 +177,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
                     f"{g.strength:.4g}",
                     f"{g.n_success}/{g.n_correct}",
                     _int(g.median("l0")) if g.norm == "l0" else g.median(g.norm if g.norm in ("l2", "linf") else "l2"),
-                    "-" if g.at_budget is None else str(g.at_budget),
+                    "-" if g.at_budget is None else f"{g.at_budget}/{g.n_correct}",
                     g.mean("rho"),
                     g.median("rho"),
                 ]
