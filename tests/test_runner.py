@@ -389,3 +389,19 @@ def test_clever_refuses_segmentation(tmp_path):
     with pytest.raises(ValueError, match="CLEVER scores classifiers"):
         run_experiment(spec, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()  # a failed first run leaves no folder
+
+
+def test_a_model_that_cannot_take_the_input_fails_before_any_training(tmp_path, monkeypatch):
+    import medrobust.runner as R
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was trained before the input check")
+
+    monkeypatch.setattr(R, "train", refuse)
+    spec = load_config({"dataset": {"name": "derm-synth", "params": {"size": 16, "n": 30}}, "models": [
+        {"name": "fine", "train": {"architecture": "small-cnn", "epochs": 1}},
+        {"name": "too-deep", "train": {"architecture": "efficientnet", "epochs": 1}}], "perturbations": []})
+    with pytest.raises(ValueError, match=r"^model 'too-deep' \(efficientnet\) cannot take the inputs of dataset "
+                                         r"'derm-synth' \(one sample: \[3, 16, 16\]\): "):
+        run_experiment(spec, tmp_path / "run", quiet=True)  # train() refuses: nothing trained before the check
+    assert not (tmp_path / "run").exists()

@@ -160,6 +160,55 @@ def model_row(name: str, lm: LoadedModel, m: ModelSpec, dataset: ImageDataset) -
     )
 
 
+def probe_models(spec: ExperimentSpec, dataset: ImageDataset, loaded: dict[str, LoadedModel], trust_code: bool) -> None:
+    """Before any training: every model of the spec, built (fresh weights, for the ones to train) or loaded, runs
+    once on two samples of the spec's data, and of its training data where that differs; an architecture that
+    cannot take the input is a one-line error naming the model and the input size."""
+    from medrobust.models.zoo import build_network
+
+    task = get_task(dataset.task)
+    datasets = [(spec.dataset.name, dataset)]
+    if spec.train_dataset is not None and any(m.train is not None for m in spec.models):
+        t = spec.train_dataset
+        datasets.append((t.name, load_dataset(t.name, split="train", **t.params)))
+    for label, data in datasets:
+        batch = next(iter(iterate_batches(data, 2, 2)))
+        shape = tuple(batch.x.shape[1:])
+        for m in spec.models:
+            if m.name in loaded:
+                if label != spec.dataset.name:
+                    continue
+                net: torch.nn.Module = loaded[m.name].model
+                x = batch.x.to(spec.device)
+                what = f"model {m.name!r}"
+            else:
+                assert m.train is not None
+                net = build_network(
+                    m.train.architecture,
+                    in_channels=shape[0],
+                    num_classes=data.num_classes,
+                    spatial_dims=len(shape) - 1,
+                    trust_code=trust_code or spec.trust_code,
+                    **m.train.arch_kwargs,
+                )
+                x = batch.x
+                what = f"model {m.name!r} ({m.train.architecture})"
+            try:
+                was = net.training
+                net.eval()
+                with torch.no_grad():
+                    out = net(x)
+                net.train(was)
+                task.check(out.cpu(), batch.y)
+                if out.shape[1] != data.num_classes:
+                    raise ValueError(f"it returns {out.shape[1]} outputs, the data have {data.num_classes} classes")
+            except Exception as err:  # any failure of a forward pass: name the model and the size, in one line
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(
+                    f"{what} cannot take the inputs of dataset {label!r} (one sample: {list(shape)}): {first}"
+                ) from None
+
+
 def check_strength(spec: ExperimentSpec) -> float | None:
     """The Linf eps at which the "more steps" check compares attacks: the spec's reference strength, else the
     smallest Linf attack strength; None when the spec has no Linf attack."""
@@ -444,6 +493,7 @@ def _run_experiment(
     for name, lm in sources.items():
         if name not in loaded:
             check_classes(name, {}, lm.card, dataset, spec.dataset.name)
+    probe_models(spec, dataset, loaded, trust_code)  # seconds, before any model trains for minutes
     executor = make_executor(spec.executor, spec.threads, spec.device, spec.deterministic)
     try:
         return _run_with(spec, run_dir, executor, dataset, loaded, sources, quiet, notify, trust_code, started)
