@@ -129,7 +129,11 @@ def test_evaluate_command_works_for_a_segmentation_model(segmenter, tmp_path):
                                       "--attack", "pgd:eps=0.03,steps=2", "--json", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Dice" in result.output and "pgd(eps=0.03,steps=2)" in result.output
+    for structure in ("csf", "gm", "wm"):  # Dice per structure, clean and under attack
+        assert f"Dice {structure}" in result.output
     rows = {r["perturbation"]: r for r in json.loads(out.read_text())}
+    for row in (rows["clean"], rows["pgd(eps=0.03,steps=2)"]):
+        assert all(0.0 <= row[f"dice:{s}"] <= 1.0 for s in ("csf", "gm", "wm"))
     assert rows["clean"]["n"] == 3 and 0.0 <= rows["clean"]["dice"] <= 1.0
     assert rows["pgd(eps=0.03,steps=2)"]["dice_drop"] == pytest.approx(
         rows["clean"]["dice"] - rows["pgd(eps=0.03,steps=2)"]["dice"], abs=1e-9)

@@ -201,6 +201,9 @@ def results_table(title: str, rows: list[dict[str, Any]], width: int | None = No
     ]
     present = {k for r in rows for k in r} | ({"noise"} if noise else set())
     columns = [c for c in columns if c[0] in present]
+    # segmentation: Dice of each structure, clean and under every perturbation
+    structures = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("dice:")]
+    columns[1:1] = [(k, f"Dice {k.split(':', 1)[1]}", 3) for k in structures]
     if width < 140:
         columns = [c for c in columns if c[0] not in ("l0", "seconds", "balanced_accuracy")]
     table.add_column("perturbation", overflow="fold", ratio=1)
