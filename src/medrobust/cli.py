@@ -69,6 +69,16 @@ def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads for this process (results depend on it in the last bits)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads {threads} must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -117,6 +127,7 @@ def train(
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's)"),
     out: Path = typer.Option(..., "--out", "-o", help="checkpoint folder to write"),
     defense: str = typer.Option(
         "none", help="robust training: none, adversarial, ensemble_adversarial or jacobian (see --defense-param)"
@@ -133,11 +144,12 @@ def train(
 ) -> None:
     """Train a model, keep the best validation checkpoint, write weights and a JSON model card."""
     from medrobust.seeding import deterministic_algorithms
-    from medrobust.train import TrainSettings
+    from medrobust.train import TrainSettings, epoch_line
     from medrobust.train import train as run_train
 
     setup_logging(verbose)
     with user_errors():
+        set_threads(threads)
         settings = TrainSettings(
             architecture=arch,
             dataset=dataset,
@@ -162,8 +174,7 @@ def train(
                 sources[folder] = (net, file_digest(path / card_.weights))
 
         def show(epoch: int, row: dict[str, float]) -> None:
-            vals = "  ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in row.items() if k.startswith("val_"))
-            _consoles.out.print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val: {vals}", highlight=False)
+            _consoles.out.print(epoch_line(settings.name or arch, row), highlight=False)
 
         with deterministic_algorithms(device):
             _, card = run_train(settings, out, progress=show, sources=sources)
@@ -237,6 +248,7 @@ def evaluate(
     batch_size: int = typer.Option(64),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the rows as JSON"),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -254,6 +266,7 @@ def evaluate(
         from medrobust.types import check_device
 
         check_device(device)
+        set_threads(threads)
         perts = [parse_perturbation("attack", s) for s in attack or []]
         perts += [parse_perturbation("corruption", s) for s in corruption or []]
         net, card = load_model(model, device=device, trust_code=trust_code)

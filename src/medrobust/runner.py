@@ -44,7 +44,7 @@ from medrobust.results import clever_rows, compare_models, summarise, write_comp
 from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, ModelRow, Store, check_database
 from medrobust.tasks import get_task
-from medrobust.train import TrainSettings, train, versions
+from medrobust.train import TrainSettings, epoch_line, train, versions
 from medrobust.types import check_device
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,10 @@ def prepare_model(
     notify(f"training {m.name} ({m.train.architecture}{how}) on {data.name}")
     executor = executor or LocalExecutor(spec.executor)
     # the training job runs where the executor runs it; the driver saves the checkpoint
-    model, card = executor.train(
-        train, settings, None, sources={k: (v.model, v.fingerprint) for k, v in sources.items()}
-    )
+    # epoch lines as `medrobust train` prints them (from Ray workers they go to the workers' logs)
+    shown = {"progress": lambda epoch, row: notify(epoch_line(m.name, row))} if executor.name == "local" else {}
+    by_source = {k: (v.model, v.fingerprint) for k, v in sources.items()}
+    model, card = executor.train(train, settings, None, sources=by_source, **shown)
     save_checkpoint(model.cpu(), card, folder)
     prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
     return prepared[m.name]

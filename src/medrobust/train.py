@@ -71,6 +71,13 @@ class TrainSettings:
             )
 
 
+def epoch_line(name: str, row: dict[str, float]) -> str:
+    """One line per epoch, the same for `medrobust train` and for models a run trains:
+    "small-cnn epoch   3  loss 0.5123  val: accuracy 0.810  balanced_accuracy 0.802 ..."."""
+    vals = "  ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in row.items() if k.startswith("val_"))
+    return f"{name} epoch {int(row['epoch']):3d}  loss {row['train_loss']:.4f}  val: {vals}"
+
+
 def versions() -> dict[str, str]:
     from medrobust import __version__
 
@@ -189,7 +196,8 @@ def train(
                 val["robust"] = float(trainer.robust_scores(model, x_val, y_val, epoch).mean())
             row = {"epoch": epoch, "train_loss": total / len(x_train), **{f"val_{k}": v for k, v in val.items()}}
             history.append(row)
-            log.info("epoch %d: %s", epoch, row)
+            if progress is None:
+                log.info("%s", epoch_line(s.name or s.architecture, row))
             if progress is not None:
                 progress(epoch, row)
             chosen = val["robust"] if defense.select == "robust" else val[select]
