@@ -69,7 +69,9 @@ def expand(spec: ExperimentSpec, fingerprints: dict[str, str]) -> list[Cell]:
                 continue
             minimal = p.kind == "attack" and ATTACKS.get(p.name).minimal
             groups = [tuple(p.strengths)] if minimal else [(s,) for s in p.strengths]
-            extra = {"sources": {s: fingerprints.get(s) for s in p.sources}} if p.sources else {}
+            extra: dict[str, object] = {"sources": {s: fingerprints.get(s) for s in p.sources}} if p.sources else {}
+            if p.kind == "corruption":  # one draw for every strength, scaled (records of per-strength draws differ)
+                extra["draws"] = "common"
             for strengths in groups:
                 ident = {**base, "kind": p.kind, "name": p.name, "params": p.params, "strengths": strengths, **extra}
                 cells.append(Cell(digest(ident), m.name, label, p, strengths))

@@ -2,8 +2,9 @@
 
 ``evaluate_cell`` is what both doors use: the runner (``medrobust run``, every cell of a spec, stored) and
 ``medrobust evaluate`` (one model, in memory). Every random draw comes from a generator derived from the seed,
-the model's name, the perturbation's label, the strength (where each strength runs on its own) and the batch
-index, so the same inputs give the same numbers through either door and in any order.
+the model's name, the perturbation's label, an attack's strength (where each strength runs on its own) and the
+batch index, so the same inputs give the same numbers through either door and in any order. A corruption draws
+the same numbers at every strength, scaled (common random numbers), so its severity curve shows the severity.
 
 Per batch (:func:`evaluate_batch`): the clean predictions, then the perturbation at every strength
 (``Attack.sweep`` for attacks: minimal attacks run once and are clipped to each strength), and for each attack
@@ -255,7 +256,9 @@ def evaluate_batch(
                 b.add(f"matched_noise[{cell.label}]", "corruption", s, x_noise)
     else:
         for s in cell.strengths:
-            x_c = perturbation.with_strength(s)(x, generator=generator_for("corruption", s), bounds=bounds)
+            # common random numbers: every strength gets the same draw, scaled, so a severity curve shows the
+            # effect of the severity and not of a new draw at each one
+            x_c = perturbation.with_strength(s)(x, generator=generator_for("corruption"), bounds=bounds)
             b.add(cell.label, "corruption", s, x_c)
     return b.records, b.examples
 

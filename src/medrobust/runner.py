@@ -2,11 +2,12 @@
 the evaluation core (evaluation.py), store it, skip finished ones.
 
 Every random draw comes from a generator derived from the seed, the model's name, the perturbation's label,
-the strength (where each strength runs on its own) and the batch, so results do not depend on the order cells
-run in or on resuming. Minimal-norm attacks (DeepFool, C&W, JSMA) run once per model: one cell holds every
-strength, each the minimal perturbation clipped to it (``Attack.sweep``, as foolbox does). Each attack cell
-also holds Gaussian noise of the same per-sample L2 norm as the attack ("matched_noise[ATTACK]"). Each run
-records its models (task, classes, bounds, weights' fingerprint, card) and the cells of its grid in results.db.
+an attack's strength (where each strength runs on its own) and the batch, so results do not depend on the order
+cells run in or on resuming; a corruption draws the same numbers at every strength, scaled. Minimal-norm
+attacks (DeepFool, C&W, JSMA) run once per model: one cell holds every strength, each the minimal perturbation
+clipped to it (``Attack.sweep``, as foolbox does). Each attack cell also holds Gaussian noise of the same
+per-sample L2 norm as the attack ("matched_noise[ATTACK]"). Each run records its models (task, classes, bounds,
+weights' fingerprint, card) and the cells of its grid in results.db.
 
 Before anything is written, a run locks its folder, checks results.db and the stored spec, and loads the data
 and checkpoints (trust boundary: ``module:function`` architectures only with ``trust_code``). After the cells it

@@ -87,7 +87,7 @@ class Attack(ABC):
         model = as_model(model)
         task = get_task(task)
         name = type(self).__name__
-        if task.name not in self.tasks:
+        if task.family not in self.tasks:
             raise ValueError(f"{name} is defined for {', '.join(self.tasks)} tasks only, not {task.name!r}")
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")

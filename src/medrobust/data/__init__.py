@@ -40,15 +40,22 @@ __all__ = [
 ]
 
 
-def load_dataset(name: str, split: str = "test", **params: Any) -> ImageDataset:
+def load_dataset(name: str, split: str = "test", ordinal: bool | None = None, **params: Any) -> ImageDataset:
     """Build split ``split`` of the registered dataset ``name`` with its ``params``.
 
-    Unknown names raise KeyError listing the valid names (with a "did you mean" hint).
+    ``ordinal``: the classes are ordered grades (task "ordinal": summaries add quadratic weighted kappa and the
+    mean absolute error); None keeps the dataset's own (MedMNIST's RetinaMNIST is ordinal). Unknown names raise
+    KeyError listing the valid names (with a "did you mean" hint).
 
     >>> ds = load_dataset("derm-synth", split="test", n=30)  # doctest: +SKIP
     """
     check_split(split)
-    return DATASETS.build(name, split=split, **params)
+    dataset = DATASETS.build(name, split=split, **params)
+    if ordinal is not None:
+        if dataset.task not in ("classification", "ordinal"):
+            raise ValueError(f"ordinal: true applies to classification data; dataset {name!r} is {dataset.task}")
+        dataset.task = "ordinal" if ordinal else "classification"
+    return dataset
 
 
 def list_datasets() -> list[str]:

@@ -85,6 +85,8 @@ def build_medmnist(
     ids = [f"{flag}-{split}-{i:05d}" for i in range(len(labels))]
     ds = MedMNISTDataset(images, labels, ids, names, split)
     ds.info.update(flag=flag, source=str(file))
+    if flag in ORDINAL_FLAGS:
+        ds.task = "ordinal"
     return ds
 
 
@@ -118,6 +120,10 @@ def _download(flag: str, file: Path) -> None:
         ) from None
     if not file.is_file():
         raise FileNotFoundError(f"the medmnist download did not produce {file}; {hint}")
+
+
+# MedMNIST subsets whose labels are ordered grades: RetinaMNIST (diabetic retinopathy severity 0-4)
+ORDINAL_FLAGS = ("retinamnist",)
 
 
 def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:

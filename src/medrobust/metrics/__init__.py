@@ -7,7 +7,9 @@ from medrobust.metrics.classification import (
     auc_ovr,
     balanced_accuracy,
     confusion_matrix,
+    mean_absolute_error,
     per_class_sensitivity,
+    quadratic_kappa,
 )
 from medrobust.metrics.perturbation import (
     PERTURBATION_NORMS,
@@ -47,6 +49,8 @@ __all__ = [
     "auc_ovr",
     "balanced_accuracy",
     "confusion_matrix",
+    "mean_absolute_error",
+    "quadratic_kappa",
     "empirical_robustness",
     "empirical_robustness_per_sample",
     "l0_norm",

@@ -44,6 +44,29 @@ def confusion_matrix(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> t
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def quadratic_kappa(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    """Cohen's kappa with quadratic weights for ordinal labels (graded retinopathy, tumour grades): 1 - sum(W O) /
+    sum(W E), W[i, j] = (i - j)^2 / (K - 1)^2, O the confusion matrix, E the outer product of its marginals over
+    N. 1 is perfect agreement, 0 chance level, negative worse than chance; nan without samples or when every
+    true and predicted label is the same class (kappa is undefined)."""
+    cm = confusion_matrix(pred, y, num_classes).double()
+    n = cm.sum()
+    if n == 0 or num_classes < 2:
+        return math.nan
+    k = torch.arange(num_classes, dtype=torch.float64)
+    weights = (k[:, None] - k[None, :]) ** 2 / (num_classes - 1) ** 2
+    expected = cm.sum(1)[:, None] * cm.sum(0)[None, :] / n
+    denominator = float((weights * expected).sum())
+    return 1.0 - float((weights * cm).sum()) / denominator if denominator > 0 else math.nan
+
+
+def mean_absolute_error(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean |predicted grade - true grade| for ordinal labels, in classes; nan without samples."""
+    if y.numel() == 0:
+        return math.nan
+    return float((pred.long() - y.long()).abs().double().mean())
+
+
 def per_class_sensitivity(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Recall of each class, TP_k / (number of samples with y == k): float64 (K,), nan for classes absent from y."""
     cm = confusion_matrix(pred, y, num_classes).double()

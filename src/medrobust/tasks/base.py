@@ -53,6 +53,8 @@ class Outcome:
 
 class Task(ABC):
     name: str = ""
+    # the kind of decision attacks are written for ("classification", "segmentation"); variants share it
+    family: str = ""
     metric: str = ""  # the name of the per-sample score in summaries ("accuracy", "dice")
     metric_title: str = ""  # how text names it ("accuracy", "Dice")
     # one decision per pixel or voxel: label maps are kept for the gallery, sizes are taken over every sample

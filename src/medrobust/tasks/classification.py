@@ -24,6 +24,7 @@ def successful(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class ClassificationTask(Task):
     name = "classification"
+    family = "classification"
     metric = "accuracy"
     metric_title = "accuracy"
     dense = False

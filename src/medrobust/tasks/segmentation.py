@@ -23,6 +23,7 @@ from medrobust.tasks.base import Group, Metrics, Outcome, Task
 
 class SegmentationTask(Task):
     name = "segmentation"
+    family = "segmentation"
     metric = "dice"
     metric_title = "Dice"
     dense = True
