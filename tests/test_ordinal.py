@@ -77,3 +77,35 @@ def test_an_ordinal_run_summarises_kappa_and_grade_error(tmp_path):
         assert rows[(pert, "mae")]["value"] == pytest.approx(mean_absolute_error(pred, y))
         assert (pert, "balanced_accuracy") in rows
     assert rows[("clean", "quadratic_kappa")]["value"] > 0.5  # the grades are learnable
+
+
+def test_the_report_shows_what_the_labels_call_for(tmp_path):
+    """An ordinal, imbalanced test set: the report adds balanced accuracy, kappa and grade error beside accuracy,
+    with the values of summary.json; no dermatology default on retina grades; a spec may lead with kappa."""
+    from medrobust.report import build_report
+
+    file = retina_like(tmp_path / "retinamnist.npz")
+    with np.load(file) as z:  # make grade 0 five times as common as the others in the test split
+        arrays = dict(z)
+    arrays["test_labels"][: len(arrays["test_labels"]) // 2] = 0
+    np.savez(file, **arrays)
+    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 8}, dataset="medmnist",
+                        dataset_params={"path": str(file)}, epochs=6, lr=0.01, seed=0), tmp_path / "m")
+    spec = {"seed": 0, "batch_size": 30, "dataset": {"name": "medmnist", "params": {"path": str(file)}},
+            "models": [{"name": "m", "checkpoint": str(tmp_path / "m")}],
+            "perturbations": [{"attack": "fgsm", "strengths": [0.02]}]}
+    run_experiment(load_config(spec), tmp_path / "run", quiet=True)
+    html = build_report(tmp_path / "run")[0].read_text()
+    rows = {(r["perturbation"], r["metric"]): r["value"]
+            for r in json.loads((tmp_path / "run" / "summary.json").read_text())}
+    import re
+
+    shown = dict(re.findall(r'data-label-metric="([a-z_]+)" data-model="m" data-clean="([^"]+)"', html))
+    assert set(shown) == {"balanced_accuracy", "quadratic_kappa", "mae"}
+    for metric, value in shown.items():
+        assert float(value) == pytest.approx(rows[("clean", metric)])
+    assert "melanoma" not in html and "No clinical group is declared for these classes" in html
+    spec["headline_metric"] = "quadratic_kappa"
+    run_experiment(load_config(spec), tmp_path / "run", quiet=True)
+    html = build_report(tmp_path / "run")[0].read_text()
+    assert 'data-metric="quadratic_kappa"' in html and "clean quadratic weighted kappa" in html

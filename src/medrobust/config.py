@@ -215,6 +215,10 @@ class ExperimentSpec(_Frozen):
     # torch CPU threads for training and evaluation (default: torch's). Results depend on it in the last bits
     # (the order of float sums), so runs compare bit for bit at the same thread count, on any executor.
     threads: int | None = Field(None, ge=1)
+    # the score the report leads with (default: the task's, accuracy or Dice)
+    headline_metric: Literal["accuracy", "balanced_accuracy", "auc", "quadratic_kappa", "dice"] | None = None
+    # the classes the clinical breakdown counts flips out of (e.g. the malignant ones); none: no groups
+    malignant: list[str] | None = None
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     @field_validator("device")

@@ -23,8 +23,20 @@ from medrobust.results import worst_label
 
 DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
 NORM_NAMES = {"linf": "Linf", "l2": "L2", "l0": "L0"}
-METRIC_NAMES = {"accuracy": "accuracy", "dice": "Dice"}
-METRIC_AXES = {"accuracy": "accuracy (fraction correct)", "dice": "mean foreground Dice"}
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "dice": "Dice",
+    "balanced_accuracy": "balanced accuracy",
+    "auc": "AUC",
+    "quadratic_kappa": "quadratic weighted kappa",
+}
+METRIC_AXES = {
+    "accuracy": "accuracy (fraction correct)",
+    "dice": "mean foreground Dice",
+    "balanced_accuracy": "balanced accuracy (mean recall)",
+    "auc": "AUC (one vs rest)",
+    "quadratic_kappa": "quadratic weighted kappa",
+}
 
 
 class Values:
@@ -126,6 +138,49 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
             r["clever_flagged"] = values.get(name, clever, 0.0, "clever_flagged") if clever else None
         out.append(Headline(norm, label, strength, attacks, rows, norm in reference, clever))
     return out
+
+
+LABEL_METRICS = {
+    "balanced_accuracy": "balanced accuracy",
+    "quadratic_kappa": "quadratic weighted kappa",
+    "mae": "mean absolute error (grades)",
+}
+
+
+def label_metrics(run: RunData, values: Values, heads: list[Headline]) -> list[dict[str, Any]]:
+    """The metrics the labels call for besides the headline score (each model's Task decides from the clean
+    class counts: balanced accuracy for imbalanced classes, kappa and grade error for ordinal grades), clean and
+    under each headline's worst case: rows of model, metric, name, clean, clean_ci, worst [(value, ci)]."""
+    counts: dict[str, list[int]] = {}
+    for r in run.records:
+        if r["perturbation"] == "clean" and r["label"] >= 0:
+            c = counts.setdefault(
+                r["model"], [0] * len(next(m for m in run.models if m.name == r["model"]).class_names)
+            )
+            c[r["label"]] += 1
+    rows = []
+    for m in run.models:
+        for metric in m.adapter.report_metrics(counts.get(m.name, [])):
+            if metric == values.metric:
+                continue
+            rows.append(
+                {
+                    "model": m.name,
+                    "metric": metric,
+                    "name": LABEL_METRICS.get(metric, metric),
+                    "clean": values.clean(m.name, metric),
+                    "clean_ci": values.interval(m.name, "clean", 0.0, metric),
+                    "worst": [
+                        (
+                            values.get(m.name, h.label, h.strength, metric),
+                            values.interval(m.name, h.label, h.strength, metric),
+                        )
+                        for h in heads
+                    ],
+                    "counts": counts.get(m.name, []),
+                }
+            )
+    return rows
 
 
 def pair_tests(run: RunData, heads: list[Headline]) -> list[dict[str, Any]]:

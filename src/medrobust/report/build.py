@@ -164,7 +164,12 @@ def build_report(
     write_summary(run.summary, run.run_dir)
     write_comparisons(run.comparisons, run.run_dir)
     reference = {**(run.spec.get("reference_strength") or {}), **(reference_strength or {})}
-    malignant = tuple(malignant) if malignant else A.DEFAULT_MALIGNANT
+    declared = malignant or run.spec.get("malignant")
+    if declared:
+        malignant = tuple(declared)
+    else:  # the dermatology default only where the classes are dermatology's
+        names = {c.strip().lower() for m in run.models for c in m.class_names}
+        malignant = A.DEFAULT_MALIGNANT if names & set(A.DEFAULT_MALIGNANT) else ()
     values = A.Values(run.summary, run.metric)
     styles = F.model_styles(m.name for m in run.models)
 
@@ -196,6 +201,7 @@ def build_report(
         "heads": heads,
         "sentence": A.headline_sentence(heads, run.metric, run.comparisons),
         "pair_tests": A.pair_tests(run, heads),
+        "label_metrics": A.label_metrics(run, values, heads),
         "metric": run.metric,
         "score": A.METRIC_NAMES.get(run.metric, run.metric),
         "structures": structures,

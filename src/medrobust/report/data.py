@@ -92,7 +92,10 @@ class RunData:
 
     @property
     def metric(self) -> str:
-        """The score of the run: its models' Task's (accuracy, Dice); a run of dense models wins a mixed run."""
+        """The score the report leads with: the spec's ``headline_metric``, else the models' Task's (accuracy,
+        Dice; a run of dense models wins a mixed run)."""
+        if self.spec.get("headline_metric"):
+            return str(self.spec["headline_metric"])
         tasks = [m.adapter for m in self.models]
         return next((t.metric for t in tasks if t.dense), tasks[0].metric if tasks else "accuracy")
 

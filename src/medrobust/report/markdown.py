@@ -210,12 +210,14 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
                 for r in ct.rows
             ],
         )
-        if not ct.malignant:
+        if not ct.malignant and ctx["malignant"]:
             out += [
                 f"No class of {cell(ct.model)} is in the malignant group "
                 f"({', '.join(cell(m) for m in ctx['malignant'])}).",
                 "",
             ]
+        elif not ctx["malignant"]:
+            out += ["No clinical group is declared for these classes (spec `malignant`, or `--malignant`).", ""]
     for st in ctx["structures"]:
         out += [f"### {cell(st.model)}: per-structure Dice / HD95 / flipped", ""]
         out += table(

@@ -112,6 +112,11 @@ class Task(ABC):
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Boolean per sample: has the attack reached its goal."""
 
+    def report_metrics(self, class_counts: Sequence[int]) -> list[str]:
+        """Metrics the report shows beside the headline score for data with these class counts (clean test
+        labels): what this field reads besides accuracy or Dice. None by default."""
+        return []
+
     @abstractmethod
     def training_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The loss a model of this task is trained with: (logits, labels) -> scalar."""

@@ -37,6 +37,12 @@ class ClassificationTask(Task):
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ~self.correct(logits, y)
 
+    def report_metrics(self, class_counts: Sequence[int]) -> list[str]:
+        """Balanced accuracy when the classes are imbalanced (the largest at least 1.5 times the smallest present
+        class): there accuracy hides a class the model never predicts."""
+        present = [c for c in class_counts if c > 0]
+        return ["balanced_accuracy"] if present and max(present) >= 1.5 * min(present) else []
+
     def training_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return F.cross_entropy
 

@@ -7,6 +7,8 @@ or a spec sets ``dataset: {ordinal: true}``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -18,6 +20,10 @@ from medrobust.tasks.classification import ClassificationTask
 
 class OrdinalTask(ClassificationTask):
     name = "ordinal"
+
+    def report_metrics(self, class_counts: Sequence[int]) -> list[str]:
+        """Quadratic weighted kappa and grade error always; balanced accuracy when the grades are imbalanced."""
+        return [*super().report_metrics(class_counts), "quadratic_kappa", "mae"]
 
     def summary(self, group: Group) -> Metrics:
         """Classification's metrics, plus ``quadratic_kappa`` (bootstrap 95% interval) and ``mae`` (grades)."""
