@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -85,3 +86,17 @@ def test_list_names_everything():
     assert result.exit_code == 0
     for name in ("fgsm", "pgd", "deepfool", "jsma", "cw", "gaussian_noise", "matched_noise", "derm-synth", "densenet"):
         assert name in result.output
+
+
+def test_describe_prints_parameters_from_the_signature():
+    result = runner.invoke(app, ["describe", "dataset", "nifti"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for param, default in (("min_foreground", "0.01"), ("split_fractions", "(0.7, 0.15, 0.15)"), ("label_map", "None")):
+        assert re.search(rf"{param}\s.*{re.escape(default)}", result.output), param
+    assert "split " not in result.output  # filled in by medrobust, not a user parameter
+    pgd = runner.invoke(app, ["describe", "attack", "pgd"], env={"COLUMNS": "200"})
+    assert pgd.exit_code == 0 and re.search(r"steps\s.*int\s.*10", pgd.output)
+    bad = runner.invoke(app, ["describe", "atack", "pgd"])
+    assert bad.exit_code == 2 and "did you mean 'attack'" in bad.output
+    unknown = runner.invoke(app, ["describe", "dataset", "niftii"])
+    assert unknown.exit_code == 2 and "did you mean 'nifti'" in unknown.output

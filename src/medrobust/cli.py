@@ -117,6 +117,33 @@ def list_cmd(what: str | None = typer.Argument(None, help="attacks, corruptions,
 
 
 @app.command()
+def describe(
+    kind: str = typer.Argument(..., help="attack, corruption, model or dataset"),
+    name: str = typer.Argument(..., help="a registered name (see `medrobust list`)"),
+) -> None:
+    """The parameters of a registered attack, corruption, model or dataset, with their types and defaults."""
+    from medrobust.attacks import ATTACKS
+    from medrobust.corruptions import CORRUPTIONS
+    from medrobust.data import DATASETS
+    from medrobust.models.zoo import MODELS
+
+    registries = {"attack": ATTACKS, "corruption": CORRUPTIONS, "model": MODELS, "dataset": DATASETS}
+    with user_errors():
+        if kind.rstrip("s") not in registries:
+            from medrobust.registry import unknown_name_message
+
+            raise ValueError(unknown_name_message("kind", kind, list(registries)))
+        summary, rows = registries[kind.rstrip("s")].describe(name)
+    table = Table(title=escape(f"{kind.rstrip('s')} {name}"), title_justify="left", caption=escape(summary))
+    table.caption_justify = "left"
+    for column in ("parameter", "type", "default"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(v) for v in row))
+    _consoles.out.print(table)
+
+
+@app.command()
 def train(
     arch: str = typer.Option("small-cnn", "--arch", help="registered model or module:function factory"),
     dataset: str = typer.Option("derm-synth", help="registered dataset"),

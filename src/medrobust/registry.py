@@ -46,11 +46,33 @@ class Registry(Generic[T]):
         except TypeError as err:
             raise TypeError(f"{self.kind} {name!r}: {err}") from None
 
+    def describe(self, name: str) -> tuple[str, list[tuple[str, str, str]]]:
+        """What ``name`` is and takes, from its builder: (the first paragraph of its docstring, [(parameter,
+        type, default)]) in signature order; parameters the caller supplies (split, the network's channels and
+        classes) are left out."""
+        import inspect
+
+        builder = self.get(name)
+        doc = inspect.getdoc(builder) or ""
+        summary = " ".join(doc.split("\n\n")[0].split())
+        rows = []
+        for p in inspect.signature(builder).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in SUPPLIED:
+                continue
+            kind = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            default = "required" if p.default is p.empty else repr(p.default)
+            rows.append((p.name, str(kind).replace("typing.", ""), default))
+        return summary, rows
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+# builder parameters the library fills in itself, not the user (hidden by Registry.describe)
+SUPPLIED = ("split", "in_channels", "num_classes", "spatial_dims")
 
 
 def parameter_names(builder: Any) -> list[str] | None:
