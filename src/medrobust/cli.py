@@ -126,8 +126,14 @@ def describe(
     from medrobust.corruptions import CORRUPTIONS
     from medrobust.data import DATASETS
     from medrobust.models.zoo import MODELS
+    from medrobust.registry import Registry
 
-    registries = {"attack": ATTACKS, "corruption": CORRUPTIONS, "model": MODELS, "dataset": DATASETS}
+    registries: dict[str, Registry[Any]] = {
+        "attack": ATTACKS,
+        "corruption": CORRUPTIONS,
+        "model": MODELS,
+        "dataset": DATASETS,
+    }
     with user_errors():
         if kind.rstrip("s") not in registries:
             from medrobust.registry import unknown_name_message

@@ -6,7 +6,7 @@ import ast
 import difflib
 import inspect
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ class Registry(Generic[T]):
         doc = inspect.getdoc(builder) or ""
         summary = " ".join(doc.split("\n\n")[0].split())
         rows = []
-        for p in inspect.signature(builder).parameters.values():
+        for p in inspect.signature(cast(Callable[..., Any], builder)).parameters.values():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in SUPPLIED:
                 continue
             kind = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")

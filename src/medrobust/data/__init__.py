@@ -11,6 +11,7 @@ from typing import Any
 # Importing the modules registers their builders in DATASETS.
 from medrobust.data import (  # noqa: F401
     derm_synth,
+    dicom,
     image_folder,
     isic,
     medmnist,
