@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
@@ -448,6 +449,17 @@ def normalised(name: str) -> str:
     return re.sub(r"[\s_-]+", "_", name.strip().lower())
 
 
+def check_spacing(name: str, card: ModelCard, dataset: ImageDataset, label: str) -> None:
+    """A model trained on voxels of one size must not be scored on another: the voxel size its card records
+    (from its training data) against the data's."""
+    trained, here = card.dataset.get("spacing"), dataset.info.get("spacing")
+    if trained and here and not np.allclose(trained, here, rtol=1e-3):
+        raise ValueError(
+            f"model {name!r} was trained on voxels of {list(trained)} mm but dataset {label!r} has {list(here)} mm; "
+            f"resample the data to the model's: add spacing: {list(trained)} to the dataset's params"
+        )
+
+
 def check_classes(name: str, class_map: dict[str, str], card: ModelCard, dataset: ImageDataset, label: str) -> None:
     """Model and data must have the same classes in the same order (up to case, spaces, '-' and '_'), after the
     spec's ``class_map`` (card name -> data name)."""
@@ -491,6 +503,7 @@ def _run_experiment(
     for m in spec.models:
         if m.name in loaded:
             check_classes(m.name, m.class_map, loaded[m.name].card, dataset, spec.dataset.name)
+            check_spacing(m.name, loaded[m.name].card, dataset, spec.dataset.name)
     sources = load_sources(spec, loaded, trust_code)
     for name, lm in sources.items():
         if name not in loaded:
@@ -520,6 +533,7 @@ def _run_with(
     for m in spec.models:
         if m.name not in loaded:
             check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)
+            check_spacing(m.name, models[m.name].card, dataset, spec.dataset.name)
     sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
     warn_large_eps(spec, models, notify)
     write_atomic(run_dir / "spec.json", json.dumps(spec.model_dump(mode="json"), indent=2))

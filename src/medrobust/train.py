@@ -158,7 +158,12 @@ def train(
         bounds=train_ds.bounds,
         mean=mean,
         std=std,
-        dataset={"name": s.dataset, "params": dict(s.dataset_params), "sizes": {k: len(v) for k, v in data.items()}},
+        dataset={
+            "name": s.dataset,
+            "params": dict(s.dataset_params),
+            "sizes": {k: len(v) for k, v in data.items()},
+            **({"spacing": train_ds.info["spacing"]} if train_ds.info.get("spacing") else {}),
+        },
         seed=s.seed,
         training={
             k: v for k, v in asdict(s).items() if k not in ("dataset", "dataset_params", "architecture", "trust_code")

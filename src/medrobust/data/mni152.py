@@ -121,6 +121,7 @@ def build_mni152_tissue(
     ds.info.update(
         slice_index=index,
         resolution=resolution,
+        spacing=[float(resolution)] * 3,
         axis=axis,
         mode=mode,
         variant=variant,

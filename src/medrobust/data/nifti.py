@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv as csv_module
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -79,6 +80,8 @@ def build_nifti(
     seed: int = 0,
     splits: Mapping[str, Sequence[str]] | str | Path | None = None,
     affine_atol: float = 1e-3,
+    spacing: float | Sequence[float] | None = None,
+    pad_to_multiple: int | None = None,
 ) -> NiftiDataset:
     """One split of NIfTI image/label pairs as a segmentation dataset, x float32 in [0, 1].
 
@@ -92,6 +95,11 @@ def build_nifti(
     0..len(class_names)-1. split_fractions + seed: a seeded shuffle of the sorted volume ids cut at the cumulative
     fractions (use (0, 0, 1) for an evaluation-only set); splits: {"train": [ids], ...} or a JSON/YAML file of it,
     taking precedence over a CSV split column, which takes precedence over the fractions.
+    spacing: resample every volume to this voxel size in mm (one number or three, RAS order; images trilinear,
+    labels nearest; MONAI ``Resize``) before slicing, so a model sees the voxel size it was trained on; None
+    keeps each volume's own. pad_to_multiple: zero-pad each sample's spatial sides up to a multiple of this
+    (MONAI ``DivisiblePad``), for networks that halve the size several times (UNet strides). The voxel size of
+    the data (``info["spacing"]``) and the orientation (RAS) are recorded with the dataset.
     """
     check_split(split)
     mode, axis_index = check_mode_axis(mode, axis)
@@ -111,9 +119,17 @@ def build_nifti(
     masks: list[torch.Tensor] = []
     ids: list[str] = []
     dtype = mask_dtype(len(names))
+    target = None if spacing is None else triple_float(spacing, "spacing")
+    if pad_to_multiple is not None and (isinstance(pad_to_multiple, bool) or int(pad_to_multiple) < 1):
+        raise ValueError(f"pad_to_multiple={pad_to_multiple!r} must be a whole number >= 1")
+    spacings: dict[str, tuple[float, float, float]] = {}
     for vid in chosen:
         image_path, label_path = pairs[vid]
         volume, codes = read_pair(image_path, label_path, affine_atol)
+        voxels = voxel_sizes(image_path)
+        if target is not None and not np.allclose(voxels, target, rtol=1e-3):
+            volume, codes = resample(volume, codes, voxels, target)
+        spacings[vid] = target or voxels
         volume = percentile_normalise(volume, percentiles, str(image_path))
         mask = apply_label_map(codes, mapping, len(names), str(label_path))
         samples: Iterator[tuple[str, np.ndarray, np.ndarray]]
@@ -126,8 +142,12 @@ def build_nifti(
             patches = iter_patches(volume, mask, patch, step, min_foreground)
             samples = ((f"{vid}-patch-{a}-{b}-{c}", v, m) for (a, b, c), v, m in patches)
         for sample_id, v, m in samples:
-            images.append(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None])
-            masks.append(torch.from_numpy(np.ascontiguousarray(m)).to(dtype))
+            x_t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
+            y_t = torch.from_numpy(np.ascontiguousarray(m)).to(dtype)
+            if pad_to_multiple is not None:
+                x_t, y_t = pad_multiple(x_t, y_t, int(pad_to_multiple))
+            images.append(x_t)
+            masks.append(y_t)
             ids.append(sample_id)
     if not ids:
         raise ValueError(
@@ -139,7 +159,52 @@ def build_nifti(
     ds.info.update(
         volumes=chosen, sources={vid: (str(pairs[vid][0]), str(pairs[vid][1])) for vid in chosen}, mode=mode, axis=axis
     )
+    distinct = sorted(set(spacings.values()))
+    ds.info["spacing"] = list(distinct[0]) if len(distinct) == 1 else None  # mixed voxel sizes: none recorded
     return ds
+
+
+def triple_float(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != 3 or not all(v > 0 and math.isfinite(v) for v in values):
+        raise ValueError(f"{name}={value!r} must be a voxel size in mm > 0: one number or three")
+    return values[0], values[1], values[2]
+
+
+def voxel_sizes(image_path: Path) -> tuple[float, float, float]:
+    """The voxel size in mm of a NIfTI file along its RAS-reoriented axes."""
+    import nibabel as nib
+
+    img = cast("SpatialImage", nib.load(str(image_path)))
+    ornt = nib.orientations.io_orientation(img.affine)
+    sizes = nib.affines.voxel_sizes(img.affine)[:3]
+    ordered = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt[:3]):
+        ordered[int(target)] = float(sizes[axis])
+    return round(ordered[0], 6), round(ordered[1], 6), round(ordered[2], 6)
+
+
+def resample(
+    volume: np.ndarray, codes: np.ndarray, voxels: tuple[float, ...], target: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A volume (trilinear) and its label codes (nearest) on a grid of ``target`` mm voxels (MONAI ``Resize``)."""
+    from monai.transforms import Resize
+
+    size = [max(1, round(n * v / t)) for n, v, t in zip(volume.shape, voxels, target)]
+    image = Resize(size, mode="trilinear")(torch.from_numpy(np.ascontiguousarray(volume))[None])
+    labels = Resize(size, mode="nearest")(torch.from_numpy(np.ascontiguousarray(codes)).float()[None])
+    return np.asarray(image[0], dtype=np.float32), np.asarray(labels[0]).round().astype(np.int64)
+
+
+def pad_multiple(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad the spatial sides of x (C, *spatial) and y (*spatial) up to multiples of k (MONAI
+    ``DivisiblePad``, centred); padded labels are background."""
+    from monai.transforms import DivisiblePad
+
+    pad = DivisiblePad(k)
+    x_p = torch.as_tensor(pad(x))
+    y_p = torch.as_tensor(pad(y[None].float()))[0].round().to(y.dtype)
+    return x_p.as_subclass(torch.Tensor), y_p.as_subclass(torch.Tensor)
 
 
 # ------------------------------------------------------------------------------------------------ reading
