@@ -76,3 +76,11 @@ def test_a_2mm_model_on_1_5mm_data(pair, model_2mm, tmp_path):
     rows = {(r["perturbation"], r["metric"]): r for r in result.summary}
     assert 0.0 <= rows[("clean", "dice")]["value"] <= 1.0 and rows[("clean", "dice")]["n"] > 5
     assert ("fgsm", "dice_drop") in rows
+
+
+def test_a_single_volume_is_the_test_set(pair):
+    """One volume and the default split fractions: it is evaluated (test), not silently trained on."""
+    test = load_dataset("nifti", split="test", root=str(pair), class_names=TISSUES)
+    assert test.info["volumes"] == ["s1"]
+    with pytest.raises(ValueError, match="no volume falls in split 'train'"):
+        load_dataset("nifti", split="train", root=str(pair), class_names=TISSUES)

@@ -93,7 +93,8 @@ def build_nifti(
     percentiles: (low, high) clip per volume before rescaling to [0, 1]; None means min-max.
     label_map / class_names: see :func:`load_label_map`; without a label_map the codes must already be
     0..len(class_names)-1. split_fractions + seed: a seeded shuffle of the sorted volume ids cut at the cumulative
-    fractions (use (0, 0, 1) for an evaluation-only set); splits: {"train": [ids], ...} or a JSON/YAML file of it,
+    fractions (use (0, 0, 1) for an evaluation-only set; with fewer than 3 volumes the first is the test set and
+    a second one, if any, trains); splits: {"train": [ids], ...} or a JSON/YAML file of it,
     taking precedence over a CSV split column, which takes precedence over the fractions.
     spacing: resample every volume to this voxel size in mm (one number or three, RAS order; images trilinear,
     labels nearest; MONAI ``Resize``) before slicing, so a model sees the voxel size it was trained on; None
@@ -392,6 +393,10 @@ def _split_volumes(
             f"split_fractions={fractions!r} must be three non-negative fractions (train, val, test) summing to 1"
         )
     order = [vids[i] for i in np.random.default_rng(seed).permutation(len(vids))]
+    if len(vids) < 3 and values[2] > 0:
+        # too few volumes to cut by fractions: the test set comes first (one volume), then train, so a single
+        # volume is evaluated rather than silently trained on
+        return sorted({"test": order[:1], "train": order[1:2], "val": []}[split])
     cuts = [0, round(values[0] * len(vids)), round((values[0] + values[1]) * len(vids)), len(vids)]
     k = SPLITS.index(split)
     return sorted(order[cuts[k] : cuts[k + 1]])
