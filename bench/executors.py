@@ -62,6 +62,16 @@ def spec(models: dict[str, Path], executor: dict, threads: int, device: str = "c
     }
 
 
+def checkpoints(folder: Path) -> dict[str, Path]:
+    """The sweep's two small-cnn checkpoints (3 epochs, seeds 0 and 1), trained before any timing."""
+    models = {}
+    for seed in (0, 1):
+        out = folder / f"m{seed}"
+        train(TrainSettings(architecture="small-cnn", dataset="derm-synth", epochs=3, seed=seed), out)
+        models[f"m{seed}"] = out
+    return models
+
+
 def timed_run(s: dict, out: Path) -> tuple[float, float, int, float]:
     """(wall seconds, driver seconds writing results.db, units written, summed unit compute seconds)."""
     writes: list[float] = []
@@ -105,11 +115,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        models = {}
-        for seed in (0, 1):
-            folder = tmp_path / f"m{seed}"
-            train(TrainSettings(architecture="small-cnn", dataset="derm-synth", epochs=3, seed=seed), folder)
-            models[f"m{seed}"] = folder
+        models = checkpoints(tmp_path)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         arms = [
             ("local, 2 threads", {"name": "local"}, 2),
@@ -190,11 +196,7 @@ def gpu_main(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        models = {}
-        for seed in (0, 1):
-            folder = tmp_path / f"m{seed}"
-            train(TrainSettings(architecture="small-cnn", dataset="derm-synth", epochs=3, seed=seed), folder)
-            models[f"m{seed}"] = folder
+        models = checkpoints(tmp_path)
         ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
         # untimed warm-up: start 4 workers and their CUDA contexts (a long sweep pays this once)
         warm = {"name": "ray", "num_gpus": 0.25, "shard_size": 24}
