@@ -30,6 +30,20 @@ def test_quadratic_kappa_of_a_hand_computed_3x3_example():
     assert math.isnan(quadratic_kappa(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 3))
 
 
+def test_resampled_kappa_equals_kappa_of_each_resample():
+    from medrobust.tasks.ordinal import resampled_kappa
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 80)
+    pred = np.clip(y + rng.integers(-1, 2, 80), 0, 4)
+    idx = rng.integers(0, 80, (20, 80))
+    got = resampled_kappa(y * 5 + pred, 5, idx)
+    want = [quadratic_kappa(torch.from_numpy(pred[i]), torch.from_numpy(y[i]), 5) for i in idx]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # one class only in a resample: undefined, as the scalar says
+    assert math.isnan(resampled_kappa(np.zeros(4, dtype=np.int64), 3, np.zeros((1, 4), dtype=np.int64))[0])
+
+
 def retina_like(path, n_classes=5, seed=0):
     """A MedMNIST-layout .npz of graded images: the grade sets the brightness of a blob, plus noise."""
     rng = np.random.default_rng(seed)

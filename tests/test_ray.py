@@ -83,7 +83,7 @@ def test_killed_ray_driver_resumes_with_nothing_lost_or_repeated(cluster, refere
     spec_path.write_text(yaml.safe_dump(make_spec(name="ray", shard_size=6)))
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "medrobust", "run", str(spec_path), "--out", str(run_dir), "--quiet",
-           "--address", cluster]
+           "--address", cluster, "--trust-code"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     db = run_dir / "results.db"
@@ -139,6 +139,13 @@ def test_changed_sharding_restarts_only_the_unfinished_cells(cluster, reference,
     again = run_experiment(spec, tmp_path / "run", quiet=True)
     assert (again.cells_run, again.cells_skipped) == (1, 12)
     assert (tmp_path / "run" / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
+
+
+def test_a_cluster_address_needs_trust(tmp_path):
+    spec = load_config({**make_spec(name="ray", address="10.0.0.1:6379")})
+    with pytest.raises(ValueError, match="pickled results .* pass --trust-code to connect"):
+        run_experiment(spec, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_ray_is_one_clear_line(monkeypatch, tmp_path):

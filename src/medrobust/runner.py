@@ -487,6 +487,13 @@ def _run_experiment(
     started = time.perf_counter()
     # checks first: nothing in the folder changes until the data and the checkpoints have loaded
     check_device(spec.device)
+    if spec.executor.name == "ray" and spec.executor.address and not (trust_code or spec.trust_code):
+        # a cluster returns pickled objects that this process loads: connecting to one is running its code
+        raise ValueError(
+            f"executor address {spec.executor.address!r}: a Ray cluster sends back pickled results that this "
+            "process loads, so connecting runs code from it; pass --trust-code to connect (without an address "
+            "a local Ray instance is started)"
+        )
     for name in RUN_FILES:  # a crafted folder may hold links out of it: refuse to write through them
         inside(run_dir, run_dir / name)
     check_database(run_dir / "results.db")

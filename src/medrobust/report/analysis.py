@@ -151,13 +151,10 @@ def label_metrics(run: RunData, values: Values, heads: list[Headline]) -> list[d
     """The metrics the labels call for besides the headline score (each model's Task decides from the clean
     class counts: balanced accuracy for imbalanced classes, kappa and grade error for ordinal grades), clean and
     under each headline's worst case: rows of model, metric, name, clean, clean_ci, worst [(value, ci)]."""
-    counts: dict[str, list[int]] = {}
+    counts = {m.name: [0] * len(m.class_names) for m in run.models}
     for r in run.records:
-        if r["perturbation"] == "clean" and r["label"] >= 0:
-            c = counts.setdefault(
-                r["model"], [0] * len(next(m for m in run.models if m.name == r["model"]).class_names)
-            )
-            c[r["label"]] += 1
+        if r["perturbation"] == "clean" and r["label"] >= 0 and r["model"] in counts:
+            counts[r["model"]][r["label"]] += 1
     rows = []
     for m in run.models:
         for metric in m.adapter.report_metrics(counts.get(m.name, [])):
