@@ -411,6 +411,48 @@ def _write_report(run_dir: Path, **options: Any) -> None:
     _consoles.out.print(f"report: {html} and {md} ({time.perf_counter() - t0:.1f} s)", highlight=False)
 
 
+MLFLOW_HELP = (
+    "log the run to MLflow: a tracking URI (http://..., sqlite:///...) or a folder for a local store "
+    "(with the spec's mlflow key and no --mlflow: MLFLOW_TRACKING_URI, else RUN/mlflow)"
+)
+
+
+def _tracking_wanted(spec: Any, uri: str | None) -> bool:
+    """Whether the run is to be logged to MLflow (``--mlflow`` or the spec's ``mlflow`` key); checks up front
+    that MLflow is installed, so a long run does not end in an import error."""
+    if uri is None and spec.mlflow is None:
+        return False
+    from medrobust.tracking import require_mlflow
+
+    require_mlflow()
+    return True
+
+
+def _log_mlflow(run_dir: Path, uri: str | None) -> None:
+    """Log a run folder to MLflow; a failure loses nothing (the results stay in the folder) and says how to
+    log them later."""
+    from medrobust.tracking import log_run
+
+    try:
+        logged = log_run(run_dir, uri)
+    except Exception as err:  # a store or server fails in its own ways; the run's results are safe either way
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        _consoles.err.print(
+            f"error: MLflow logging failed ({first}); the results are in {run_dir}; log them later with "
+            f"`medrobust report {run_dir} --mlflow URI`",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1) from None
+    verb = "updated" if logged.resumed else "logged"
+    _consoles.out.print(
+        f"mlflow: {verb} run {logged.run_id} in experiment {logged.experiment!r} at {logged.uri} "
+        f"({logged.params} params, {logged.metrics} metrics, {len(logged.artifacts)} artifacts)",
+        highlight=False,
+    )
+
+
 @app.command()
 def run(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="experiment spec (YAML)"),
@@ -422,6 +464,7 @@ def run(
     address: str | None = typer.Option(None, help="Ray cluster address (default: start a local Ray instance)"),
     shard_size: int | None = typer.Option(None, help="samples per work unit (default: one unit per cell)"),
     threads: int | None = typer.Option(None, help="torch CPU threads per process or Ray unit"),
+    mlflow: str | None = typer.Option(None, "--mlflow", help=MLFLOW_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run an experiment spec: every model x perturbation x strength; finished cells are skipped."""
@@ -438,8 +481,11 @@ def run(
 
             executor_spec = ExecutorSpec.model_validate({**spec.executor.model_dump(), **overrides})
             spec = spec.model_copy(update={"executor": executor_spec, "threads": threads or spec.threads})
+        tracked = _tracking_wanted(spec, mlflow)
         result = run_experiment(spec, out, quiet=quiet, notify=_notify, trust_code=trust_code, force=force)
     _print_run(result, spec)
+    if tracked:
+        _log_mlflow(result.run_dir, mlflow)
 
 
 @app.command()
@@ -461,13 +507,23 @@ def report(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="run directory (with results.db)"),
     reference: list[str] = typer.Option(None, "--reference", help="headline strength per norm, e.g. linf=0.0078"),
     malignant: list[str] = typer.Option(
-        None, "--malignant", help="class counted as malignant (repeatable; default: melanoma, mel, bcc, akiec)"
+        None,
+        "--malignant",
+        help="class counted as malignant (repeatable; default: the spec's, else melanoma, mel, bcc, akiec on "
+        "dermatology classes)",
     ),
+    mlflow: str | None = typer.Option(None, "--mlflow", help="log the run to MLflow (tracking URI or folder)"),
 ) -> None:
     """Write RUN_DIR/report.html (self-contained) and summary.md from the stored results; runs no attack."""
     with user_errors():
         ref = {k: float(v) for k, v in parse_pairs(reference, "--reference").items()}
+        if mlflow is not None:
+            from medrobust.tracking import require_mlflow
+
+            require_mlflow()
     _write_report(run_dir, reference_strength=ref or None, malignant=malignant or None)
+    if mlflow is not None:
+        _log_mlflow(run_dir, mlflow)
 
 
 @app.command()
@@ -477,6 +533,7 @@ def demo(
         help="classification (derm-synth), segmentation (mni152-tissue) or defenses (robust training on derm-synth)",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory (models are cached here)"),
+    mlflow: str | None = typer.Option(None, "--mlflow", help=MLFLOW_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -497,8 +554,11 @@ def demo(
             raise ValueError(unknown_name_message("demo task", task, list(demos)))
         spec = load_config(Path(__file__).parent / "specs" / demos[task][0])
         out = out or Path(demos[task][1])
+        tracked = _tracking_wanted(spec, mlflow)
         result = run_experiment(spec, out, quiet=quiet, notify=_notify)
     _print_run(result, spec)
+    if tracked:
+        _log_mlflow(result.run_dir, mlflow)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m medrobust`

@@ -192,6 +192,24 @@ class ExecutorSpec(_Frozen):
     num_gpus: float = Field(default=0.0, ge=0)
 
 
+class MlflowSpec(_Frozen):
+    """Log the run to MLflow when it ends (``medrobust.tracking``): ``mlflow: true`` or these keys. Where to is
+    the user's choice, not the spec's: ``--mlflow URI``, else ``MLFLOW_TRACKING_URI``, else ``RUN/mlflow``."""
+
+    experiment: str | None = None  # default: the spec's name
+    run_name: str | None = None  # default: the run folder's name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_destination(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ({"tracking_uri", "uri"} & set(data)):
+            raise ValueError(
+                "mlflow: a spec cannot choose where results are sent (it is data, and writes only into its run "
+                "folder); pass --mlflow URI or set MLFLOW_TRACKING_URI"
+            )
+        return data
+
+
 class ExperimentSpec(_Frozen):
     name: str = Field("experiment", max_length=MAX_NAME_LENGTH)
     seed: int = 0
@@ -220,6 +238,13 @@ class ExperimentSpec(_Frozen):
     # the classes the clinical breakdown counts flips out of (e.g. the malignant ones); none: no groups
     malignant: list[str] | None = None
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    # log the run to MLflow at its end (true, or experiment / run_name); none: only with --mlflow
+    mlflow: MlflowSpec | None = None
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _mlflow(cls, value: Any) -> Any:
+        return ({} if value else None) if isinstance(value, bool) else value
 
     @field_validator("device")
     @classmethod

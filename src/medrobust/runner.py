@@ -365,6 +365,7 @@ RUN_FILES = (
     "report.html",
     "summary.md",
     "models",
+    "mlflow",  # the default MLflow store of `--mlflow` / the spec's mlflow key (medrobust.tracking)
     LOCK_NAME,
 )
 

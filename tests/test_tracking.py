@@ -1,0 +1,156 @@
+"""MLflow logging of a run (medrobust.tracking): a real run logged to a temporary local store through the command
+line and read back with MLflow's own client; the same folder logged again updates its MLflow run; the spec
+cannot choose the destination; without MLflow a one-line error comes before any work."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medrobust.cli import app
+from medrobust.config import SpecError, load_config
+from medrobust.tracking import metric_key, spec_params, summary_metrics
+
+mlflow = pytest.importorskip("mlflow", reason="MLflow is an extra: pip install 'medrobust[mlflow]'")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+runner = CliRunner()
+SPEC = {
+    "name": "tracked",
+    "seed": 0,
+    "batch_size": 32,
+    "dataset": {"name": "derm-synth", "params": {"size": 16, "n": 90}},
+    "models": [{"name": "small", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 4}, "epochs": 1}}],
+    "perturbations": [
+        {"attack": "fgsm", "strengths": [0.01, 0.03]},
+        {"corruption": "gaussian_noise", "strengths": [0.05]},
+    ],
+}
+
+
+def write_spec(tmp_path, **extra):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, **extra}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracked")
+    run_dir, store = tmp / "run", tmp / "store"
+    result = runner.invoke(
+        app, ["run", str(write_spec(tmp)), "--out", str(run_dir), "--quiet", "--mlflow", str(store)],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    return run_dir, store, result.output
+
+
+def only_run(store):
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tracked")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_a_run_logged_to_a_local_store_reads_back(logged):
+    run_dir, store, output = logged
+    assert "mlflow: logged run" in output and "in experiment 'tracked'" in output
+    client, run = only_run(store)
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    # the spec as parameters
+    params = run.data.params
+    assert params["name"] == "tracked" and params["models.0.name"] == "small"
+    assert params["models.0.train.architecture"] == "small-cnn" and params["models.0.train.arch_kwargs.width"] == "4"
+    assert params["perturbations.0.strengths.1"] == "0.03" and params["perturbations.1.corruption"] == "gaussian_noise"
+    # every summary value with its interval, the same numbers as summary.json
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = run.data.metrics
+    clean = next(r for r in summary if r["perturbation"] == "clean" and r["metric"] == "accuracy")
+    assert metrics["small/clean/accuracy"] == pytest.approx(clean["value"], abs=1e-12)
+    assert metrics["small/clean/accuracy.ci_low"] == pytest.approx(clean["ci_low"], abs=1e-12)
+    assert metrics["small/clean/accuracy.ci_high"] == pytest.approx(clean["ci_high"], abs=1e-12)
+    fgsm = next(r for r in summary if r["perturbation"] == "fgsm" and r["strength"] == 0.03 and r["metric"] == "accuracy")
+    assert metrics["small/fgsm/0.03/accuracy"] == pytest.approx(fgsm["value"], abs=1e-12)
+    finite = [r for r in summary if isinstance(r["value"], float) and r["value"] == r["value"]]
+    assert sum(1 for k in metrics if not k.endswith((".ci_low", ".ci_high"))) == len(finite)
+    # the weights' fingerprint and the sanity checks as tags, summary.md as the description
+    with sqlite3.connect(run_dir / "results.db") as db:
+        fingerprint = db.execute("SELECT fingerprint FROM models WHERE name='small'").fetchone()[0]
+        failed = [n for (n,) in db.execute("SELECT name FROM checks WHERE model='small' AND NOT passed ORDER BY rowid")]
+    assert run.data.tags["model/small/fingerprint"] == fingerprint
+    assert run.data.tags["model/small/checks"] == ("failed: " + ", ".join(failed) if failed else "passed")
+    assert run.data.tags["medrobust.run_folder"] == str(run_dir.resolve())
+    assert run.data.tags["mlflow.note.content"] == (run_dir / "summary.md").read_text()
+    # the report and the tables as artifacts, byte for byte
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.html", "summary.md", "summary.json", "summary.csv", "spec.json"} <= names
+    local = client.download_artifacts(run.info.run_id, "summary.json", str(run_dir.parent))
+    assert open(local, "rb").read() == (run_dir / "summary.json").read_bytes()
+    # the artifacts live in the store's folder, nothing was written beside the command
+    assert (store / "artifacts").is_dir()
+
+
+def test_logging_the_folder_again_updates_its_mlflow_run(logged):
+    run_dir, store, _ = logged
+    first_client, first = only_run(store)
+    result = runner.invoke(app, ["report", str(run_dir), "--mlflow", str(store)])
+    assert result.exit_code == 0, result.output
+    assert f"mlflow: updated run {first.info.run_id}" in result.output
+    _, again = only_run(store)  # still one MLflow run, the same one
+    assert again.info.run_id == first.info.run_id and again.data.metrics == first.data.metrics
+
+
+def test_the_spec_key_logs_into_the_run_folder_and_cannot_choose_a_destination(tmp_path):
+    with pytest.raises(SpecError, match="a spec cannot choose where results are sent"):
+        load_config({**SPEC, "mlflow": {"tracking_uri": "http://example.org"}})
+    assert load_config({**SPEC, "mlflow": True}).mlflow is not None
+    assert load_config({**SPEC, "mlflow": False}).mlflow is None
+    spec = write_spec(tmp_path, mlflow={"experiment": "from-spec", "run_name": "first"},
+                      perturbations=[{"attack": "fgsm", "strengths": [0.01]}])
+    result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"],
+                           env={"MLFLOW_TRACKING_URI": None, "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("from-spec").experiment_id])
+    assert [r.info.run_name for r in runs] == ["first"]
+    assert "mlflow" not in {k.split(".")[0] for k in runs[0].data.params}  # the key itself is not a parameter
+
+
+def test_without_mlflow_one_line_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    result = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--out", str(tmp_path / "run"),
+                                 "--mlflow", str(tmp_path / "store")])
+    assert result.exit_code == 2
+    assert "MLflow logging needs MLflow: pip install 'medrobust[mlflow]'" in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_failed_logging_keeps_the_results_and_says_how_to_log_later(logged, tmp_path):
+    run_dir, _, _ = logged
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["report", str(run_dir), "--mlflow", str(blocker)])
+    assert result.exit_code == 1
+    assert "MLflow logging failed" in result.output and "is a file" in result.output
+    assert f"medrobust report {run_dir} --mlflow URI" in result.output.replace("\n", "")
+    assert (run_dir / "summary.json").exists() and (run_dir / "report.html").exists()
+
+
+def test_keys_and_params_by_hand():
+    assert metric_key("cnn", "apgd(norm=l2,steps=50)", "0.5", "dice:csf") == "cnn/apgd norm_l2 steps_50/0.5/dice.csf"
+    assert metric_key("a/b", "matched_noise[pgd]") == "a_b/matched_noise pgd"
+    assert spec_params({"name": "x", "models": [{"name": "m", "kw": {}}], "limit": None, "seed": 3}) == {
+        "name": "x", "models.0.name": "m", "models.0.kw": "{}", "limit": "null", "seed": "3"}
+    rows = [{"model": "m", "perturbation": "clean", "strength": 0.0, "metric": "accuracy", "value": 0.5,
+             "ci_low": 0.25, "ci_high": 0.75},
+            {"model": "m", "perturbation": "pgd", "strength": 2 / 255, "metric": "accuracy", "value": float("nan"),
+             "ci_low": None, "ci_high": None}]
+    assert summary_metrics(rows) == {"m/clean/accuracy": 0.5, "m/clean/accuracy.ci_low": 0.25,
+                                     "m/clean/accuracy.ci_high": 0.75}
