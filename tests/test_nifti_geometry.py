@@ -84,3 +84,30 @@ def test_a_single_volume_is_the_test_set(pair):
     assert test.info["volumes"] == ["s1"]
     with pytest.raises(ValueError, match="no volume falls in split 'train'"):
         load_dataset("nifti", split="train", root=str(pair), class_names=TISSUES)
+
+
+def test_the_card_records_orientation_and_plane_and_a_run_compares_them(pair, model_2mm, tmp_path):
+    from medrobust.models import load_model
+    from medrobust.runner import check_geometry
+
+    _, card = load_model(model_2mm)
+    assert card.dataset["orientation"] == "RAS" and card.dataset["plane"] == "axial"
+    fractions = card.dataset["label_fractions"]  # background, CSF, GM, WM share of the training voxels
+    assert len(fractions) == 4 and sum(fractions) == pytest.approx(1.0, abs=1e-5) and fractions[0] > 0.5
+    # coronal slices for an axial model: scored, with one warning naming both planes
+    said: list[str] = []
+    result = run_experiment(spec(pair, model_2mm, spacing=2.0, pad_to_multiple=4, axis="coronal"), tmp_path / "c",
+                            quiet=True, notify=said.append)
+    assert result.summary and [m for m in said if "planes" in m] == [
+        "warning: model 'unet-2mm' was trained on axial slices but dataset 'nifti' gives coronal slices: its scores "
+        "measure transfer across planes (set axis: axial to score it on its own plane)"]
+    # orientations that differ are an error; data that record none get a warning
+    data = load_dataset("nifti", split="test", root=str(pair), class_names=TISSUES, split_fractions=[0, 0, 1],
+                        spacing=2.0)
+    data.orientation = "LPS"
+    with pytest.raises(ValueError, match=r"^model 'u' was trained on RAS-oriented volumes but dataset 'nifti' is "
+                                         r"LPS-oriented; reorient the data to RAS$"):
+        check_geometry("u", card, data, "nifti")
+    data.orientation = None
+    check_geometry("u", card, data, "nifti", said.append)
+    assert said[-1].startswith("warning: model 'u' was trained on RAS-oriented volumes; dataset 'nifti' records no")

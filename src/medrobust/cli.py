@@ -314,6 +314,9 @@ def evaluate(
             raise ValueError(
                 f"dataset {dataset!r} has {ds.num_classes} classes but model {card.name!r} has {card.num_classes}"
             )
+        from medrobust.runner import check_geometry
+
+        check_geometry(card.name, card, ds, dataset, _notify)
         with deterministic_algorithms(device):
             result = run_evaluate(
                 net,

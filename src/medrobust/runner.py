@@ -450,14 +450,35 @@ def normalised(name: str) -> str:
     return re.sub(r"[\s_-]+", "_", name.strip().lower())
 
 
-def check_spacing(name: str, card: ModelCard, dataset: ImageDataset, label: str) -> None:
-    """A model trained on voxels of one size must not be scored on another: the voxel size its card records
-    (from its training data) against the data's."""
+def check_geometry(
+    name: str, card: ModelCard, dataset: ImageDataset, label: str, notify: Callable[[str], None] = log.warning
+) -> None:
+    """A model must see its data as it was trained: the voxel size its card records against the data's (an
+    error), the orientation (an error where both are known and differ, a warning where the data records none)
+    and the slice plane (a warning: a model may be scored across planes on purpose)."""
     trained, here = card.dataset.get("spacing"), dataset.info.get("spacing")
     if trained and here and not np.allclose(trained, here, rtol=1e-3):
         raise ValueError(
             f"model {name!r} was trained on voxels of {list(trained)} mm but dataset {label!r} has {list(here)} mm; "
             f"resample the data to the model's: add spacing: {list(trained)} to the dataset's params"
+        )
+    seen = dataset.geometry()
+    oriented = card.dataset.get("orientation")
+    if oriented and seen.get("orientation") and oriented != seen["orientation"]:
+        raise ValueError(
+            f"model {name!r} was trained on {oriented}-oriented volumes but dataset {label!r} is "
+            f"{seen['orientation']}-oriented; reorient the data to {oriented}"
+        )
+    if oriented and not seen.get("orientation") and get_task(dataset.task).dense:
+        notify(
+            f"warning: model {name!r} was trained on {oriented}-oriented volumes; dataset {label!r} records no "
+            "orientation, so it cannot be checked (the nifti dataset reorients to RAS)"
+        )
+    plane = card.dataset.get("plane")
+    if plane and seen.get("plane") and plane != seen["plane"]:
+        notify(
+            f"warning: model {name!r} was trained on {plane} slices but dataset {label!r} gives {seen['plane']} "
+            f"slices: its scores measure transfer across planes (set axis: {plane} to score it on its own plane)"
         )
 
 
@@ -511,7 +532,7 @@ def _run_experiment(
     for m in spec.models:
         if m.name in loaded:
             check_classes(m.name, m.class_map, loaded[m.name].card, dataset, spec.dataset.name)
-            check_spacing(m.name, loaded[m.name].card, dataset, spec.dataset.name)
+            check_geometry(m.name, loaded[m.name].card, dataset, spec.dataset.name, notify)
     sources = load_sources(spec, loaded, trust_code)
     for name, lm in sources.items():
         if name not in loaded:
@@ -541,7 +562,7 @@ def _run_with(
     for m in spec.models:
         if m.name not in loaded:
             check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)
-            check_spacing(m.name, models[m.name].card, dataset, spec.dataset.name)
+            check_geometry(m.name, models[m.name].card, dataset, spec.dataset.name, notify)
     sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
     warn_large_eps(spec, models, notify)
     write_atomic(run_dir / "spec.json", json.dumps(spec.model_dump(mode="json"), indent=2))

@@ -78,6 +78,13 @@ def epoch_line(name: str, row: dict[str, float]) -> str:
     return f"{name} epoch {int(row['epoch']):3d}  loss {row['train_loss']:.4f}  val: {vals}"
 
 
+def label_fractions(labels: torch.Tensor, num_classes: int) -> list[float]:
+    """The share of each class among the training labels (samples, or voxels of label maps), recorded in the
+    card: a structure far rarer or commoner in other data may be defined differently there."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes).double()
+    return [round(float(v), 6) for v in counts / counts.sum().clamp(min=1)]
+
+
 def versions() -> dict[str, str]:
     from medrobust import __version__
 
@@ -162,7 +169,8 @@ def train(
             "name": s.dataset,
             "params": dict(s.dataset_params),
             "sizes": {k: len(v) for k, v in data.items()},
-            **({"spacing": train_ds.info["spacing"]} if train_ds.info.get("spacing") else {}),
+            **train_ds.geometry(),
+            "label_fractions": label_fractions(y_train, num_classes),
         },
         seed=s.seed,
         training={

@@ -85,6 +85,19 @@ class ImageDataset(Dataset, ABC):
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.image(0).shape)
 
+    def geometry(self) -> dict[str, Any]:
+        """What a model learns of its data's geometry, recorded in its card and compared with the data it is
+        scored on: ``spacing`` (voxel size in mm), ``orientation`` ("RAS") and ``plane`` (the slice axis of 2D
+        slices of volumes); each only where the dataset knows it."""
+        out: dict[str, Any] = {}
+        if self.info.get("spacing"):
+            out["spacing"] = [float(v) for v in self.info["spacing"]]
+        if self.orientation:
+            out["orientation"] = self.orientation
+        if self.info.get("mode") == "2d" and self.info.get("axis"):
+            out["plane"] = str(self.info["axis"])
+        return out
+
     def describe(self) -> dict[str, Any]:
         counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
         return {
