@@ -26,6 +26,7 @@ from medrobust.metrics.robustness import (
     empirical_robustness_per_sample,
 )
 from medrobust.metrics.segmentation import (
+    class_counts,
     flip_rate,
     flip_rate_per_structure,
     foreground_dice,
@@ -37,6 +38,7 @@ from medrobust.metrics.segmentation import (
 
 __all__ = [
     "flip_rate",
+    "class_counts",
     "flip_rate_per_structure",
     "foreground_dice",
     "hd95",

@@ -26,6 +26,13 @@ def per_structure_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     return torch.where(empty, torch.full_like(dice, float("nan")), dice)
 
 
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Units (pixels, voxels) of each class per sample, shape (N, K), background first."""
+    flat = labels.long().flatten(1)
+    counts = torch.zeros(flat.shape[0], num_classes, dtype=torch.long, device=flat.device)
+    return counts.scatter_add_(1, flat, torch.ones_like(flat))
+
+
 def foreground_dice(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean Dice over the foreground structures present in either mask, per sample (N,), in float64; a structure
     absent from both masks is left out (it says nothing about the segmentation), and a sample with no structure in

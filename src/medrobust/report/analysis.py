@@ -6,10 +6,11 @@ strength parameter for corruptions); perturbation sizes are per-sample norms of 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -381,14 +382,14 @@ def _successful(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]]
 
 
-def _median(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return statistics.median(xs) if xs else None
+def _median(xs: Sequence[float | None]) -> float | None:
+    kept = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.median(kept) if kept else None
 
 
-def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return statistics.fmean(xs) if xs else None
+def _mean(xs: Sequence[float | None]) -> float | None:
+    kept = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.fmean(kept) if kept else None
 
 
 @dataclass
@@ -838,6 +839,7 @@ def warnings(
                         )
                     )
     out += unchecked_worst_cases(run, values)
+    out += label_definitions(run, values)
     for model, results in (model_checks(run) if checks is None else checks).items():
         for r in results:
             if not r.passed:
@@ -853,6 +855,76 @@ def warnings(
                 ),
             )
         )
+    return out
+
+
+LABEL_DEFINITION_MEANING = (
+    "Label sets name structures alike but draw them differently: CSF as all cerebrospinal fluid (a rim around "
+    "the brain and the ventricles) in one, the ventricles alone in another; a lesion with or without its border. "
+    "A model then loses Dice on that structure however robust it is, and the mean Dice mixes a definition "
+    "mismatch into every robustness number. Compare the model's training labels with these (the dataset's "
+    "label_map), or read the robustness numbers of the other structures."
+)
+
+
+def label_definitions(
+    run: RunData, values: Values, low: float = 0.5, gap: float = 0.25, ratio: float = 1.5
+) -> list[Finding]:
+    """Per segmentation model, structures whose clean Dice is low (below ``low``) and far below the others'
+    (by more than ``gap``) while the model labels a very different amount of it than the labels hold, or the
+    structure's share of the data differs from its training labels' (by ``ratio`` or more either way): the
+    structure may be defined differently in the model's training labels and in these. Needs the unit counts
+    of the clean records (true_n, pred_n) and, for the training share, the card's ``label_fractions``."""
+    out = []
+    for m in run.models:
+        if not m.adapter.dense:
+            continue
+        details = [
+            json.loads(r["detail_json"])
+            for r in run.records
+            if r["model"] == m.name and r["perturbation"] == "clean" and r["detail_json"]
+        ]
+        details = [d for d in details if "true_n" in d and "pred_n" in d]
+        names = list(m.class_names)[1:]
+        if not details or len(names) < 2:
+            continue
+        dice = {k: values.get(m.name, "clean", 0.0, f"dice:{k}") for k in names}
+        true_n = np.asarray([d["true_n"] for d in details], dtype=np.float64).sum(axis=0)
+        pred_n = np.asarray([d["pred_n"] for d in details], dtype=np.float64).sum(axis=0)
+        trained = m.card.get("dataset", {}).get("label_fractions")
+        source = m.card.get("dataset", {}).get("name") or "its training data"
+        for j, name in enumerate(names, start=1):
+            others = [v for k, v in dice.items() if k != name and v is not None and not math.isnan(v)]
+            mine = dice[name]
+            if mine is None or math.isnan(mine) or not others or mine >= low or mine >= statistics.median(others) - gap:
+                continue
+            evidence = []
+            if true_n[j] > 0 and not 1 / ratio < pred_n[j] / true_n[j] < ratio:
+                evidence.append(f"the model labels {pred_n[j] / true_n[j]:.2g}x the units these labels call {name}")
+            share = true_n[j] / true_n.sum()
+            if trained and len(trained) == len(true_n) and trained[j] > 0 and share > 0:
+                if not 1 / ratio < share / trained[j] < ratio:
+                    evidence.append(
+                        f"{name} is {share:.1%} of the units here but {trained[j]:.1%} of its training labels "
+                        f"({source})"
+                    )
+            if not evidence:
+                continue
+            without = _mean(
+                [_mean([v for k, v in enumerate(d["dice"]) if k != j - 1 and v is not None]) for d in details]
+            )
+            rest = f"; the clean Dice without {name} is {without:.3f}" if without is not None else ""
+            out.append(
+                Finding(
+                    "structure defined differently?",
+                    (
+                        f"{m.name}: {name} has clean Dice {mine:.3f} while the other structures reach "
+                        f"{statistics.median(others):.3f} (median), and " + "; ".join(evidence) + ". "
+                        f"{name} may be defined differently in these labels than in the model's{rest}."
+                    ),
+                    LABEL_DEFINITION_MEANING,
+                )
+            )
     return out
 
 

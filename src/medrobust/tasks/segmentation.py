@@ -11,6 +11,7 @@ import torch
 
 from medrobust import stats
 from medrobust.metrics import (
+    class_counts,
     flip_rate,
     flip_rate_per_structure,
     foreground_dice,
@@ -69,7 +70,8 @@ class SegmentationTask(Task):
         self, logits: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, target: torch.Tensor | None = None
     ) -> list[Outcome]:
         """Score: mean foreground Dice; details: per-structure Dice and HD95, the share of foreground units
-        whose label changed (overall and per structure), and IoU with a targeted attack's label map."""
+        whose label changed (overall and per structure), units per class in the labels and the prediction, and
+        IoU with a targeted attack's label map."""
         pred = self.predict(logits)
         k = logits.shape[1]
         details = {
@@ -77,6 +79,10 @@ class SegmentationTask(Task):
             "hd95": hd95(pred, y, k).tolist(),
             "flip": flip_rate(clean_pred, pred, y).tolist(),
             "flip_s": flip_rate_per_structure(clean_pred, pred, y, k).tolist(),
+            # units (pixels, voxels) per class, background first, in the labels and in the prediction: how much
+            # of the data a structure is, and whether the model calls far more or less of it that
+            "true_n": class_counts(y, k).tolist(),
+            "pred_n": class_counts(pred, k).tolist(),
         }
         if target is not None:
             details["target_iou"] = target_iou(pred, target).tolist()
