@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from medrobust.cli import app
 from medrobust.config import SpecError, load_config
-from medrobust.tracking import metric_key, spec_params, summary_metrics
+from medrobust.tracking import Keys, metric_key, spec_params, summary_metrics
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an extra: pip install 'medrobust[mlflow]'")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -97,14 +97,56 @@ def test_a_run_logged_to_a_local_store_reads_back(logged):
     assert (store / "artifacts").is_dir()
 
 
-def test_logging_the_folder_again_updates_its_mlflow_run(logged):
+def test_logging_the_folder_again_updates_its_mlflow_run(logged, tmp_path):
     run_dir, store, _ = logged
-    first_client, first = only_run(store)
-    result = runner.invoke(app, ["report", str(run_dir), "--mlflow", str(store)])
+    client, first = only_run(store)
+    # a resume with other threads (how it runs, not what it computes) logs into the same MLflow run
+    result = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--out", str(run_dir), "--quiet", "--threads", "1",
+                                 "--mlflow", str(store)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"mlflow: updated run {first.info.run_id}" in result.output
-    _, again = only_run(store)  # still one MLflow run, the same one
+    _, again = only_run(store)  # still one MLflow run, the same one, and the metrics were written again
     assert again.info.run_id == first.info.run_id and again.data.metrics == first.data.metrics
+    assert len(client.get_metric_history(first.info.run_id, "small/clean/accuracy")) == 2
+
+
+def test_odd_folder_names(logged, tmp_path):
+    import shutil
+
+    run_dir, _, _ = logged
+    quoted = tmp_path / "o'brien \\" / "run"  # a quote and a backslash in the path: logged twice, one MLflow run
+    shutil.copytree(run_dir, quoted)
+    store = tmp_path / "store"
+    for verb in ("logged", "updated"):
+        result = runner.invoke(app, ["report", str(quoted), "--mlflow", str(store)])
+        assert result.exit_code == 0, result.output
+        assert f"mlflow: {verb} run" in result.output
+    _, run = only_run(store)
+    assert run.data.tags["medrobust.run_folder"] == str(quoted.resolve())
+    # a local store whose path a database URI would misread, and an unknown scheme: one line, before any work
+    for bad, message in ((tmp_path / "q?x", "a local store's path cannot hold '?', '#' or '%'"),
+                         ("htp://example.org", "unknown scheme 'htp'")):
+        result = runner.invoke(app, ["report", str(quoted), "--mlflow", str(bad)])
+        assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "q").exists() and not (tmp_path / "q?x").exists()
+
+
+def test_a_crafted_store_in_the_run_folder_cannot_send_artifacts_out(tmp_path):
+    spec = write_spec(tmp_path, perturbations=[{"attack": "fgsm", "strengths": [0.01]}])
+    result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    outside = tmp_path / "outside"
+    crafted = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow' / 'mlflow.db'}")
+    crafted.create_experiment("tracked", artifact_location=outside.as_uri())
+    spec = write_spec(tmp_path, perturbations=[{"attack": "fgsm", "strengths": [0.01]}], mlflow=True)
+    result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"],
+                           env={"MLFLOW_TRACKING_URI": None, "COLUMNS": "200"})
+    # the run's results stand; logging is refused at the end, says why and how to log them
+    assert result.exit_code == 1
+    text = result.output.replace("\n", "")
+    assert f"keeps artifacts at '{outside.as_uri()}', outside the run folder" in text
+    assert f"medrobust report {tmp_path / 'run'} --mlflow URI" in text
+    assert not outside.exists() and (tmp_path / "run" / "summary.json").exists()
 
 
 def test_the_spec_key_logs_into_the_run_folder_and_cannot_choose_a_destination(tmp_path):
@@ -132,20 +174,16 @@ def test_without_mlflow_one_line_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
 
 
-def test_a_failed_logging_keeps_the_results_and_says_how_to_log_later(logged, tmp_path):
-    run_dir, _, _ = logged
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    result = runner.invoke(app, ["report", str(run_dir), "--mlflow", str(blocker)])
-    assert result.exit_code == 1
-    assert "MLflow logging failed" in result.output and "is a file" in result.output
-    assert f"medrobust report {run_dir} --mlflow URI" in result.output.replace("\n", "")
-    assert (run_dir / "summary.json").exists() and (run_dir / "report.html").exists()
-
-
 def test_keys_and_params_by_hand():
     assert metric_key("cnn", "apgd(norm=l2,steps=50)", "0.5", "dice:csf") == "cnn/apgd norm_l2 steps_50/0.5/dice.csf"
     assert metric_key("a/b", "matched_noise[pgd]") == "a_b/matched_noise pgd"
+    # within MLflow's 250 characters, the longest part shortened to its start and a hash
+    long = metric_key("m" * 128, "apgd(" + "x" * 200 + ")", "0.5", "accuracy")
+    assert len(long) <= 250 and long.startswith("m" * 128 + "/apgd " + "x" * 50) and long.endswith("/0.5/accuracy")
+    # names that clean to the same key keep apart
+    keys = Keys()
+    assert keys("a/b", "clean") == "a_b/clean" and keys("a_b", "clean").startswith("a_b/clean-")
+    assert keys("a/b", "clean") == "a_b/clean"  # the same name keeps its key
     assert spec_params({"name": "x", "models": [{"name": "m", "kw": {}}], "limit": None, "seed": 3}) == {
         "name": "x", "models.0.name": "m", "models.0.kw": "{}", "limit": "null", "seed": "3"}
     rows = [{"model": "m", "perturbation": "clean", "strength": 0.0, "metric": "accuracy", "value": 0.5,
@@ -154,3 +192,9 @@ def test_keys_and_params_by_hand():
              "ci_low": None, "ci_high": None}]
     assert summary_metrics(rows) == {"m/clean/accuracy": 0.5, "m/clean/accuracy.ci_low": 0.25,
                                      "m/clean/accuracy.ci_high": 0.75}
+    # a value and its bounds never share a key, however long the names
+    rows = [{"model": "m" * 128, "perturbation": "p" * 116, "strength": 0.5, "metric": "accuracy", "value": 0.9,
+             "ci_low": 0.8, "ci_high": 0.95}]
+    metrics = summary_metrics(rows)
+    assert sorted(metrics.values()) == [0.8, 0.9, 0.95] and all(len(k) <= 250 for k in metrics)
+    assert not any(k.endswith(("/", ".")) for k in metrics)

@@ -420,14 +420,14 @@ MLFLOW_HELP = (
 )
 
 
-def _tracking_wanted(spec: Any, uri: str | None) -> bool:
+def _tracking_wanted(spec: Any, uri: str | None, run_dir: Path) -> bool:
     """Whether the run is to be logged to MLflow (``--mlflow`` or the spec's ``mlflow`` key); checks up front
-    that MLflow is installed, so a long run does not end in an import error."""
+    that MLflow is installed and the destination usable, so a long run does not end in such an error."""
     if uri is None and spec.mlflow is None:
         return False
-    from medrobust.tracking import require_mlflow
+    from medrobust.tracking import check_destination
 
-    require_mlflow()
+    check_destination(uri, run_dir)
     return True
 
 
@@ -484,7 +484,7 @@ def run(
 
             executor_spec = ExecutorSpec.model_validate({**spec.executor.model_dump(), **overrides})
             spec = spec.model_copy(update={"executor": executor_spec, "threads": threads or spec.threads})
-        tracked = _tracking_wanted(spec, mlflow)
+        tracked = _tracking_wanted(spec, mlflow, out)
         result = run_experiment(spec, out, quiet=quiet, notify=_notify, trust_code=trust_code, force=force)
     _print_run(result, spec)
     if tracked:
@@ -521,9 +521,9 @@ def report(
     with user_errors():
         ref = {k: float(v) for k, v in parse_pairs(reference, "--reference").items()}
         if mlflow is not None:
-            from medrobust.tracking import require_mlflow
+            from medrobust.tracking import check_destination
 
-            require_mlflow()
+            check_destination(mlflow, run_dir)
     _write_report(run_dir, reference_strength=ref or None, malignant=malignant or None)
     if mlflow is not None:
         _log_mlflow(run_dir, mlflow)
@@ -557,7 +557,7 @@ def demo(
             raise ValueError(unknown_name_message("demo task", task, list(demos)))
         spec = load_config(Path(__file__).parent / "specs" / demos[task][0])
         out = out or Path(demos[task][1])
-        tracked = _tracking_wanted(spec, mlflow)
+        tracked = _tracking_wanted(spec, mlflow, out)
         result = run_experiment(spec, out, quiet=quiet, notify=_notify)
     _print_run(result, spec)
     if tracked:

@@ -1,18 +1,24 @@
 """Experiment tracking: a finished (or partial) run logged to MLflow.
 
-One MLflow run per medrobust run folder: the spec as parameters (dotted keys, ``models.0.name``), every row of
-summary.json as a metric with its 95% interval (``<model>/<perturbation>/<strength>/<metric>``, and ``.ci_low`` /
-``.ci_high``), the models' weight fingerprints and sanity-check outcomes as tags, summary.md as the run's
-description, and report.html, summary.md, summary.json/csv, comparisons.json/csv and spec.json as artifacts.
+One MLflow run per medrobust run folder: the spec as parameters (dotted keys, ``models.0.name``; its executor
+and threads as tags, since a resume may change them), every row of summary.json as a metric with its 95%
+interval (``<model>/<perturbation>/<strength>/<metric>``, and ``.ci_low`` / ``.ci_high``; names cleaned to
+MLflow's characters, long ones shortened with a hash, names that clean alike kept apart by one), the models'
+weight fingerprints and sanity-check outcomes as tags, summary.md as the run's description, and report.html,
+summary.md, summary.json/csv, comparisons.json/csv and spec.json as artifacts.
 Logging the same folder again (a resumed run, ``medrobust report --mlflow``) updates that MLflow run rather
-than adding another, as long as the spec is the same.
+than adding another, as long as the spec is the same (its ``executor``, ``threads`` and ``mlflow`` keys aside).
 
 Where it goes is the user's choice, never the spec's (a spec is data; nothing in it writes outside its run
 folder): ``--mlflow URI`` on the command line, else the ``MLFLOW_TRACKING_URI`` environment variable, else
-``RUN/mlflow``. A URI with a scheme (``http://``, ``sqlite:///``, ``file:``) is used as it is; a folder becomes a
-local store there: ``FOLDER/mlflow.db`` (SQLite) with the artifacts in ``FOLDER/artifacts``. MLflow 3 keeps its
-plain-file backend (``file:``, ``./mlruns``) in maintenance mode and refuses it unless
-``MLFLOW_ALLOW_FILE_STORE=true``; the SQLite file is MLflow's own local default.
+``RUN/mlflow``. A URI with a scheme (``http://``, ``sqlite:///``, ``file:``) is used as it is, and a new
+experiment there keeps its artifacts where that store puts them (a server's artifact root; for a ``sqlite:`` URI,
+``./mlruns`` under the current folder); a folder, also in ``MLFLOW_TRACKING_URI`` (where MLflow itself would
+read it as its plain-file store), becomes a local store there: ``FOLDER/mlflow.db`` (SQLite) with the artifacts
+in ``FOLDER/artifacts``. MLflow 3 keeps its plain-file backend (``file:``, ``./mlruns``) in maintenance mode
+and refuses it unless ``MLFLOW_ALLOW_FILE_STORE=true``; the SQLite file is MLflow's own local default. The store
+in the run folder came with the folder, so it is held to it: no link out, no experiment or run whose artifacts
+live elsewhere.
 
 MLflow is an extra: ``pip install 'medrobust[mlflow]'`` (mlflow-skinny with SQLAlchemy and Alembic for the
 local store).
@@ -20,6 +26,7 @@ local store).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -62,67 +69,167 @@ def require_mlflow() -> None:
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a run is logged: the tracking URI and, for a local folder store, the artifact root of the
-    experiments it creates (None: the tracking server's default)."""
+    """Where a run is logged: the tracking URI; for a local folder store, the artifact root of its experiments
+    (None: the tracking server's default) and the folder; ``confined``: the default store inside the run folder,
+    which must keep everything there."""
 
     uri: str
     artifact_root: str | None = None
+    folder: Path | None = None
+    confined: bool = False
 
 
-def destination(uri: str | None, run_dir: Path) -> Destination:
+# tracking-store schemes MLflow knows (a database URI may name its driver: postgresql+psycopg2://)
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "file")
+
+
+def destination(uri: str | None, run_dir: Path, create: bool = True) -> Destination:
     """``uri`` (the command line's), else ``MLFLOW_TRACKING_URI``, else ``run_dir/mlflow``; a folder becomes a
-    SQLite store in it (created) with its artifacts beside."""
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or str(run_dir / "mlflow")
+    SQLite store in it (created unless ``create`` is false: the up-front check) with its artifacts beside.
+    Errors name the value: an unknown scheme, a file, a folder name a database URI cannot hold."""
+    given = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    chosen = given or str(run_dir / "mlflow")
+    what = "--mlflow" if uri else "MLFLOW_TRACKING_URI" if given else "the run's MLflow folder"
     if _SCHEME.match(chosen):
+        scheme = chosen.split(":", 1)[0].lower()
+        if scheme.split("+", 1)[0] not in SCHEMES:
+            raise ValueError(
+                f"{what} {chosen!r}: unknown scheme {scheme!r}; expected a tracking URI ({', '.join(SCHEMES[:7])}) "
+                "or a folder for a local store"
+            )
         return Destination(chosen)
     folder = Path(chosen).expanduser().resolve()
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(
-            f"--mlflow {chosen!r} is a file; pass a folder or a tracking URI (http://, sqlite:///)"
+    if set("?#%") & set(str(folder)):
+        raise ValueError(
+            f"{what} {str(folder)!r}: a local store's path cannot hold '?', '#' or '%' (its database URI would "
+            "be read differently); pass another folder"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    return Destination(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {chosen!r} is a file; pass a folder or a tracking URI (http://, sqlite:///)")
+    confined = not given
+    if confined:  # a crafted run folder may hold links out of it
+        for path in (folder, folder / "mlflow.db", folder / "artifacts"):
+            inside(run_dir, path)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return Destination(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder, confined)
 
 
-def metric_key(*parts: str) -> str:
+def check_destination(uri: str | None, run_dir: Path) -> None:
+    """Before a run: MLflow is installed and the destination makes sense (a known scheme, a usable folder; a
+    local ``file:`` or ``sqlite:`` store opens), so a long run does not end in an error it could have had first.
+    A server is not contacted."""
+    require_mlflow()
+    where = destination(uri, run_dir, create=False)
+    if where.uri.split(":", 1)[0].lower() in ("file", "sqlite"):
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            MlflowClient(tracking_uri=where.uri).search_experiments(max_results=1)
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"MLflow store {where.uri!r} cannot be opened: {first}") from None
+
+
+def inside(run_dir: Path, path: Path) -> None:
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise ValueError(
+            f"refusing to log to {str(path)!r}: it resolves outside the run folder {str(run_dir)!r}; pass --mlflow "
+            "to choose a store"
+        )
+
+
+def _short(text: str, room: int) -> str:
+    """``text`` within ``room`` characters: kept whole if it fits, else its start and a hash of it all."""
+    if len(text) <= room:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[: max(room - 9, 1)].rstrip(' .')}-{digest}"
+
+
+def metric_key(*parts: str, room: int = MAX_KEY) -> str:
     """A metric or parameter key MLflow accepts on every platform: letters, digits, ``_ - . /`` and spaces.
     ``apgd(norm=l2,steps=50)`` -> ``apgd norm_l2 steps_50``; ``matched_noise[pgd]`` -> ``matched_noise pgd``;
-    ``dice:csf`` -> ``dice.csf``; a ``/`` inside a part becomes ``_``."""
+    ``dice:csf`` -> ``dice.csf``; a ``/`` inside a part becomes ``_``. Within ``room`` characters: the longest
+    parts are shortened to their start and a hash."""
     out = []
     for part in parts:
         text = re.sub(r"[(\[,]", " ", str(part)).replace(")", "").replace("]", "").replace("=", "_").replace(":", ".")
         text = re.sub(r"[^\w.\- ]", "_", text)
         out.append(re.sub(r" +", " ", text).strip(" .") or "_")
-    return "/".join(out)[:MAX_KEY]
+    while len("/".join(out)) > room:
+        longest = max(range(len(out)), key=lambda i: len(out[i]))
+        excess = len("/".join(out)) - room
+        if len(out[longest]) <= 12:  # nothing left to shorten: hash the whole key
+            return _short("/".join(out), room)
+        out[longest] = _short(out[longest], max(len(out[longest]) - excess, 12))
+    return "/".join(out)
 
 
-def spec_params(spec: dict[str, Any] | list[Any], prefix: str = "") -> dict[str, str]:
+class Keys:
+    """MLflow keys for names that may collide once cleaned (``a/b`` and ``a_b`` both give ``a_b``): the first
+    name keeps the clean key, a later different one gets a hash of its own spelling appended."""
+
+    def __init__(self, room: int = MAX_KEY) -> None:
+        self.room = room
+        self.owner: dict[str, tuple[str, ...]] = {}
+
+    def __call__(self, *parts: Any) -> str:
+        original = tuple(str(p) for p in parts)
+        key = metric_key(*original, room=self.room)
+        if self.owner.setdefault(key, original) != original:
+            digest = hashlib.sha256("\x00".join(original).encode()).hexdigest()[:8]
+            key = f"{metric_key(*original, room=self.room - 9)}-{digest}"
+            self.owner[key] = original
+        return key
+
+
+def spec_params(spec: dict[str, Any] | list[Any], prefix: str = "", keys: Keys | None = None) -> dict[str, str]:
     """The spec flattened to dotted keys (lists by index): ``models.0.name`` -> ``small-cnn``. Values are JSON
     (strings as they are), cut at MLflow's parameter length."""
+    keys = keys or Keys()
     out: dict[str, str] = {}
     items: Any = spec.items() if isinstance(spec, dict) else enumerate(spec)
     for key, value in items:
-        name = f"{prefix}{metric_key(str(key))}"
+        name = f"{prefix}{key}"
         if isinstance(value, (dict, list)) and value:
-            out.update(spec_params(value, f"{name}."))
+            out.update(spec_params(value, f"{name}.", keys))
         else:
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            out[name[:MAX_KEY]] = text[:MAX_PARAM]
+            out[keys(name)] = text[:MAX_PARAM]
     return out
 
 
 def summary_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Every finite summary value and its interval bounds, keyed by model / perturbation / strength / metric
-    (clean rows without a strength)."""
+    (clean rows without a strength) and ``.ci_low`` / ``.ci_high``."""
+    keys = Keys(MAX_KEY - len(".ci_high"))  # room for the suffix: a bound never lands on its value's key
     out: dict[str, float] = {}
     for r in rows:
-        where = [r["model"], r["perturbation"]] + ([] if r["perturbation"] == "clean" else [f"{r['strength']:.6g}"])
-        key = metric_key(*where, r["metric"])
+        strength = r.get("strength")
+        where = [r["model"], r["perturbation"]]
+        if r["perturbation"] != "clean" and strength is not None:
+            where.append(f"{strength:.6g}")
+        key = keys(*where, r["metric"])
         for suffix, field in (("", "value"), (".ci_low", "ci_low"), (".ci_high", "ci_high")):
             value = r.get(field)
             if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
-                out[(key + suffix)[:MAX_KEY]] = float(value)
+                out[key + suffix] = float(value)
     return out
+
+
+# spec keys that change how a run runs, not what it computes: tags (they may change on a resume), not parameters
+RUNTIME_KEYS = ("executor", "threads", "mlflow")
+
+
+def run_key(folder: str, spec: dict[str, Any]) -> str:
+    """Which MLflow run a run folder logs to: its absolute path and its spec's identity, without the keys that
+    change how it runs but not what it computes (executor, threads, mlflow)."""
+    kept = {k: v for k, v in spec.items() if k not in RUNTIME_KEYS}
+    text = json.dumps([folder, kept], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -174,23 +281,28 @@ def log_run(
     where = destination(uri, run_dir)
     folder = str(run_dir.resolve())
 
+    identity = run_key(folder, spec)
     tags = {
+        "medrobust.run_key": identity,
         "medrobust.run_folder": folder,
         "medrobust.spec_hash": str(stored["spec_hash"]),
         "medrobust.version": __version__,
         "medrobust.device": str(stored["device"]),
     }
+    tag_key = Keys()
     for m in models:
         failed = [c["name"] for c in checks if c["model"] == m.name and not c["passed"]]
         ran = any(c["model"] == m.name for c in checks)
-        tags[metric_key("model", m.name, "fingerprint")] = m.fingerprint
-        tags[metric_key("model", m.name, "checks")] = (
+        tags[tag_key("model", m.name, "fingerprint")] = m.fingerprint
+        tags[tag_key("model", m.name, "checks")] = (
             ("failed: " + ", ".join(failed) if failed else "passed") if ran else "not run"
         )
     summary_md = run_dir / "summary.md"
     if summary_md.exists():  # the run's description in MLflow's UI
         tags["mlflow.note.content"] = summary_md.read_text(encoding="utf-8")[:MAX_TAG]
-    params = spec_params({k: v for k, v in spec.items() if k != "mlflow"})
+    params = spec_params({k: v for k, v in spec.items() if k not in RUNTIME_KEYS})
+    tags["medrobust.executor"] = json.dumps(spec.get("executor"), sort_keys=True)
+    tags["medrobust.threads"] = json.dumps(spec.get("threads"))
     metrics = summary_metrics(json.loads(summary_path.read_text(encoding="utf-8")))
 
     for name in ("mlflow.store.db.utils", "alembic"):  # a new local store's migrations, not news to the user
@@ -198,27 +310,38 @@ def log_run(
     client = MlflowClient(tracking_uri=where.uri)
     found = client.get_experiment_by_name(experiment)
     exp_id = found.experiment_id if found else client.create_experiment(experiment, where.artifact_root)
-    quoted = folder.replace("'", "\\'")
-    earlier = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`medrobust.run_folder` = '{quoted}' and tags.`medrobust.spec_hash` = "
-        f"'{stored['spec_hash']}'",
-        max_results=1,
-    )
+    earlier = client.search_runs([exp_id], filter_string=f"tags.`medrobust.run_key` = '{identity}'", max_results=1)
+    if where.confined:  # the store in the run folder came with the folder: it may point anywhere
+        location = found.artifact_location if found else where.artifact_root
+        runs_at = [r.info.artifact_uri for r in earlier]
+        outside = [
+            u
+            for u in [location, *runs_at]
+            if u != where.artifact_root and not str(u).startswith(f"{where.artifact_root}/")
+        ]
+        if outside:
+            raise ValueError(
+                f"{where.folder}/mlflow.db keeps artifacts at {outside[0]!r}, outside the run folder; delete "
+                f"{where.folder} or pass --mlflow to choose a store"
+            )
     run = earlier[0] if earlier else client.create_run(exp_id, run_name=run_name)
     mlflow_id = run.info.run_id
     now = int(time.time() * 1000)
     tag_list = [RunTag(k, v) for k, v in tags.items()]
-    param_list = [] if earlier else [Param(k, v) for k, v in params.items()]  # parameters are written once
-    for i in range(0, len(tag_list), PARAMS_PER_BATCH):
-        client.log_batch(mlflow_id, tags=tag_list[i : i + PARAMS_PER_BATCH])
-    for i in range(0, len(param_list), PARAMS_PER_BATCH):
-        client.log_batch(mlflow_id, params=param_list[i : i + PARAMS_PER_BATCH])
+    param_list = [Param(k, v) for k, v in params.items()]  # the same values again when the run is updated
     metric_list = [Metric(k, v, now, 0) for k, v in metrics.items()]
-    for i in range(0, len(metric_list), METRICS_PER_BATCH):
-        client.log_batch(mlflow_id, metrics=metric_list[i : i + METRICS_PER_BATCH])
     artifacts = [name for name in ARTIFACTS if (run_dir / name).is_file()]
-    for name in artifacts:
-        client.log_artifact(mlflow_id, str(run_dir / name))
+    try:
+        for i in range(0, len(tag_list), PARAMS_PER_BATCH):  # the run_key first: a retry finds this run
+            client.log_batch(mlflow_id, tags=tag_list[i : i + PARAMS_PER_BATCH])
+        for i in range(0, len(param_list), PARAMS_PER_BATCH):
+            client.log_batch(mlflow_id, params=param_list[i : i + PARAMS_PER_BATCH])
+        for i in range(0, len(metric_list), METRICS_PER_BATCH):
+            client.log_batch(mlflow_id, metrics=metric_list[i : i + METRICS_PER_BATCH])
+        for name in artifacts:
+            client.log_artifact(mlflow_id, str(run_dir / name))
+    except Exception:
+        client.set_terminated(mlflow_id, "FAILED")
+        raise
     client.set_terminated(mlflow_id)
     return Logged(where.uri, experiment, mlflow_id, len(metrics), len(params), artifacts, bool(earlier))

@@ -80,7 +80,7 @@ class SegmentationTask(Task):
             "flip": flip_rate(clean_pred, pred, y).tolist(),
             "flip_s": flip_rate_per_structure(clean_pred, pred, y, k).tolist(),
             # units (pixels, voxels) per class, background first, in the labels and in the prediction: how much
-            # of the data a structure is, and whether the model calls far more or less of it that
+            # of the data a structure is, and whether the model labels far more or less of it than the labels hold
             "true_n": class_counts(y, k).tolist(),
             "pred_n": class_counts(pred, k).tolist(),
         }
