@@ -871,10 +871,12 @@ def label_definitions(
     run: RunData, values: Values, low: float = 0.5, gap: float = 0.25, ratio: float = 1.5
 ) -> list[Finding]:
     """Per segmentation model, structures whose clean Dice is low (below ``low``) and far below the others'
-    (by more than ``gap``) while the model labels a very different amount of it than the labels hold, or the
-    structure's share of the data differs from its training labels' (by ``ratio`` or more either way): the
-    structure may be defined differently in the model's training labels and in these. Needs the unit counts
-    of the clean records (true_n, pred_n) and, for the training share, the card's ``label_fractions``."""
+    (by more than ``gap``) while the model labels a very different amount of it than the labels hold (or the
+    labels hold none), or the structure's share of the labelled (non-background) units differs from its share
+    in the model's training labels (by ``ratio`` or more either way; background is left out, since padding,
+    cropping and the field of view change it): the structure may be defined differently in the model's
+    training labels and in these. Needs the unit counts of the clean records (true_n, pred_n) and, for the
+    training share, the card's ``label_fractions``."""
     out = []
     for m in run.models:
         if not m.adapter.dense:
@@ -899,14 +901,17 @@ def label_definitions(
             if mine is None or math.isnan(mine) or not others or mine >= low or mine >= statistics.median(others) - gap:
                 continue
             evidence = []
-            if true_n[j] > 0 and not 1 / ratio < pred_n[j] / true_n[j] < ratio:
+            if true_n[j] == 0 and pred_n[j] > 0:
+                evidence.append(f"these labels have no {name} while the model labels {pred_n[j]:.0f} units of it")
+            elif true_n[j] > 0 and not 1 / ratio < pred_n[j] / true_n[j] < ratio:
                 evidence.append(f"the model labels {pred_n[j] / true_n[j]:.2g}x the units these labels call {name}")
-            share = true_n[j] / true_n.sum()
+            share = true_n[j] / max(true_n[1:].sum(), 1.0)
             if trained and len(trained) == len(true_n) and trained[j] > 0 and share > 0:
-                if not 1 / ratio < share / trained[j] < ratio:
+                learned = trained[j] / sum(trained[1:])
+                if not 1 / ratio < share / learned < ratio:
                     evidence.append(
-                        f"{name} is {share:.1%} of the units here but {trained[j]:.1%} of its training labels "
-                        f"({source})"
+                        f"{name} is {share:.1%} of the labelled units here but {learned:.1%} in its training "
+                        f"labels ({source})"
                     )
             if not evidence:
                 continue
