@@ -194,7 +194,10 @@ CASES = [
          r"is in use by another medrobust run", may_write=("run",)),
     # --- tracebacks before: now one line -------------------------------------------------------------------------
     Case("weights of another shape", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d, num_classes=5,
-         class_names=list("abcde")))], r"do not fit the card's architecture 'small-cnn' \(3 channels, 5 classes\)"),
+         class_names=list("abcde"), dataset={"name": "derm-synth"}))],
+         r"do not fit the card's architecture 'small-cnn' \(3 channels, 5 classes\)"),
+    Case("card label shares of another class count", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d,
+         num_classes=5, class_names=list("abcde")))], r"dataset.label_fractions \[.*\] must be 5 shares >= 0"),
     Case("weights file truncated", lambda c, d: ["evaluate", "--model", str(_truncated(c, d))], r"cannot be read"),
     Case("weights file missing", lambda c, d: ["evaluate", "--model", str(_no_weights(c, d))], r"does not exist"),
     Case("card not JSON", lambda c, d: ["evaluate", "--model", str(_card_text(c, d, "{not json"))], r"is not valid"),

@@ -5,6 +5,7 @@ the network cannot take, and padding to a multiple (MONAI DivisiblePad) that mak
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -111,3 +112,25 @@ def test_the_card_records_orientation_and_plane_and_a_run_compares_them(pair, mo
     data.orientation = None
     check_geometry("u", card, data, "nifti", said.append)
     assert said[-1].startswith("warning: model 'u' was trained on RAS-oriented volumes; dataset 'nifti' records no")
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ({"spacing": "2mm"}, "dataset.spacing '2mm' must be three voxel sizes in mm > 0"),
+    ({"spacing": [2.0, 0.0, 2.0]}, "dataset.spacing"),
+    ({"orientation": "RAA"}, "dataset.orientation 'RAA' must be three axis letters such as RAS"),
+    ({"plane": "oblique"}, "dataset.plane 'oblique' must be one of axial, coronal, sagittal"),
+    ({"label_fractions": [0.5, 0.5]}, "dataset.label_fractions [0.5, 0.5] must be 4 shares >= 0, one per class"),
+    ({"label_fractions": [1.0, float("nan"), 0.0, 0.0]}, "dataset.label_fractions"),
+])
+def test_a_card_geometry_is_checked_not_trusted(tmp_path, dataset, message):
+    from medrobust.models.card import read_card
+
+    card = {"name": "u", "architecture": "unet", "task": "segmentation", "in_channels": 1, "num_classes": 4,
+            "class_names": TISSUES, "input_shape": [1, 32, 32], "dataset": dataset}
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"model card .* is not valid: .*" + re.escape(message)):
+        read_card(tmp_path)
+    card["dataset"] = {"spacing": [1.5, 1.5, 2], "orientation": "LPS", "plane": "axial",
+                       "label_fractions": [0.7, 0.1, 0.1, 0.1]}
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    assert read_card(tmp_path)[0].dataset["orientation"] == "LPS"

@@ -434,14 +434,13 @@ def _tracking_wanted(spec: Any, uri: str | None, run_dir: Path) -> bool:
 def _log_mlflow(run_dir: Path, uri: str | None) -> None:
     """Log a run folder to MLflow; a failure loses nothing (the results stay in the folder) and says how to
     log them later."""
-    from medrobust.tracking import log_run
+    from medrobust.tracking import first_line, log_run
 
     try:
         logged = log_run(run_dir, uri)
     except Exception as err:  # a store or server fails in its own ways; the run's results are safe either way
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         _consoles.err.print(
-            f"error: MLflow logging failed ({first}); the results are in {run_dir}; log them later with "
+            f"error: MLflow logging failed ({first_line(err)}); the results are in {run_dir}; log them later with "
             f"`medrobust report {run_dir} --mlflow URI`",
             highlight=False,
             markup=False,

@@ -456,13 +456,13 @@ def check_geometry(
     """A model must see its data as it was trained: the voxel size its card records against the data's (an
     error), the orientation (an error where both are known and differ, a warning where the data records none)
     and the slice plane (a warning: a model may be scored across planes on purpose)."""
-    trained, here = card.dataset.get("spacing"), dataset.info.get("spacing")
+    seen = dataset.geometry()
+    trained, here = card.dataset.get("spacing"), seen.get("spacing")
     if trained and here and not np.allclose(trained, here, rtol=1e-3):
         raise ValueError(
             f"model {name!r} was trained on voxels of {list(trained)} mm but dataset {label!r} has {list(here)} mm; "
             f"resample the data to the model's: add spacing: {list(trained)} to the dataset's params"
         )
-    seen = dataset.geometry()
     oriented = card.dataset.get("orientation")
     if oriented and seen.get("orientation") and oriented != seen["orientation"]:
         raise ValueError(

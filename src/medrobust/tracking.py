@@ -108,11 +108,24 @@ def destination(uri: str | None, run_dir: Path, create: bool = True) -> Destinat
         raise NotADirectoryError(f"{what} {chosen!r} is a file; pass a folder or a tracking URI (http://, sqlite:///)")
     confined = not given
     if confined:  # a crafted run folder may hold links out of it
+        from medrobust.cells import inside
+
         for path in (folder, folder / "mlflow.db", folder / "artifacts"):
             inside(run_dir, path)
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     return Destination(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder, confined)
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line (a store's errors can run to pages), else its type."""
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _quiet_migrations() -> None:
+    """A new local store's schema migrations log at INFO through MLflow and Alembic: not news to the user."""
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def check_destination(uri: str | None, run_dir: Path) -> None:
@@ -124,21 +137,11 @@ def check_destination(uri: str | None, run_dir: Path) -> None:
     if where.uri.split(":", 1)[0].lower() in ("file", "sqlite"):
         from mlflow.tracking import MlflowClient
 
-        for name in ("mlflow.store.db.utils", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_migrations()
         try:
             MlflowClient(tracking_uri=where.uri).search_experiments(max_results=1)
         except Exception as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"MLflow store {where.uri!r} cannot be opened: {first}") from None
-
-
-def inside(run_dir: Path, path: Path) -> None:
-    if not path.resolve().is_relative_to(run_dir.resolve()):
-        raise ValueError(
-            f"refusing to log to {str(path)!r}: it resolves outside the run folder {str(run_dir)!r}; pass --mlflow "
-            "to choose a store"
-        )
+            raise ValueError(f"MLflow store {where.uri!r} cannot be opened: {first_line(err)}") from None
 
 
 def _short(text: str, room: int) -> str:
@@ -305,8 +308,7 @@ def log_run(
     tags["medrobust.threads"] = json.dumps(spec.get("threads"))
     metrics = summary_metrics(json.loads(summary_path.read_text(encoding="utf-8")))
 
-    for name in ("mlflow.store.db.utils", "alembic"):  # a new local store's migrations, not news to the user
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_migrations()
     client = MlflowClient(tracking_uri=where.uri)
     found = client.get_experiment_by_name(experiment)
     exp_id = found.experiment_id if found else client.create_experiment(experiment, where.artifact_root)

@@ -9,12 +9,13 @@ card whose architecture is a ``module:function`` factory loads only with ``trust
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medrobust.files import write_atomic
 from medrobust.models.wrapper import Model
@@ -51,6 +52,30 @@ class ModelCard(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _dataset_fields(self) -> ModelCard:
+        """The fields of ``dataset`` that medrobust reads (a card is data: they are checked, not trusted):
+        ``spacing`` three voxel sizes in mm > 0, ``orientation`` three axis letters (e.g. RAS), ``plane`` a slice
+        plane, ``label_fractions`` one share >= 0 per class."""
+        d = self.dataset
+        if "spacing" in d and not _numbers(d["spacing"], 3, positive=True):
+            raise ValueError(f"dataset.spacing {d['spacing']!r} must be three voxel sizes in mm > 0")
+        axis_of = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if "orientation" in d and not (
+            isinstance(d["orientation"], str)
+            and len(d["orientation"]) == 3
+            and sorted(axis_of.get(c, -1) for c in d["orientation"]) == [0, 1, 2]
+        ):
+            raise ValueError(f"dataset.orientation {d['orientation']!r} must be three axis letters such as RAS")
+        if "plane" in d and d["plane"] not in ("axial", "coronal", "sagittal"):
+            raise ValueError(f"dataset.plane {d['plane']!r} must be one of axial, coronal, sagittal")
+        if "label_fractions" in d and not _numbers(d["label_fractions"], self.num_classes, positive=False):
+            raise ValueError(
+                f"dataset.label_fractions {d['label_fractions']!r} must be {self.num_classes} shares >= 0, one per "
+                "class"
+            )
+        return self
+
     @field_validator("weights")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
@@ -66,6 +91,14 @@ class ModelCard(BaseModel):
                 f"{', '.join(WEIGHTS_SUFFIXES)} (no folders, no '..')"
             )
         return value
+
+
+def _numbers(value: Any, n: int, *, positive: bool) -> bool:
+    """``value`` is a list of ``n`` finite numbers, each > 0 (``positive``) or >= 0."""
+    if not isinstance(value, list) or len(value) != n:
+        return False
+    ok = [isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value]
+    return all(ok) and all(v > 0 if positive else v >= 0 for v in value)
 
 
 def build_model(card: ModelCard, *, trust_code: bool = False) -> Model:
