@@ -248,6 +248,9 @@ def test_isic_ham_sample_splits():
         assert torch.bincount(ds.labels, minlength=7).tolist() == [per_class] * 7
         assert [ds.class_names[int(y)] for y in ds.labels] == [dx[i] for i in ds.ids]
         assert ds.ids == [r["image_id"] for r in rows if r["image_id"] in set(ds.ids)]  # CSV order
+    lesion = {r["image_id"]: r["lesion_id"] for r in rows}
+    for ds in splits.values():  # the lesion is the sampling unit of intervals and tests
+        assert ds.group_unit == "lesion" and ds.groups == [lesion[i] for i in ds.ids]
     x, y, sample_id = splits["test"][0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.01

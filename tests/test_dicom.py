@@ -99,3 +99,20 @@ def test_a_run_on_dicom_files(folder, tmp_path):
     result = run_experiment(spec, tmp_path / "run", quiet=True)
     rows = {(r["perturbation"], r["metric"]): r["value"] for r in result.summary}
     assert 0.0 <= rows[("clean", "accuracy")] <= 1.0 and ("fgsm", "accuracy") in rows
+
+
+def test_the_patient_is_the_sampling_unit(folder):
+    """Images carry their patient (PatientID from the header) as the group that intervals and tests resample; a
+    group column in the CSV wins."""
+    ds = load_dataset("dicom", split="train", root=str(folder))
+    want = {"ct": f"PatientID:{pydicom.dcmread(shipped('CT_small.dcm')).PatientID}",
+            "mr": f"PatientID:{pydicom.dcmread(shipped('MR_small.dcm')).PatientID}"}
+    assert ds.group_unit == "patient"
+    assert ds.groups == [want[i.rstrip("0123456789")] for i in ds.ids]
+    rows = list(csv.DictReader((folder / "labels.csv").open()))
+    with (folder / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "label", "split", "group"])
+        writer.writeheader()
+        writer.writerows([{**r, "group": f"p{i % 3}"} for i, r in enumerate(rows)])
+    ds = load_dataset("dicom", split="train", root=str(folder))
+    assert sorted(set(ds.groups)) == ["p0", "p1", "p2"]

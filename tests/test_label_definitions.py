@@ -121,6 +121,12 @@ def test_a_structure_defined_differently_is_named_with_its_numbers(tmp_path, ora
     build_report(result.run_dir)
     summary_md = (result.run_dir / "summary.md").read_text()
     assert "structure defined differently?" in summary_md and "the clean Dice without csf is 1.000" in summary_md
+    # the headline's mean Dice includes csf: it says so and gives the Dice of the other structures, clean and under
+    # the worst case (here FGSM alone), by hand from the records
+    attacked = [json.loads(x["detail_json"])["dice"] for x in run.records if x["perturbation"] == "fgsm"]
+    others = [[v for k, v in enumerate(d) if k != 0 and v is not None] for d in attacked]
+    worst = np.mean([np.mean(o) for o in others if o])  # slices without gm and wm have no Dice of them
+    assert f"oracle without csf: clean 1.000, worst_case {worst:.3f}" in summary_md
 
 
 def test_matching_definitions_raise_nothing(tmp_path, oracle):

@@ -293,3 +293,19 @@ def test_mni152_3d_is_the_whole_template():
     cropped = load_dataset("mni152-tissue", mode="3d", crop=True)
     assert all(s % 16 == 0 for s in cropped.input_shape[1:])
     assert cropped.class_counts()[1:] == vol.class_counts()[1:]  # cropping keeps every brain voxel
+
+
+def test_slices_of_a_volume_share_its_group(tmp_path):
+    """2D slices and 3D patches carry their volume as the independent unit; the MNI template is one subject."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    for name in ("sub01", "sub02"):
+        save(images / f"{name}.nii.gz", ramp())
+        save(labels / f"{name}.nii.gz", codes())
+    ds = build(images, labels, mode="2d", axis="axial", split_fractions=None,
+               splits={"test": ["sub01", "sub02"]})
+    assert ds.group_unit == "volume" and ds.groups == [i.split("-")[0] for i in ds.ids]
+    assert set(ds.groups) == {"sub01", "sub02"} and len(ds.ids) > 2
+    batch = next(iterate_batches(ds, 4))
+    assert batch.groups == ds.groups[:4]
+    assert set(load_dataset("mni152-tissue", split="test").groups) == {"mni152"}

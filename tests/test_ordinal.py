@@ -31,17 +31,24 @@ def test_quadratic_kappa_of_a_hand_computed_3x3_example():
 
 
 def test_resampled_kappa_equals_kappa_of_each_resample():
-    from medrobust.tasks.ordinal import resampled_kappa
+    from medrobust import resampling
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 80)
     pred = np.clip(y + rng.integers(-1, 2, 80), 0, 4)
     idx = rng.integers(0, 80, (20, 80))
-    got = resampled_kappa(y * 5 + pred, 5, idx)
+    weights = np.stack([np.bincount(i, minlength=80) for i in idx]).astype(float)  # resampled indices as counts
+    got = resampling.quadratic_kappa({"pred": pred, "label": y, "k": 5}, weights)
     want = [quadratic_kappa(torch.from_numpy(pred[i]), torch.from_numpy(y[i]), 5) for i in idx]
     np.testing.assert_allclose(got, want, rtol=1e-12)
+    # per-permutation predictions (P, n) without weights: each row's own kappa
+    rows = np.stack([pred, y, np.clip(pred + 1, 0, 4)])
+    got = resampling.quadratic_kappa({"pred": rows, "label": y, "k": 5}, None)
+    want = [quadratic_kappa(torch.from_numpy(r), torch.from_numpy(y), 5) for r in rows]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
     # one class only in a resample: undefined, as the scalar says
-    assert math.isnan(resampled_kappa(np.zeros(4, dtype=np.int64), 3, np.zeros((1, 4), dtype=np.int64))[0])
+    zeros = np.zeros(4, dtype=np.int64)
+    assert math.isnan(resampling.quadratic_kappa({"pred": zeros, "label": zeros, "k": 3}, np.ones((1, 4)))[0])
 
 
 def retina_like(path, n_classes=5, seed=0):

@@ -306,12 +306,13 @@ def test_intervals_paired_tests_and_curve_areas_match_the_stored_results(report,
     assert f"[{clean['ci_low']:.3f}, {clean['ci_high']:.3f}]" in html[html.index('id="headline-linf"'):]
     # the paired tests are those of comparisons.json (one pair: tiny vs the other model)
     comparisons = json.loads((run_dir / "comparisons.json").read_text())
-    shown = re.findall(r'data-pair="([^"]+)" data-difference="([^"]+)" data-p="([^"]+)"', html)
+    shown = re.findall(r'data-pair="([^"]+)" data-metric="([^"]+)" data-difference="([^"]+)" data-p="([^"]+)"', html)
     assert shown, "no paired tests in the report"
-    stored = {(c["model_a"], c["model_b"], c["perturbation"], c["strength"]): c for c in comparisons}
-    for pair, diff, p_adj in shown:
+    stored = {(c["model_a"], c["model_b"], c["perturbation"], c["strength"], c["metric"]): c
+              for c in comparisons if c["quantity"] == "value"}
+    for pair, metric, diff, p_adj in shown:
         a, b, pert, strength = pair.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"').split("|")
-        c = stored[(a, b, pert, float(strength))]
+        c = stored[(a, b, pert, float(strength), metric)]
         assert float(diff) == pytest.approx(c["difference"]) and float(p_adj) == pytest.approx(c["p_adjusted"])
     # a curve's area is the mean score over its strengths (every sample is scored at every strength)
     (area,) = [float(v) for v in re.findall(r'data-area="([^"]+)" data-model="tiny" data-perturbation="fgsm"', html)]

@@ -127,7 +127,9 @@ def test_summary_rows_carry_intervals_and_comparisons_are_paired():
     assert (acc[("a", "worst_case")]["ci_low"], acc[("a", "worst_case")]["ci_high"]) == pytest.approx(stats.wilson(10, 40))
     sizes = [r for r in rows if r["metric"] == "l2"]
     assert sizes and all(r["ci_low"] is None and r["ci_high"] is None for r in sizes)
-    comp = {(r["perturbation"]): r for r in compare_models(recs, {"pgd": "linf"}, tasks)}
+    names = {"a": ["no", "yes"], "b": ["no", "yes"]}
+    comp = {r["perturbation"]: r for r in compare_models(recs, {"pgd": "linf"}, tasks, names)
+            if r["metric"] == "accuracy" and r["quantity"] == "value"}
     clean, worst = comp["clean"], comp["worst_case"]
     # clean: only A right on samples 0..9 (10), only B right on none: p = 2 * 0.5^10
     assert (clean["only_a"], clean["only_b"]) == (10, 0)

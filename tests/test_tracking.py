@@ -14,7 +14,18 @@ from typer.testing import CliRunner
 
 from medrobust.cli import app
 from medrobust.config import SpecError, load_config
-from medrobust.tracking import Keys, metric_key, spec_params, summary_metrics
+from medrobust.report.analysis import Finding, ModelChecks
+from medrobust.tracking import (
+    MAX_TAG,
+    Keys,
+    checks_tag,
+    description,
+    log_run,
+    metric_key,
+    model_checks_tag,
+    spec_params,
+    summary_metrics,
+)
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an extra: pip install 'medrobust[mlflow]'")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -51,6 +62,12 @@ def logged(tmp_path_factory):
     return run_dir, store, result.output
 
 
+def report_warnings(run_dir):
+    """The warning titles summary.md lists (its "## Warnings" section: one "- **title**: message" line each)."""
+    section = (run_dir / "summary.md").read_text().split("\n## Warnings\n", 1)[1]
+    return [line[4:].split("**", 1)[0] for line in section.splitlines() if line.startswith("- **")]
+
+
 def only_run(store):
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tracked")
@@ -76,7 +93,9 @@ def test_a_run_logged_to_a_local_store_reads_back(logged):
     assert metrics["small/clean/accuracy"] == pytest.approx(clean["value"], abs=1e-12)
     assert metrics["small/clean/accuracy.ci_low"] == pytest.approx(clean["ci_low"], abs=1e-12)
     assert metrics["small/clean/accuracy.ci_high"] == pytest.approx(clean["ci_high"], abs=1e-12)
-    fgsm = next(r for r in summary if r["perturbation"] == "fgsm" and r["strength"] == 0.03 and r["metric"] == "accuracy")
+    fgsm = next(
+        r for r in summary if r["perturbation"] == "fgsm" and r["strength"] == 0.03 and r["metric"] == "accuracy"
+    )
     assert metrics["small/fgsm/0.03/accuracy"] == pytest.approx(fgsm["value"], abs=1e-12)
     finite = [r for r in summary if isinstance(r["value"], float) and r["value"] == r["value"]]
     assert sum(1 for k in metrics if not k.endswith((".ci_low", ".ci_high"))) == len(finite)
@@ -85,7 +104,16 @@ def test_a_run_logged_to_a_local_store_reads_back(logged):
         fingerprint = db.execute("SELECT fingerprint FROM models WHERE name='small'").fetchone()[0]
         failed = [n for (n,) in db.execute("SELECT name FROM checks WHERE model='small' AND NOT passed ORDER BY rowid")]
     assert run.data.tags["model/small/fingerprint"] == fingerprint
-    assert run.data.tags["model/small/checks"] == ("failed: " + ", ".join(failed) if failed else "passed")
+    # the checks tags say what the report says: FGSM alone backs the worst case, so the report warns, and no tag
+    # says "passed" (they did, beside this warning, before)
+    warned = report_warnings(run_dir)
+    assert "worst case not checked by a strong attack" in warned
+    assert run.data.tags["medrobust.warnings"] == str(len(warned))
+    assert run.data.tags["medrobust.checks"].startswith(f"{len(warned)} warning")
+    assert "worst case not checked by a strong attack" in run.data.tags["medrobust.checks"]
+    expected = ("failed: " + ", ".join(failed) + "; " if failed else "") + f"warnings: {len(warned)} (see summary.md)"
+    assert run.data.tags["model/small/checks"] == expected
+    assert "passed" not in run.data.tags["model/small/checks"] + run.data.tags["medrobust.checks"]
     assert run.data.tags["medrobust.run_folder"] == str(run_dir.resolve())
     assert run.data.tags["mlflow.note.content"] == (run_dir / "summary.md").read_text()
     # the report and the tables as artifacts, byte for byte
@@ -198,3 +226,65 @@ def test_keys_and_params_by_hand():
     metrics = summary_metrics(rows)
     assert sorted(metrics.values()) == [0.8, 0.9, 0.95] and all(len(k) <= 250 for k in metrics)
     assert not any(k.endswith(("/", ".")) for k in metrics)
+
+
+def test_a_long_summary_keeps_its_warnings_in_the_description(logged, tmp_path):
+    import shutil
+
+    run_dir, _, _ = logged
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("mlflow"))
+    text = (copy / "summary.md").read_text()
+    head, _, warnings = text.partition("\n## Warnings\n")
+    # many models' worth of tables: the warnings at the end lie past MLflow's 8,000 characters
+    filler = "".join(f"| model-{i} | 0.500 | [0.400, 0.600] |\n" for i in range(400))
+    long = head + "\n" + filler + "\n## Warnings\n" + warnings
+    (copy / "summary.md").write_text(long)
+    assert len(long) > 2 * MAX_TAG
+    logged_again = log_run(copy, str(tmp_path / "store"))
+    client = MlflowClient(logged_again.uri)
+    run = client.get_run(logged_again.run_id)
+    note = run.data.tags["mlflow.note.content"]
+    assert len(note) <= MAX_TAG
+    first, blank, rest = note.partition("\n\n")
+    assert first == (f"*summary.md ({len(long):,} characters) is longer than an MLflow description (8,000): the full "
+                     "text is the artifact summary.md. The report's warnings come first; the rest is cut.*")
+    assert rest.startswith("## Warnings\n\n- **worst case not checked by a strong attack**: ")
+    assert rest.endswith("\n\n*(cut here: the full text is the artifact summary.md)*\n")
+    assert "# medrobust report: tracked" in rest  # then the start of summary.md
+    # the whole summary.md is the artifact, byte for byte
+    local = client.download_artifacts(run.info.run_id, "summary.md", str(tmp_path))
+    assert open(local, encoding="utf-8").read() == long
+
+
+def test_tags_and_description_by_hand():
+    unchecked = Finding("worst case not checked by a strong attack", "worst_case at eps = 0.03 rests on fgsm only")
+    broken = Finding("unbounded attack", "m: PGD leaves accuracy 0.400", "what it means")
+    assert checks_tag([]) == "passed"
+    assert checks_tag([unchecked, broken, broken]) == (
+        "3 warnings: worst case not checked by a strong attack; unbounded attack (x2)")
+    ran = ModelChecks("m", ["logits", "gradients"], [], stored=True)
+    failed = ModelChecks("m", ["logits"], ["unbounded", "more_steps"], stored=True)
+    absent = ModelChecks("m", [], [], stored=False)
+    assert model_checks_tag(ran, 0) == "passed"
+    assert model_checks_tag(ran, 1) == "warnings: 1 (see summary.md)"
+    assert model_checks_tag(failed, 3) == "failed: unbounded, more_steps; warnings: 3 (see summary.md)"
+    assert model_checks_tag(absent, 0) == model_checks_tag(None, 0) == "not run"
+    assert model_checks_tag(absent, 2) == "not run; warnings: 2 (see summary.md)"
+    # a summary that fits is the description as it is
+    assert description("# short\n", [unchecked], limit=100) == "# short\n"
+    # a longer one: the note, the warnings, the start of the summary up to a line end, the mark
+    summary = "# report\n" + "".join(f"line {i:03d}\n" for i in range(100)) + "## Warnings\n\n- **x**: y\n"
+    text = description(summary, [unchecked, broken], limit=600)
+    assert len(text) <= 600
+    lines = text.split("\n")
+    assert lines[0].startswith(f"*summary.md ({len(summary):,} characters) is longer than an MLflow description (600)")
+    assert lines[2:6] == ["## Warnings", "", "- **worst case not checked by a strong attack**: worst_case at eps = "
+                          "0.03 rests on fgsm only", "- **unbounded attack**: m: PGD leaves accuracy 0.400"]
+    assert lines[7] == "# report" and lines[-4].startswith("line ")
+    assert lines[-2:] == ["*(cut here: the full text is the artifact summary.md)*", ""]
+    # warnings that alone fill the description are cut at a line end too, with the mark
+    many = [Finding(f"check {i}", "x" * 50) for i in range(40)]
+    text = description(summary, many, limit=600)
+    assert len(text) <= 600 and text.endswith("\n\n*(cut here: the full text is the artifact summary.md)*\n")
+    assert "- **check 0**: " in text and "# report" not in text

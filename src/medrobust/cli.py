@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -282,7 +281,9 @@ def evaluate(
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's)"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write the rows as JSON"),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="also write the rows as JSON (standard JSON: null where a value is missing)"
+    ),
     trust_code: bool = typer.Option(False, "--trust-code", help="allow module:function architectures (they run code)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -334,8 +335,14 @@ def evaluate(
     title = escape(f"{card.name} on {dataset}/{split} (n={n}, bounds {list(net.bounds)}, seed {seed})")
     _consoles.out.print(results_table(title, rows, metric=get_task(ds.task).metric))
     if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=2, default=str))
+        from medrobust.files import write_json
+
+        write_json(json_out, rows, indent=2, default=str)
         _consoles.out.print(f"wrote {json_out}")
+
+
+# summary metrics of CLEVER (medrobust.results.clever_rows): a perturbation size, never a row of a score table
+CLEVER_METRICS = ("clever", "clever_flagged")
 
 
 def robustness_table(
@@ -346,11 +353,15 @@ def robustness_table(
     metric: str = "accuracy",
 ) -> Table:
     """Generalizability vs robustness: clean accuracy next to accuracy under each perturbation at the
-    reference strength of its norm, and the per-sample worst case over attacks."""
+    reference strength of its norm, and the per-sample worst case over attacks. CLEVER scores are sizes, not
+    scores: they are left to :func:`clever_table`."""
     value = {(r["model"], r["perturbation"], r["strength"], r["metric"]): r["value"] for r in summary}
     models = order or list(dict.fromkeys(r["model"] for r in summary))
+    clever = {r["perturbation"] for r in summary if r["metric"] in CLEVER_METRICS}
     perts = [
-        p for p in dict.fromkeys(r["perturbation"] for r in summary) if p != "clean" and not p.startswith("matched")
+        p
+        for p in dict.fromkeys(r["perturbation"] for r in summary)
+        if p != "clean" and not p.startswith("matched") and p not in clever
     ]
     labels = list(norms)
     perts.sort(key=lambda p: (p.startswith("worst_case"), labels.index(p) if p in labels else -1))
@@ -374,12 +385,59 @@ def robustness_table(
         s = ref_strength(p)
         cells = []
         for m in models:
-            # CLEVER rows hold an estimated minimal perturbation, not a score
-            acc = value.get((m, p, s, "clever" if p.startswith("clever[") else metric))
+            acc = value.get((m, p, s, metric))
             noise = value.get((m, f"matched_noise[{p}]", s, metric))
             cells.append(fmt(acc) + (f" ({fmt(noise)})" if noise is not None else ""))
         table.add_row(escape(f"{p} @ {s:.4g}"), *cells)
     table.caption = f"(in brackets: {metric} under Gaussian noise of the attack's per-sample L2 size)"
+    table.caption_justify = "left"
+    return table
+
+
+def _interval(row: dict[str, Any] | None, digits: int = 3) -> str:
+    """A summary row's 95% interval as "[low, high]", "-" where it has none."""
+    low, high = (None, None) if row is None else (row.get("ci_low"), row.get("ci_high"))
+    if "-" in (fmt(low), fmt(high)):
+        return "-"
+    return f"[{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def clever_table(summary: list[dict[str, Any]], order: list[str] | None = None) -> Table | None:
+    """CLEVER (Weng et al., ICLR 2018), one row per model and norm: the median estimated minimal perturbation
+    (input units) over the clean-correct samples with its 95% interval, and the share of those whose fit was
+    degenerate. None when the summary has no CLEVER rows."""
+    rows = {(r["model"], r["perturbation"], r["metric"]): r for r in summary if r["metric"] in CLEVER_METRICS}
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(p for _, p, _ in rows))
+    models = order or list(dict.fromkeys(m for m, _, _ in rows))
+    table = Table(title="CLEVER: estimated minimal perturbation (a size, not a score)", title_justify="left")
+    table.add_column("model", overflow="fold")
+    table.add_column("estimate", overflow="fold")
+    for header in ("median", "95% interval", "degenerate fits", "n"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for label in labels:
+        for m in models:
+            median, flagged = rows.get((m, label, "clever")), rows.get((m, label, "clever_flagged"))
+            if median is None and flagged is None:
+                continue
+            n = (median or flagged or {}).get("n")
+            share = None if flagged is None else flagged.get("value")
+            shown = fmt(share)
+            if shown != "-":
+                shown = f"{share:.0%}" + (f" ({round(share * n)}/{n})" if n else "")
+            table.add_row(
+                escape(m),
+                escape(label),
+                fmt(None if median is None else median.get("value"), 4),
+                _interval(median, 4),
+                shown,
+                fmt(n),
+            )
+    table.caption = (
+        "median over the clean-correct samples (input units, the estimate's norm), bootstrap 95% interval; "
+        "degenerate fits: samples whose extreme-value fit failed and fell back to the observed maximum"
+    )
     table.caption_justify = "left"
     return table
 
@@ -393,8 +451,11 @@ def _print_run(result: Any, spec: Any) -> None:
         for label, p in zip(perturbation_labels(spec.perturbations), spec.perturbations)
     }
     metric = "dice" if any(r["metric"] == "dice" for r in result.summary) else "accuracy"
-    table = robustness_table(result.summary, spec.reference_strength, norms, [m.name for m in spec.models], metric)
-    _consoles.out.print(table)
+    order = [m.name for m in spec.models]
+    _consoles.out.print(robustness_table(result.summary, spec.reference_strength, norms, order, metric))
+    clever = clever_table(result.summary, order)
+    if clever is not None:
+        _consoles.out.print(clever)
     _consoles.out.print(
         f"{result.cells_run} cells run, {result.cells_skipped} reused, {result.seconds:.0f} s; "
         f"results in {result.run_dir} (results.db, summary.csv, summary.json)",

@@ -158,13 +158,18 @@ class PerturbationSpec(_Frozen):
 
 
 class CleverSpec(_Frozen):
-    """CLEVER scores of every model on the evaluated samples (``medrobust.clever``), stored and reported beside
-    the attacks; classification only."""
+    """CLEVER scores of every model on the evaluated samples (``medrobust.clever``, Weng et al., ICLR 2018),
+    stored and reported beside the attacks; classification only. Each sample starts with ``n_batches`` batches
+    of ``batch_size`` points drawn in the ``norm`` ball of ``radius`` (input units); samples whose reverse
+    Weibull fit is degenerate draw more batches (doubling) up to ``max_batches``. The defaults are measured on
+    the demo's models (bench/clever.py, bench/RESULTS.md "CLEVER convergence"); the radius suits L2 on images in
+    [0, 1]: set it for linf or l1."""
 
     norm: str = "l2"
     n_batches: int = Field(10, ge=1)
-    batch_size: int = Field(5, ge=1)
-    radius: float = Field(5.0, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(2, ge=1)
+    radius: float = Field(2.0, gt=0, allow_inf_nan=False)
+    max_batches: int = Field(160, ge=1)
     target_classes: int | None = Field(None, ge=1)
 
     @field_validator("norm")
@@ -173,6 +178,15 @@ class CleverSpec(_Frozen):
         if value not in ("l2", "linf", "l1"):
             raise ValueError(f"clever norm {value!r} is not one of l2, linf, l1")
         return value
+
+    @model_validator(mode="after")
+    def _budget(self) -> CleverSpec:
+        if self.max_batches < self.n_batches:
+            raise ValueError(
+                f"clever max_batches={self.max_batches} is below n_batches={self.n_batches}: the budget must be at "
+                "least the batches drawn first"
+            )
+        return self
 
     @property
     def label(self) -> str:

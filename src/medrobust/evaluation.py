@@ -32,6 +32,7 @@ from medrobust.config import PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
 from medrobust.corruptions.base import Corruption
 from medrobust.data.base import Batch, ImageDataset, iterate_batches
+from medrobust.files import finite_json
 from medrobust.metrics import psnr, ssim
 from medrobust.models.wrapper import Model
 from medrobust.seeding import make_generator
@@ -101,15 +102,6 @@ def threat_model(
     return info
 
 
-def _finite(value: Any) -> Any:
-    """NaN and inf -> None, recursively, so details are valid JSON."""
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    return value
-
-
 def _label_dtype(num_classes: int) -> type:
     return np.uint8 if num_classes <= 256 else np.int32
 
@@ -127,6 +119,7 @@ class _Batch:
     offset: int
     clean_logits: torch.Tensor
     gallery: int
+    groups: list[str | None] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
 
@@ -183,7 +176,8 @@ class _Batch:
                     None if p == float("inf") else p,
                     sizes["rho"][i],
                     o.score,
-                    _finite(detail) if detail else None,
+                    finite_json(detail) if detail else None,
+                    self.groups[i] if self.groups else None,
                 )
             )
 
@@ -236,7 +230,7 @@ def evaluate_batch(
             )
     except ValueError as err:  # NaN outputs, wrong shapes: say which model and samples
         raise ValueError(f"model {cell.model!r} on samples {batch.ids[0]!r}..{batch.ids[-1]!r}: {err}") from None
-    b = _Batch(cell, model, task, x, y, list(batch.ids), offset, clean_logits, gallery)
+    b = _Batch(cell, model, task, x, y, list(batch.ids), offset, clean_logits, gallery, list(batch.groups))
     bounds = model.bounds
     if perturbation is None:
         b.add("clean", "clean", 0.0, x, clean_logits)
@@ -286,6 +280,8 @@ def evaluate_cell(
     out = CellResult(threat=threat_model(cell.pert, obj, model.bounds, cell.strengths, seed))
     if cell.pert is None and dataset.orientation:
         out.threat["orientation"] = dataset.orientation  # how the report's gallery draws slices
+    if cell.pert is None and dataset.groups is not None:
+        out.threat["group_unit"] = dataset.group_unit  # what the samples' groups are (volume, patient)
     first = 0 if batches is None else batches.start
     offset, device = first * batch_size, torch.device(device)
     for b, batch in enumerate(iterate_batches(dataset, batch_size, limit, batches), start=first):

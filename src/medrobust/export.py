@@ -1,11 +1,11 @@
-"""Export a run's per-sample records (csv, json, parquet)."""
+"""Export a run's per-sample records (csv, json, parquet); the json is standard JSON (null, never NaN)."""
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
+from medrobust.files import write_json
 from medrobust.store import Store
 
 FORMATS = ("csv", "json", "parquet")
@@ -25,7 +25,7 @@ def export_records(run_dir: str | Path, fmt: str, out: str | Path | None = None)
     finally:
         store.close()
     if fmt == "json":
-        path.write_text(json.dumps(rows, indent=1))
+        write_json(path, rows, indent=1)
     elif fmt == "csv":
         with path.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["cell_key"])

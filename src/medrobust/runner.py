@@ -38,8 +38,8 @@ from medrobust.config import ExperimentSpec, ModelSpec
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
 from medrobust.executors import LocalExecutor, RayExecutor, Settings, Work, make_executor, plan
-from medrobust.files import write_atomic
-from medrobust.metrics.clever import clever_estimate
+from medrobust.files import write_json
+from medrobust.metrics.clever import WITHHOLD, attack_distances, clever_estimate
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard, save_checkpoint
 from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
@@ -286,7 +286,7 @@ def clever_scores(
         if stored is not None:
             out[name] = stored
             continue
-        t0, scores = time.perf_counter(), []
+        t0, scores = time.perf_counter(), list[dict[str, Any]]()
         for b, batch in enumerate(iterate_batches(dataset, spec.batch_size, spec.limit)):
             est = clever_estimate(
                 lm.model,
@@ -296,6 +296,7 @@ def clever_scores(
                 n_batches=c.n_batches,
                 batch_size=c.batch_size,
                 radius=c.radius,
+                max_batches=c.max_batches,
                 target_classes=c.target_classes,
                 generator=make_generator(spec.seed, name, c.label, b, device=device),
             )
@@ -307,15 +308,24 @@ def clever_scores(
                     "score": float(est.scores[i]),
                     "fit": est.fit[i],
                     "flagged": bool(est.flagged[i]),
+                    "batches": int(est.batches[i]),
                 }
                 for i in range(len(batch))
             ]
         seconds = time.perf_counter() - t0
         store.write_model_scores(name, lm.fingerprint, c.label, settings, scores, seconds)
-        flagged = sum(1 for s in scores if s["flagged"])
+        kept = [s for s in scores if s["fit"] != "misclassified"]
+        flagged = sum(1 for s in kept if s["flagged"])
+        capped = sum(1 for s in kept if s["score"] >= c.radius)
         notify(
             f"{c.label} of {name}: {len(scores)} samples in {seconds:.1f} s"
-            + (f", {flagged} degenerate fits flagged" if flagged else "")
+            + (f", {flagged} of {len(kept)} fits still degenerate after {c.max_batches} batches" if flagged else "")
+            + (
+                f"; median withheld (more than {100 * WITHHOLD:.0f}% degenerate)"
+                if kept and flagged > WITHHOLD * len(kept)
+                else ""
+            )
+            + (f"; {capped} scores at the radius {c.radius:g} (a larger radius would tell more)" if capped else "")
         )
         out[name] = scores
     return out
@@ -565,7 +575,7 @@ def _run_with(
             check_geometry(m.name, models[m.name].card, dataset, spec.dataset.name, notify)
     sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
     warn_large_eps(spec, models, notify)
-    write_atomic(run_dir / "spec.json", json.dumps(spec.model_dump(mode="json"), indent=2))
+    write_json(run_dir / "spec.json", spec.model_dump(mode="json"), indent=2)
     cells = expand(
         spec, {**{k: v.fingerprint for k, v in sources.items()}, **{k: v.fingerprint for k, v in models.items()}}
     )
@@ -642,17 +652,21 @@ def _run_with(
             if c.pert and c.pert.kind == "attack"
         }
         tasks = {k: dataset.task for k in models}
-        summary = summarise(
-            stored,
-            norms=norms,
-            tasks=tasks,
-            class_names={k: list(dataset.class_names) for k in models},  # checked equal to the cards' (or mapped)
-        )
+        class_names = {k: list(dataset.class_names) for k in models}  # checked equal to the cards' (or mapped)
+        summary = summarise(stored, norms=norms, tasks=tasks, class_names=class_names)
         if spec.clever is not None:
+            # CLEVER is checked against the smallest perturbation the minimal attacks of its norm found
+            minimal = {
+                c.label
+                for c in cells
+                if c.pert and c.pert.kind == "attack" and ATTACKS.build(c.pert.name, **c.pert.params).minimal
+            }
+            checked = {a for a in minimal if norms[a] == spec.clever.norm}
+            found = attack_distances(stored, checked, spec.clever.norm)
             for name, scores in clever.items():  # in spec order, as the report writes them again
-                summary += clever_rows(name, spec.clever.label, scores)
+                summary += clever_rows(name, spec.clever.label, scores, found.get(name, {}) if checked else None)
         write_summary(summary, run_dir)
-        write_comparisons(compare_models(stored, norms, tasks), run_dir)
+        write_comparisons(compare_models(stored, norms, tasks, class_names, spec.headline_metric), run_dir)
         store.finish_run(run_id)
     finally:
         store.close()

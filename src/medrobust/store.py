@@ -3,7 +3,9 @@
 A record's task-specific fields come from the model's Task (``Task.outcomes``): classification records carry
 label, predictions and class probabilities and ``score`` 1/0 (correct or not); segmentation records have label =
 clean_pred = pred = -1, probs_json "[]", ``score`` the mean foreground Dice and ``detail_json`` per-structure
-Dice, HD95 and flip rates. :class:`Record` is the typed row.
+Dice, HD95 and flip rates. :class:`Record` is the typed row. Every ``*_json`` column is standard JSON
+(``medrobust.files.strict_dumps``): a value without a finite number (the HD95 of a structure missing from a mask,
+the flip rate of a structure absent from the labels) is null, never NaN.
 
 Provenance: each invocation of a spec is a row of ``runs``; ``run_cells`` lists the cells of its grid (in grid
 order) and ``models`` each model as it ran (task, class names, input bounds, the fingerprint of its weights,
@@ -40,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from medrobust.files import strict_dumps
 
 if TYPE_CHECKING:
     from medrobust.checks import CheckResult
@@ -110,6 +114,7 @@ CREATE TABLE IF NOT EXISTS records (
     l2 REAL, linf REAL, l0 REAL, ssim REAL, psnr REAL, rho REAL,
     score REAL,
     detail_json TEXT,
+    sample_group TEXT,
     PRIMARY KEY (cell_key, perturbation, strength, sample_index)
 );
 CREATE TABLE IF NOT EXISTS examples (
@@ -178,6 +183,7 @@ RECORD_COLUMNS = (
     "rho",
     "score",
     "detail_json",
+    "sample_group",
 )
 
 
@@ -204,11 +210,14 @@ class Record:
     rho: float
     score: float
     detail: dict[str, Any] | None
+    # the independent unit the sample belongs to (its volume, patient, subject); None: the sample is its own
+    sample_group: str | None = None
 
     def row(self) -> tuple[Any, ...]:
-        """The values in ``RECORD_COLUMNS`` order (probabilities and details as JSON)."""
-        probs = json.dumps(self.probs)
-        detail = json.dumps(self.detail) if self.detail else None
+        """The values in ``RECORD_COLUMNS`` order (probabilities and details as standard JSON: a value without a
+        finite number, such as the HD95 of a structure missing from a mask, is null)."""
+        probs = strict_dumps(self.probs)
+        detail = strict_dumps(self.detail) if self.detail else None
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(probs_json=probs, detail_json=detail)
         return tuple(values[c] for c in RECORD_COLUMNS)
@@ -280,6 +289,7 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as err:  # OperationalError (read-only, locked) included
             raise StoreError(f"{str(self.path)!r} cannot be used as the run's database: {err}") from None
 
@@ -294,6 +304,16 @@ class Store:
         finally:
             con.close()
         os.replace(tmp, self.path)
+
+    def _migrate(self) -> None:
+        """Columns added since a store was created: ``records.sample_group`` (NULL: each sample its own unit)."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(records)")}
+        if "sample_group" not in columns:
+            try:
+                with self.conn:
+                    self.conn.execute("ALTER TABLE records ADD COLUMN sample_group TEXT")
+            except sqlite3.OperationalError:  # a read-only store: its records have no groups, read as None
+                pass
 
     def close(self) -> None:
         self.conn.close()
@@ -313,7 +333,7 @@ class Store:
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO runs (spec_json, spec_hash, versions_json, device, seed, started) VALUES (?,?,?,?,?,?)",
-                (json.dumps(spec, sort_keys=True), spec_hash, json.dumps(versions), device, seed, time.time()),
+                (strict_dumps(spec, sort_keys=True), spec_hash, strict_dumps(versions), device, seed, time.time()),
             )
             assert cur.lastrowid is not None  # an INSERT always sets it
             run_id = int(cur.lastrowid)
@@ -326,10 +346,10 @@ class Store:
                         m.name,
                         m.fingerprint,
                         m.task,
-                        json.dumps(list(m.class_names)),
-                        json.dumps([float(b) for b in m.bounds]),
+                        strict_dumps(list(m.class_names)),
+                        strict_dumps([float(b) for b in m.bounds]),
                         m.source,
-                        json.dumps(m.card, sort_keys=True),
+                        strict_dumps(m.card, sort_keys=True),
                     )
                     for i, m in enumerate(models)
                 ],
@@ -425,9 +445,9 @@ class Store:
                     cell.model,
                     cell.perturbation,
                     cell.kind,
-                    json.dumps(cell.params, sort_keys=True),
-                    json.dumps(cell.strengths),
-                    json.dumps(cell.threat, sort_keys=True),
+                    strict_dumps(cell.params, sort_keys=True),
+                    strict_dumps(cell.strengths),
+                    strict_dumps(cell.threat, sort_keys=True),
                     "done",
                     run_id,
                     started,
@@ -526,7 +546,8 @@ class Store:
         seconds: float,
     ) -> None:
         """Store per-sample model-level scores (CLEVER) of ``model`` on the weights ``fingerprint``: a list of
-        {sample_index, sample_id, score, fit, flagged}, replaced whole for the same name and settings."""
+        {sample_index, sample_id, score, fit, flagged}, replaced whole for the same name and settings. A value
+        without a finite number is stored as null."""
         with self.conn:
             self.conn.execute(
                 "INSERT OR REPLACE INTO model_scores VALUES (?,?,?,?,?,?,?)",
@@ -534,8 +555,8 @@ class Store:
                     model,
                     fingerprint,
                     name,
-                    json.dumps(settings, sort_keys=True),
-                    json.dumps(scores),
+                    strict_dumps(settings, sort_keys=True),
+                    strict_dumps(scores),
                     seconds,
                     time.time(),
                 ),
@@ -547,7 +568,7 @@ class Store:
         """The stored scores of :meth:`write_model_scores`, or None."""
         row = self.conn.execute(
             "SELECT scores_json FROM model_scores WHERE model=? AND fingerprint=? AND name=? AND settings_json=?",
-            (model, fingerprint, name, json.dumps(settings, sort_keys=True)),
+            (model, fingerprint, name, strict_dumps(settings, sort_keys=True)),
         ).fetchone()
         return None if row is None else json.loads(row[0])
 

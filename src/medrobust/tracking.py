@@ -4,8 +4,17 @@ One MLflow run per medrobust run folder: the spec as parameters (dotted keys, ``
 and threads as tags, since a resume may change them), every row of summary.json as a metric with its 95%
 interval (``<model>/<perturbation>/<strength>/<metric>``, and ``.ci_low`` / ``.ci_high``; names cleaned to
 MLflow's characters, long ones shortened with a hash, names that clean alike kept apart by one), the models'
-weight fingerprints and sanity-check outcomes as tags, summary.md as the run's description, and report.html,
-summary.md, summary.json/csv, comparisons.json/csv and spec.json as artifacts.
+weight fingerprints as tags, and report.html, summary.md, summary.json/csv, comparisons.json/csv and spec.json as
+artifacts.
+
+The tags that summarise checks say what the report says: ``medrobust.checks`` is "passed" only when the report
+lists no warning (:func:`medrobust.report.analysis.warnings`: unchecked worst cases, failed sanity checks, an
+incomplete run ...), else the count and titles of its warnings; ``medrobust.warnings`` is that count; each
+``model/<name>/checks`` names the model's failed sanity checks and the report's warnings, and is "passed" only
+when there are neither. summary.md is the run's description (``mlflow.note.content``) when it fits MLflow's
+8,000 characters; a longer one is cut behind a line that says so and the report's warnings, so they are never the
+part lost (the whole file is the artifact summary.md).
+
 Logging the same folder again (a resumed run, ``medrobust report --mlflow``) updates that MLflow run rather
 than adding another, as long as the spec is the same (its ``executor``, ``threads`` and ``mlflow`` keys aside).
 
@@ -32,9 +41,16 @@ import logging
 import os
 import re
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from medrobust.files import strict_dumps
+
+if TYPE_CHECKING:
+    from medrobust.report.analysis import Finding, ModelChecks
 
 MLFLOW_MISSING = (
     "MLflow logging needs MLflow: pip install 'medrobust[mlflow]' (mlflow-skinny, sqlalchemy and alembic for a "
@@ -200,7 +216,7 @@ def spec_params(spec: dict[str, Any] | list[Any], prefix: str = "", keys: Keys |
         if isinstance(value, (dict, list)) and value:
             out.update(spec_params(value, f"{name}.", keys))
         else:
-            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            text = value if isinstance(value, str) else strict_dumps(value, sort_keys=True)
             out[keys(name)] = text[:MAX_PARAM]
     return out
 
@@ -233,6 +249,75 @@ def run_key(folder: str, spec: dict[str, Any]) -> str:
     kept = {k: v for k, v in spec.items() if k not in RUNTIME_KEYS}
     text = json.dumps([folder, kept], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def report_findings(run_dir: Path) -> tuple[list[Finding], list[ModelChecks]]:
+    """The report's warnings and each model's sanity checks, computed from results.db as the report computes
+    them (:func:`medrobust.report.analysis.warnings` and ``check_summary``), so the tags say what summary.md
+    says."""
+    from medrobust.report import analysis
+    from medrobust.report.data import load_run
+
+    run = load_run(run_dir)
+    checks = analysis.model_checks(run)
+    values = analysis.Values(run.summary, run.metric)
+    return analysis.warnings(run, values, checks=checks), analysis.check_summary(run, checks)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def checks_tag(findings: Sequence[Finding]) -> str:
+    """The run's tag ``medrobust.checks``: "passed" when the report lists no warning, else their number and
+    titles (a repeated title once, with its count), within MLflow's tag length."""
+    if not findings:
+        return "passed"
+    titles = Counter(f.check for f in findings)
+    text = f"{_plural(len(findings), 'warning')}: " + "; ".join(
+        title if n == 1 else f"{title} (x{n})" for title, n in titles.items()
+    )
+    return text if len(text) <= MAX_TAG else text[: MAX_TAG - 3] + "..."
+
+
+def model_checks_tag(checks: ModelChecks | None, warnings: int) -> str:
+    """A model's tag ``model/<name>/checks``: "failed: <checks>" for its failed sanity checks, "not run" when its
+    model-level checks are not in results.db, and the number of the report's warnings; "passed" only when none
+    failed and the report has no warning."""
+    if checks is not None and checks.failed:
+        parts = ["failed: " + ", ".join(checks.failed)]
+    elif checks is None or not checks.stored:
+        parts = ["not run"]
+    else:
+        parts = [] if warnings else ["passed"]
+    if warnings:
+        parts.append(f"warnings: {warnings} (see summary.md)")
+    return "; ".join(parts)
+
+
+CUT_NOTE = (
+    "*summary.md ({size:,} characters) is longer than an MLflow description ({limit:,}): the full text is the "
+    "artifact summary.md. The report's warnings come first; the rest is cut.*"
+)
+CUT_MARK = "\n\n*(cut here: the full text is the artifact summary.md)*\n"
+
+
+def description(summary_md: str, findings: Sequence[Finding], limit: int = MAX_TAG) -> str:
+    """The run's description (``mlflow.note.content``): summary.md whole when it fits ``limit`` characters; else
+    a line saying it is cut, the report's warnings (their titles and messages, as summary.md writes them), then
+    the start of summary.md up to a line end, and a mark where it stops. Never longer than ``limit``."""
+    if len(summary_md) <= limit:
+        return summary_md
+    from medrobust.report.markdown import cell
+
+    lines = [f"- **{cell(f.check)}**: {cell(f.message)}" for f in findings] or ["No warnings."]
+    head = "\n".join([CUT_NOTE.format(size=len(summary_md), limit=limit), "", "## Warnings", "", *lines, "", ""])
+    room = limit - len(head) - len(CUT_MARK)
+    if room <= 0:  # the warnings alone fill the description
+        kept = head[: limit - len(CUT_MARK)]
+        return kept[: kept.rfind("\n")] + CUT_MARK if "\n" in kept else kept + CUT_MARK
+    start = summary_md[:room]
+    return head + (start[: start.rfind("\n")] if "\n" in start else start) + CUT_MARK
 
 
 @dataclass(frozen=True)
@@ -274,7 +359,6 @@ def log_run(
             raise ValueError(f"{db} holds no run")
         stored = next(r for r in store.runs() if r["id"] == run_id)
         models = store.run_models(run_id)
-        checks = store.checks()
     finally:
         store.close()
     spec = json.loads(stored["spec_json"])
@@ -292,20 +376,20 @@ def log_run(
         "medrobust.version": __version__,
         "medrobust.device": str(stored["device"]),
     }
+    findings, model_checks = report_findings(run_dir)
+    by_model = {c.model: c for c in model_checks}
+    tags["medrobust.checks"] = checks_tag(findings)
+    tags["medrobust.warnings"] = str(len(findings))
     tag_key = Keys()
     for m in models:
-        failed = [c["name"] for c in checks if c["model"] == m.name and not c["passed"]]
-        ran = any(c["model"] == m.name for c in checks)
         tags[tag_key("model", m.name, "fingerprint")] = m.fingerprint
-        tags[tag_key("model", m.name, "checks")] = (
-            ("failed: " + ", ".join(failed) if failed else "passed") if ran else "not run"
-        )
+        tags[tag_key("model", m.name, "checks")] = model_checks_tag(by_model.get(m.name), len(findings))
     summary_md = run_dir / "summary.md"
     if summary_md.exists():  # the run's description in MLflow's UI
-        tags["mlflow.note.content"] = summary_md.read_text(encoding="utf-8")[:MAX_TAG]
+        tags["mlflow.note.content"] = description(summary_md.read_text(encoding="utf-8"), findings)
     params = spec_params({k: v for k, v in spec.items() if k not in RUNTIME_KEYS})
-    tags["medrobust.executor"] = json.dumps(spec.get("executor"), sort_keys=True)
-    tags["medrobust.threads"] = json.dumps(spec.get("threads"))
+    tags["medrobust.executor"] = strict_dumps(spec.get("executor"), sort_keys=True)
+    tags["medrobust.threads"] = strict_dumps(spec.get("threads"))
     metrics = summary_metrics(json.loads(summary_path.read_text(encoding="utf-8")))
 
     _quiet_migrations()

@@ -58,20 +58,25 @@ class Batch:
     x: inputs, float tensor (N, C, *spatial) in the dataset's input units.
     y: labels, long tensor (N,) for classification or (N, *spatial) for segmentation.
     ids: one stable identifier per sample.
+    groups: per sample, the independent unit it belongs to (volume, patient, subject), or empty when every
+    sample is its own unit.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     ids: list[str] = field(default_factory=list)
+    groups: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x has {self.x.shape[0]} samples but y has {self.y.shape[0]}")
         if self.ids and len(self.ids) != self.x.shape[0]:
             raise ValueError(f"x has {self.x.shape[0]} samples but ids has {len(self.ids)}")
+        if self.groups and len(self.groups) != self.x.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} samples but groups has {len(self.groups)}")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.x.to(device), self.y.to(device), list(self.ids))
+        return Batch(self.x.to(device), self.y.to(device), list(self.ids), list(self.groups))

@@ -37,12 +37,17 @@ class ImageDataset(Dataset, ABC):
     # "RAS": the spatial axes run along patient right, anterior, superior (a slice keeps the other two in that
     # order), as NIfTI volumes reoriented to canonical do; the report then draws slices anatomically upright.
     orientation: str | None = None
+    # what a group of samples is (``groups``): "volume", "patient", "subject"
+    group_unit: str = "group"
 
     def __init__(self, class_names: Sequence[str], labels: torch.Tensor, ids: Sequence[str], split: str) -> None:
         self.class_names = tuple(str(c) for c in class_names)
         self.ids = [str(i) for i in ids]
         # where the samples came from and how they were cut (files, volumes, slice indices, variant), per builder
         self.info: dict[str, Any] = {}
+        # per sample, the independent unit it comes from (the volume of a slice, the patient of an image), which
+        # intervals and paired tests resample; None: every sample is its own unit
+        self.groups: list[str] | None = None
         raw = torch.as_tensor(labels).reshape(-1)
         if raw.is_floating_point():  # a cast would truncate 1.5 to 1 and NaN to garbage: refuse non-integers
             bad = ~torch.isfinite(raw) | (raw != raw.round())
@@ -156,7 +161,8 @@ def iterate_batches(
             y = _stack([it[1] for it in items], items).long()
         else:
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
-        yield Batch(x, y, [it[2] for it in items])
+        groups: list[str | None] = [dataset.groups[i] for i in idx] if dataset.groups is not None else []
+        yield Batch(x, y, [it[2] for it in items], groups)
 
 
 def _stack(tensors: list[torch.Tensor], items: list[tuple[Any, ...]]) -> torch.Tensor:
@@ -173,7 +179,10 @@ def load_all(dataset: ImageDataset, limit: int | None = None) -> Batch:
     """The whole dataset (or its first ``limit`` samples) as one Batch."""
     batches = list(iterate_batches(dataset, 256, limit))
     return Batch(
-        torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches]), sum((b.ids for b in batches), [])
+        torch.cat([b.x for b in batches]),
+        torch.cat([b.y for b in batches]),
+        sum((b.ids for b in batches), []),
+        sum((b.groups for b in batches), []),
     )
 
 

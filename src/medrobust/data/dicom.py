@@ -70,7 +70,25 @@ def read_dicom(path: Path, window: tuple[float, float] | None, size: int) -> tor
     return t[0]
 
 
+def patient_of(path: Path) -> str | None:
+    """The patient a DICOM file belongs to (PatientID, else SeriesInstanceUID), read from its header only; None
+    when it records neither or cannot be read (reading its image then names the problem)."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"])
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds; the image read reports them in one line
+        return None
+    for tag in ("PatientID", "SeriesInstanceUID"):
+        value = str(getattr(ds, tag, "") or "").strip()
+        if value:
+            return f"{tag}:{value}"
+    return None
+
+
 class DicomDataset(ImageDataset):
+    group_unit = "patient"
+
     def __init__(
         self,
         paths: Sequence[Path],
@@ -105,7 +123,9 @@ def build_dicom(
     root: the folder the CSV's file names are relative to. labels_csv: the CSV (relative to root unless
     absolute). class_names: the classes in index order (default: the sorted label names of the CSV). window:
     (center, width) in rescaled units for every file, or None for each file's own. size: pixels per side.
-    val_fraction, test_fraction, seed: the stratified split drawn where the CSV has no split column.
+    val_fraction, test_fraction, seed: the stratified split drawn where the CSV has no split column. The
+    sampling unit of intervals and paired tests is the patient: the CSV's ``group`` column, else each file's
+    PatientID (SeriesInstanceUID where it has none).
     """
     check_split(split)
     root = Path(root)
@@ -146,5 +166,12 @@ def build_dicom(
     ids = [Path(rows[i]["file"]).stem for i in keep]
     win = (float(window[0]), float(window[1])) if window is not None else None
     ds = DicomDataset([paths[i] for i in keep], [labels[i] for i in keep], ids, names, split, win, size)
+    # images of one patient are one independent unit: the CSV's group column, else the files' PatientID
+    if "group" in rows[0]:
+        ds.groups = [rows[i]["group"].strip() or ids[j] for j, i in enumerate(keep)]
+    else:
+        patients = [patient_of(paths[i]) for i in keep]
+        if any(p is not None for p in patients):
+            ds.groups = [p or ids[j] for j, p in enumerate(patients)]
     ds.info.update(root=str(root), labels_csv=str(table), window=win)
     return ds

@@ -157,7 +157,9 @@ def build_isic(
     classes: the class order (default: sorted labels; ISIC 2017: nevus, melanoma, seborrheic_keratosis).
     split_column: a column with train/val/test values; otherwise a stratified draw by ``seed`` with
     ``val_fraction`` and ``test_fraction``, keeping each ``group_column`` group (lesion) in one split (set
-    group_column=None to split image by image). center_crop: crop to a square before resizing (default: squash).
+    group_column=None to split image by image). The group column (or a column named ``group``) is also the
+    sampling unit of intervals and paired tests: images of one lesion or patient are not independent.
+    center_crop: crop to a square before resizing (default: squash).
     Ids are the CSV's image ids.
     """
     check_split(split)
@@ -213,7 +215,7 @@ def build_isic(
         keep = check_nonempty(
             assigned_arr == split, split, f"{where} (val_fraction={val_fraction}, test_fraction={test_fraction})"
         )
-    return ISICDataset(
+    ds = ISICDataset(
         [paths[i] for i in keep],
         labels[keep].tolist(),
         [ids[i] for i in keep],
@@ -223,6 +225,13 @@ def build_isic(
         channels=3,
         center_crop=center_crop,
     )
+    # images of one lesion (patient) are one independent unit for intervals and tests: the group column, else
+    # a column named "group"; an empty cell leaves the image on its own
+    column = group_column if group_column in columns else ("group" if "group" in columns else None)
+    if column is not None:
+        ds.groups = [rows[i][column] or f"{ids[i]}" for i in keep]
+        ds.group_unit = {"lesion_id": "lesion", "patient_id": "patient"}.get(column, "group")
+    return ds
 
 
 def _draw_split(

@@ -55,6 +55,7 @@ SPLIT_PATTERN = ("train", "train", "train", "val", "test")
 class MNI152TissueDataset(SegmentationDataset):
     orientation = "RAS"  # volumes are in canonical RAS+ orientation
     name = "mni152-tissue"
+    group_unit = "subject"
     slice_index: list[int]
     resolution: int
     axis: str
@@ -118,6 +119,7 @@ def build_mni152_tissue(
         masks = torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels, axis_index, 0)[index]))
         ids = [f"mni152-{axis}-{i:03d}" for i in index]
     ds = MNI152TissueDataset(images, masks, ids, CLASS_NAMES, split)
+    ds.groups = ["mni152"] * len(ids)  # every slice comes from the one template brain: one independent unit
     ds.info.update(
         slice_index=index,
         resolution=resolution,

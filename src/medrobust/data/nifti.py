@@ -53,6 +53,7 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 class NiftiDataset(SegmentationDataset):
     orientation = "RAS"  # volumes are in canonical RAS+ orientation
     name = "nifti"
+    group_unit = "volume"
     volumes: list[str]
     sources: dict[str, tuple[str, str]]
     mode: str
@@ -119,6 +120,7 @@ def build_nifti(
     images: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
     ids: list[str] = []
+    groups: list[str] = []
     dtype = mask_dtype(len(names))
     target = None if spacing is None else triple_float(spacing, "spacing")
     if pad_to_multiple is not None and (isinstance(pad_to_multiple, bool) or int(pad_to_multiple) < 1):
@@ -150,6 +152,7 @@ def build_nifti(
             images.append(x_t)
             masks.append(y_t)
             ids.append(sample_id)
+            groups.append(vid)
     if not ids:
         raise ValueError(
             f"nifti: split {split!r} has volumes {chosen} but no {'slice' if mode == '2d' else 'patch'} reaches "
@@ -157,6 +160,7 @@ def build_nifti(
         )
     logger.info("nifti %s: %d samples from %d volumes (mode %s)", split, len(ids), len(chosen), mode)
     ds = NiftiDataset(stack_or_list(images), stack_or_list(masks), ids, names, split)
+    ds.groups = groups  # slices and patches of one volume are one independent unit
     ds.info.update(
         volumes=chosen, sources={vid: (str(pairs[vid][0]), str(pairs[vid][1])) for vid in chosen}, mode=mode, axis=axis
     )

@@ -10,53 +10,83 @@ maxima and take its location (the distribution's upper end) as L. The score for 
 min(g(x0) / L, radius); the untargeted score is the minimum over the target classes (all other classes, or the
 ``target_classes`` with the largest clean logits).
 
-It is an estimate, not a certificate: the sampled maxima can miss the steepest point of the ball, so a CLEVER
-score can exceed the true minimal perturbation. Samples the model already gets wrong score 0 (as a minimal
-attack returns them unchanged).
+Why fits degenerate, and what is done about it. In a ball of a few input units around an image the gradient norm of
+a trained network is close to normally distributed over the sampled points (on the demo's small-cnn its spread is
+2-4% of its mean, skewness about 0): the batch maxima then look like Gumbel maxima, whose reverse Weibull fit has no
+finite optimum for about a quarter of all draws of 10 maxima (the likelihood keeps rising as the shape and the
+location run off together), so about half the samples of a three-class model have one. This is a property of the
+draw, not of the radius or of the batch size (larger batches only move the maxima further into the Gumbel regime);
+more maxima settle it. So the default batch is small (2 points: the same number of maxima for 40% of the network
+work of ART's 5) and the sampling is adaptive: every sample starts with ``n_batches`` batches, and the samples with
+a degenerate fit for any target class draw as many batches again (doubling their maxima) and are refitted on all
+their maxima, until every fit is accepted or ``max_batches`` batches are spent. Only the samples still degenerate
+get more points. The original code (Weng et al., 500 batches of 1024 points) and ART (``clever_u``: the caller's
+``nb_batches`` x ``batch_size``, scipy's fit started at one shape) use a fixed budget.
 
-Batched: the points of many samples go through the network together, and one backward pass per target rank
-gives the gradient of that margin at every point (points are independent, so the gradient of the summed margin
-is each point's own gradient). The reverse Weibull fits are maximum likelihood for all (sample, class) pairs at
-once (:func:`fit_locations`: the likelihood profiled over the location, shape and scale solved in closed form
-or by bisection), about 20x faster than one scipy fit at a time and equal to it where scipy converges. A fit
-is accepted when its optimum is interior, or at the largest observed maximum itself (shape <= 1, where the
-likelihood rises towards it). A fit whose location runs off more than ``RUNAWAY`` spreads of the maxima above
-the largest one (a flat likelihood: the degenerate fits that make other tools report spurious ~1e-6 scores)
-is not used: the largest observed maximum is, and the sample is flagged (``fit`` = "max"). With few batches
-(ART's default of 10 x 5 points) many fits are degenerate on real networks; more batches help. Maxima that are
-all equal (a locally linear model) give that value exactly (``fit`` = "constant").
+Fits: maximum likelihood for all (sample, class) pairs at once (:func:`fit_locations`: the likelihood profiled
+over the location, shape and scale solved in closed form or by bisection), equal to scipy's fit where scipy
+converges. A fit is accepted when its optimum is interior, or at the largest observed maximum itself (shape
+<= 1, where the likelihood rises towards it). A fit whose location runs off more than ``RUNAWAY`` spreads of the
+maxima above the largest one (the degenerate fits that make other tools report spurious ~1e-6 scores) is not
+used: the largest observed maximum is, and the sample is flagged (``fit`` = "max"); its score then rests on a
+lower estimate of L and can be too large. Maxima that are all equal (a locally linear model) give that value
+exactly (``fit`` = "constant").
+
+It is an estimate, not a certificate: random points in a high-dimensional ball are almost orthogonal to the
+steepest direction, so the sampled maxima can miss it and a CLEVER score can exceed the true minimal
+perturbation (:func:`attack_distances` gives what the run's minimal attacks found, to check against). Samples
+the model already gets wrong score 0 (as a minimal attack returns them unchanged) and are not sampled.
+
+Defaults (``N_BATCHES`` x ``BATCH_SIZE`` points to start, up to ``MAX_BATCHES`` batches, ``RADIUS`` in L2 input
+units) come from the measurement in bench/clever.py (bench/RESULTS.md, "CLEVER convergence") on the demo's three
+models (3x64x64 in [0, 1], DeepFool's median L2 0.35-0.58): at most 5% degenerate fits where ART's 10 x 5 points
+in radius 5 left 42-58%, at about the old cost. A radius of 5 scores far from the image (the points are clipped
+to the bounds) and gives smaller, more often degenerate estimates; a radius of 1 caps some scores. ``RADIUS``
+suits L2 on images in [0, 1]: set it for other norms and ranges (scores reaching it are capped there).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from medrobust.models.wrapper import as_model, attack_mode
+from medrobust.models.wrapper import Model, as_model, attack_mode
 from medrobust.types import Bounds
 
 DUAL = {"l2": 2.0, "linf": 1.0, "l1": math.inf}
 # a fitted upper end more than this many spreads (largest - smallest batch maximum) above the largest maximum is
 # a fit that ran off on a flat likelihood, not an estimate
 RUNAWAY = 5.0
+# the defaults (CleverSpec's too), measured in bench/clever.py
+N_BATCHES = 10
+BATCH_SIZE = 2
+MAX_BATCHES = 160
+RADIUS = 2.0
+# a model's median CLEVER is withheld when more than this share of its clean-correct samples has a degenerate fit
+WITHHOLD = 0.2
 
 
 @dataclass(frozen=True)
 class CleverEstimate:
     """scores (N,): untargeted CLEVER in input units of ``norm``; per_class (N, K): the score towards each
-    target class (NaN where not evaluated); lipschitz (N, K): the estimated local Lipschitz constants; fit:
-    per sample, how its limiting class's constant was obtained ("weibull", "constant", "max",
-    "misclassified"); flagged (N,): a degenerate fit was replaced by the observed maximum."""
+    target class (NaN where not evaluated, and for misclassified samples); lipschitz (N, K): the estimated local
+    Lipschitz constants; fit: per sample, how its limiting class's constant was obtained ("weibull",
+    "constant", "max", "misclassified"); flagged (N,): the fit of at least one target class was still
+    degenerate after the budget and its largest observed maximum was used; batches (N,): the batches of
+    ``batch_size`` points each sample's fits rest on (0 for misclassified samples)."""
 
     scores: torch.Tensor
     per_class: torch.Tensor
     lipschitz: torch.Tensor
     fit: list[str]
     flagged: torch.Tensor
+    batches: torch.Tensor
 
 
 def sample_ball(center: torch.Tensor, count: int, radius: float, norm: str, generator: torch.Generator) -> torch.Tensor:
@@ -158,28 +188,95 @@ def fit_location(maxima: np.ndarray) -> tuple[float, str]:
     return float(locs[0]), how[0]
 
 
+def _gradient_norms(
+    model: Model, points: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, q: float, chunk: int
+) -> torch.Tensor:
+    """||grad (z_y - z_t)||_q at every point (P, *shape) for each target rank: (P, T). ``y`` (P,) and ``targets``
+    (P, T) belong to each point. One forward and T backward passes per chunk of points: the points are
+    independent, so the gradient of the chunk's summed margin is each point's own gradient."""
+    ranks = targets.shape[1]
+    out = torch.empty((points.shape[0], ranks), dtype=points.dtype, device=points.device)
+    with attack_mode(model), torch.enable_grad():
+        for start in range(0, points.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            xp = points[sl].detach().requires_grad_(True)
+            z = model(xp)
+            own = z.gather(1, y[sl].unsqueeze(1))
+            for r in range(ranks):
+                g = (own - z.gather(1, targets[sl, r : r + 1])).sum()
+                (grad,) = torch.autograd.grad(g, xp, retain_graph=r < ranks - 1)
+                out[sl, r] = grad.flatten(1).norm(p=q, dim=1)
+    return out
+
+
+def batch_maxima(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    n_batches: int,
+    batch_size: int,
+    radius: float,
+    norm: str,
+    generator: torch.Generator,
+    chunk: int = 128,
+) -> torch.Tensor:
+    """The largest ||grad (z_y - z_t)||_q of each of ``n_batches`` batches of ``batch_size`` points drawn
+    uniformly in the ``norm`` ball of ``radius`` around each sample of ``x`` (N, C, *spatial), clipped to the
+    model's bounds: (N, n_batches, T) for the target classes ``targets`` (N, T). The points of a batch are drawn
+    for all samples at once, batch after batch, so the draws do not depend on ``chunk`` (points per forward
+    pass); several batches share a forward pass when the samples are few."""
+    n, ranks = targets.shape
+    low, high = model.bounds
+    q = DUAL[norm]
+    out = torch.empty((n, n_batches, ranks), dtype=x.dtype, device=x.device)
+    group = max(1, chunk // (n * batch_size))  # batches per forward group
+    for b0 in range(0, n_batches, group):
+        b1 = min(n_batches, b0 + group)
+        points = torch.cat([sample_ball(x, batch_size, radius, norm, generator) for _ in range(b0, b1)], dim=1)
+        per = points.shape[1]  # (b1 - b0) * batch_size points per sample, sample-major
+        flat = points.clamp(low, high).reshape(n * per, *x.shape[1:])
+        owner = torch.arange(n, device=x.device).repeat_interleave(per)
+        norms = _gradient_norms(model, flat, y[owner], targets[owner], q, chunk)
+        out[:, b0:b1] = norms.view(n, b1 - b0, batch_size, ranks).amax(dim=2)
+    return out
+
+
+def _check_settings(norm: str, n_batches: int, batch_size: int, max_batches: int, radius: float) -> None:
+    if norm not in DUAL:
+        raise ValueError(f"norm={norm!r} is not supported; expected one of {', '.join(DUAL)}")
+    for name, value in (("n_batches", n_batches), ("batch_size", batch_size), ("max_batches", max_batches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    if max_batches < n_batches:
+        raise ValueError(f"max_batches={max_batches} must be >= n_batches={n_batches} (the batches drawn first)")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius={radius!r} must be a finite number > 0")
+
+
 def clever_estimate(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
     norm: str = "l2",
-    n_batches: int = 10,
-    batch_size: int = 5,
-    radius: float = 5.0,
+    n_batches: int = N_BATCHES,
+    batch_size: int = BATCH_SIZE,
+    radius: float = RADIUS,
+    max_batches: int | None = MAX_BATCHES,
     target_classes: int | None = None,
     bounds: Bounds | None = None,
     generator: torch.Generator | None = None,
     chunk: int = 128,
 ) -> CleverEstimate:
-    """CLEVER for every sample of ``x`` (N, C, *spatial) with labels ``y`` (N,). See the module docstring."""
-    if norm not in DUAL:
-        raise ValueError(f"norm={norm!r} is not supported; expected one of {', '.join(DUAL)}")
-    for name, value in (("n_batches", n_batches), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be an integer >= 1")
-    if not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius={radius!r} must be a finite number > 0")
+    """CLEVER for every sample of ``x`` (N, C, *spatial) with labels ``y`` (N,); see the module docstring.
+
+    ``n_batches`` x ``batch_size`` points per sample to start; samples with a degenerate fit draw more batches
+    (doubling) up to ``max_batches`` batches (None: ``n_batches``, a fixed budget as in ART). ``radius`` in
+    input units of ``norm``; ``chunk``: points per forward pass (memory, not results)."""
+    max_batches = n_batches if max_batches is None else max_batches
+    _check_settings(norm, n_batches, batch_size, max_batches, radius)
     wrapped = as_model(model, bounds)
     y = torch.as_tensor(y, device=x.device).long()
     if x.dim() < 2 or y.shape != (x.shape[0],):
@@ -187,46 +284,56 @@ def clever_estimate(
             f"x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}: expected x (N, C, ...) and y (N,)"
         )
     generator = generator or torch.Generator(device=x.device).manual_seed(0)
-    q = DUAL[norm]
-    low, high = wrapped.bounds
     with attack_mode(wrapped), torch.no_grad():
         logits = wrapped(x)
     n, k = logits.shape
     others = logits.scatter(1, y.unsqueeze(1), -math.inf)
     ranks = k - 1 if target_classes is None else min(int(target_classes), k - 1)
     targets = others.topk(ranks, dim=1).indices  # (N, T), classes by descending clean logit
-    margin0 = logits.gather(1, y.unsqueeze(1)) - logits.gather(1, targets)  # (N, T)
-    per_point = n_batches * batch_size
-    points = sample_ball(x, per_point, radius, norm, generator).clamp(low, high)  # (N, P, *shape)
-    flat = points.reshape(n * per_point, *x.shape[1:])
-    owner = torch.arange(n, device=x.device).repeat_interleave(per_point)
-    grad_norms = torch.empty((n * per_point, ranks), dtype=x.dtype, device=x.device)
-    with attack_mode(wrapped), torch.enable_grad():
-        for start in range(0, flat.shape[0], chunk):
-            sl = slice(start, start + chunk)
-            xp = flat[sl].detach().requires_grad_(True)
-            z = wrapped(xp)
-            own = owner[sl]
-            for r in range(ranks):
-                g = (z.gather(1, y[own].unsqueeze(1)) - z.gather(1, targets[own, r : r + 1])).sum()
-                (grad,) = torch.autograd.grad(g, xp, retain_graph=r < ranks - 1)
-                grad_norms[sl, r] = grad.flatten(1).norm(p=q, dim=1)
-    maxima = grad_norms.view(n, n_batches, batch_size, ranks).amax(dim=2).cpu().numpy()  # (N, B, T)
+    margins = (logits.gather(1, y.unsqueeze(1)) - logits.gather(1, targets)).detach().cpu().double()  # (N, T)
     correct = (logits.argmax(1) == y).cpu()
-    margins = margin0.detach().cpu().double()
-    fitted, statuses = fit_locations(maxima.transpose(0, 2, 1).reshape(n * ranks, n_batches))
-    locs = torch.from_numpy(fitted).view(n, ranks)
-    status = np.asarray(statuses, dtype=object).reshape(n, ranks)
+
+    maxima = np.full((n, ranks, max_batches), math.nan)
+    locs = np.full((n, ranks), math.nan)
+    status = np.full((n, ranks), "misclassified", dtype=object)
+    batches = np.zeros(n, dtype=np.int64)
+    todo = np.flatnonzero(correct.numpy())  # misclassified samples score 0 and need no points
+    have, draw = 0, n_batches
+    while todo.size and draw > 0:
+        idx = torch.from_numpy(todo).to(x.device)
+        new = batch_maxima(
+            wrapped,
+            x[idx],
+            y[idx],
+            targets[idx],
+            n_batches=draw,
+            batch_size=batch_size,
+            radius=radius,
+            norm=norm,
+            generator=generator,
+            chunk=chunk,
+        )
+        maxima[todo, :, have : have + draw] = new.detach().cpu().double().numpy().transpose(0, 2, 1)
+        have += draw
+        batches[todo] = have
+        fitted, how = fit_locations(maxima[todo, :, :have].reshape(todo.size * ranks, have))
+        locs[todo] = fitted.reshape(todo.size, ranks)
+        status[todo] = np.asarray(how, dtype=object).reshape(todo.size, ranks)
+        todo = todo[(status[todo] == "max").any(axis=1)]  # only these draw again, as many batches as they have
+        draw = min(have, max_batches - have)
+
+    lip = torch.from_numpy(locs)
     # score towards each target class: margin / Lipschitz constant, at most the radius, never below 0
-    toward = torch.where(locs > 0, margins / locs, torch.full_like(locs, radius)).clamp(0.0, radius)
+    toward = torch.where(lip > 0, margins / lip, torch.full_like(lip, radius)).clamp(0.0, radius)
+    toward = torch.where(correct.unsqueeze(1), toward, torch.full_like(toward, math.nan))
     cols = targets.cpu()
-    lipschitz = torch.full((n, k), math.nan, dtype=torch.float64).scatter_(1, cols, locs)
+    lipschitz = torch.full((n, k), math.nan, dtype=torch.float64).scatter_(1, cols, lip)
     per_class = torch.full((n, k), math.nan, dtype=torch.float64).scatter_(1, cols, toward)
-    best, limiting = toward.min(dim=1)  # the first class reaching the smallest score
+    best, limiting = toward.nan_to_num(math.inf).min(dim=1)  # the first class reaching the smallest score
     scores = torch.where(correct, best, torch.zeros_like(best))
-    fits = [str(status[i, int(limiting[i])]) if correct[i] else "misclassified" for i in range(n)]
+    fits = [str(status[i, int(limiting[i])]) for i in range(n)]
     flagged = torch.from_numpy((status == "max").any(axis=1))
-    return CleverEstimate(scores, per_class, lipschitz, fits, flagged)
+    return CleverEstimate(scores, per_class, lipschitz, fits, flagged, torch.from_numpy(batches))
 
 
 def clever(
@@ -235,9 +342,10 @@ def clever(
     y: torch.Tensor,
     *,
     norm: str = "l2",
-    n_batches: int = 10,
-    batch_size: int = 5,
-    radius: float = 5.0,
+    n_batches: int = N_BATCHES,
+    batch_size: int = BATCH_SIZE,
+    radius: float = RADIUS,
+    max_batches: int | None = MAX_BATCHES,
     target_classes: int | None = None,
     bounds: Bounds | None = None,
     generator: torch.Generator | None = None,
@@ -245,7 +353,7 @@ def clever(
     """Untargeted CLEVER scores (N,), float64, in input units of ``norm`` ("l2", "linf" or "l1"); 0 for samples
     the model already misclassifies. An estimate of the minimal adversarial perturbation, not a certificate.
 
-    >>> scores = clever(net, x, y, norm="l2", n_batches=10, batch_size=5, radius=5)  # doctest: +SKIP
+    >>> scores = clever(net, x, y, norm="l2", radius=2.0)  # doctest: +SKIP
     """
     return clever_estimate(
         model,
@@ -255,7 +363,29 @@ def clever(
         n_batches=n_batches,
         batch_size=batch_size,
         radius=radius,
+        max_batches=max_batches,
         target_classes=target_classes,
         bounds=bounds,
         generator=generator,
     ).scores
+
+
+def attack_distances(
+    records: Iterable[Mapping[str, Any]], attacks: Collection[str], norm: str = "l2"
+) -> dict[str, dict[int, float]]:
+    """The smallest adversarial perturbation the run's minimal-norm attacks found per sample, to check CLEVER
+    against: model -> sample index -> the smallest ``norm`` size (the record's ``norm`` column, input units)
+    over the records of the attack labels ``attacks`` (minimal attacks of the same norm, e.g. DeepFool, C&W)
+    that succeeded (clean_pred == label and pred != label), over all their strengths. Samples no attack broke
+    are absent."""
+    out: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r["perturbation"] not in attacks or r["kind"] != "attack":
+            continue
+        size = r.get(norm)
+        if size is None or not (r["clean_pred"] == r["label"] and r["pred"] != r["label"]):
+            continue
+        best = out.setdefault(str(r["model"]), {})
+        i = int(r["sample_index"])
+        best[i] = min(float(size), best.get(i, math.inf))
+    return out

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from medrobust import stats
+from medrobust import resampling, stats
 from medrobust.checks import TITLES as CHECK_TITLES
 from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.report.data import PerturbationInfo, RunData
@@ -30,6 +30,7 @@ METRIC_NAMES = {
     "balanced_accuracy": "balanced accuracy",
     "auc": "AUC",
     "quadratic_kappa": "quadratic weighted kappa",
+    "mae": "grade error (MAE)",
 }
 METRIC_AXES = {
     "accuracy": "accuracy (fraction correct)",
@@ -181,26 +182,67 @@ def label_metrics(run: RunData, values: Values, heads: list[Headline]) -> list[d
     return rows
 
 
-def pair_tests(run: RunData, heads: list[Headline]) -> list[dict[str, Any]]:
-    """The paired tests the headline rests on: clean data, then each headline's worst case at its strength."""
-    wanted = [("clean", 0.0, "clean")] + [(h.label, h.strength, f"{h.label} @ {h.strength:.4g}") for h in heads]
+def pair_tests(run: RunData, heads: list[Headline], quantity: str = "value") -> list[dict[str, Any]]:
+    """The paired comparisons the headline rests on: clean data, then each headline's worst case at its strength
+    (``quantity`` "value": the scores, every compared metric, the headline's first; "drop": the loss from clean
+    to the worst case, which model loses less)."""
+    wanted = [("clean", 0.0, "clean")] if quantity == "value" else []
+    wanted += [(h.label, h.strength, f"{h.label} @ {h.strength:.4g}") for h in heads]
     out = []
     for pert, strength, title in wanted:
-        rows = [c for c in run.comparisons if c["perturbation"] == pert and math.isclose(c["strength"], strength)]
+        rows = [
+            c
+            for c in run.comparisons
+            if c["perturbation"] == pert
+            and math.isclose(c["strength"], strength)
+            and c.get("quantity", "value") == quantity
+        ]
+        rows.sort(key=lambda c: c["metric"] != run.metric)  # the headline metric first, then as computed
         if rows:
             out.append({"title": title, "rows": rows})
     return out
 
 
-def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float, name: str, alpha: float = 0.05) -> str:
-    """What the paired tests say about one (perturbation, strength): the significant differences, largest first,
-    or that none is, with the samples a test would need for the largest observed difference."""
-    rows = [
+def inference_note(run: RunData) -> str | None:
+    """Why the comparisons carry no interval or p-value, when they carry none: too few independent units."""
+    units = [c for c in run.comparisons if c.get("p") is None and str(c.get("test", "")).startswith("none")]
+    if not units:
+        return None
+    count = min(int(c["units"]) for c in units)
+    unit = run.group_unit
+    return (
+        f"No inference is possible: the {units[0]['n']} test samples come from {count} independent "
+        f"{unit}{'' if count == 1 else 's'} (slices or images of one {unit} are not independent samples), and at "
+        f"least {resampling.MIN_UNITS} are needed for an interval or a test. The numbers are descriptive only; "
+        f"evaluate on more {unit}s to compare the models."
+    )
+
+
+def _metric_rows(
+    comparisons: list[dict[str, Any]], pert: str, strength: float, metric: str, quantity: str = "value"
+) -> list[dict[str, Any]]:
+    return [
         c
         for c in comparisons
-        if c["perturbation"] == pert and math.isclose(c["strength"], strength) and c.get("p_adjusted") is not None
+        if c["perturbation"] == pert
+        and math.isclose(c["strength"], strength)
+        and c.get("metric", metric) == metric
+        and c.get("quantity", "value") == quantity
     ]
+
+
+def _significance(
+    comparisons: list[dict[str, Any]], pert: str, strength: float, name: str, metric: str, alpha: float = 0.05
+) -> str:
+    """What the paired tests of ``metric`` say about one (perturbation, strength): the significant differences,
+    largest first, each with its interval and Holm-adjusted p, or that none is (with the samples a test would
+    need for the largest observed difference), or that no inference is possible."""
+    every = _metric_rows(comparisons, pert, strength, metric)
+    rows = [c for c in every if c.get("p_adjusted") is not None]
     if not rows:
+        if every and all(c.get("p") is None for c in every):
+            count = min(int(c.get("units") or 0) for c in every)
+            return f"no inference is possible from {count} independent unit{'' if count == 1 else 's'}"
         return ""
     points = "points" if name != "Dice" else "Dice points"
     significant = sorted((c for c in rows if c["p_adjusted"] < alpha), key=lambda c: -abs(c["difference"]))
@@ -208,7 +250,12 @@ def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float,
         parts = []
         for c in significant[:3]:
             hi, lo = (c["model_a"], c["model_b"]) if c["difference"] > 0 else (c["model_b"], c["model_a"])
-            parts.append(f"{lo} is {100 * abs(c['difference']):.0f} {points} below {hi} (p = {_p(c['p_adjusted'])})")
+            gap = abs(c["difference"])
+            ci = ""
+            if not is_nan(c.get("ci_low")) and not is_nan(c.get("ci_high")):
+                a, b = (-c["ci_high"], -c["ci_low"]) if c["difference"] < 0 else (c["ci_low"], c["ci_high"])
+                ci = f", 95% interval {100 * a:.0f} to {100 * b:.0f}"
+            parts.append(f"{lo} is {100 * gap:.0f} {points} below {hi} ({name}{ci}; p = {_p(c['p_adjusted'])})")
         more = f"; {len(significant) - 3} more pairs differ" if len(significant) > 3 else ""
         return "; ".join(parts) + more
     smallest = min(c["p_adjusted"] for c in rows)
@@ -218,7 +265,7 @@ def _significance(comparisons: list[dict[str, Any]], pert: str, strength: float,
         if needed
         else ""
     )
-    return f"no pair differs significantly (Holm-adjusted p >= {_p(smallest)} at n = {rows[0]['n']}{more})"
+    return f"no pair differs significantly in {name} (Holm-adjusted p >= {_p(smallest)} at n = {rows[0]['n']}{more})"
 
 
 def _p(p: float) -> str:
@@ -229,7 +276,9 @@ def headline_sentence(
     heads: list[Headline], metric: str = "accuracy", comparisons: list[dict[str, Any]] | None = None
 ) -> str:
     """The paper's point in plain words: clean scores close, robust scores apart (or not), and which of the
-    differences the paired tests (exact McNemar or Wilcoxon, Holm-adjusted) call significant."""
+    differences the paired tests of the headline metric itself (McNemar for accuracy, Wilcoxon for Dice, a
+    permutation test for kappa, balanced accuracy and AUC; Holm-adjusted) call significant, each with its
+    interval; or that no inference is possible from too few independent units."""
     if not heads:
         return "This run has no attacks, so there is no robustness headline; see the corruption curves below."
     h = heads[0]
@@ -252,8 +301,8 @@ def headline_sentence(
             f"{name} under attack at {where} spans {min(worsts):.3f} to {max(worsts):.3f} "
             f"(most robust: {best})."
         )
-    clean_test = _significance(comparisons, "clean", 0.0, name)
-    worst_test = _significance(comparisons, h.label, h.strength, name)
+    clean_test = _significance(comparisons, "clean", 0.0, name, metric)
+    worst_test = _significance(comparisons, h.label, h.strength, name, metric)
     return (
         f"Clean {name} spans {min(cleans):.3f} to {max(cleans):.3f} across {len(pairs)} models"
         + (f": {clean_test}" if clean_test else "")
@@ -317,12 +366,17 @@ def curve_areas(run: RunData) -> list[dict[str, Any]]:
 
     groups = group_records(run.records)
     scored: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(dict)
+    unit_of: dict[int, str | None] = {}
     for (model, pert, strength, _), recs in groups.items():
-        if pert != "clean" and not pert.startswith("matched_noise["):
+        if pert == "clean":
+            unit_of.update({r["sample_index"]: r.get("sample_group") for r in recs})
+        elif not pert.startswith("matched_noise["):
             scored[(model, pert)][strength] = {r["sample_index"]: sample_score(r) for r in recs}
     norms = {p.label: p.norm for p in run.attacks if p.norm}
-    for (label, model, strength), worst in worst_cases(groups, norms).items():
-        scored[(model, label)][strength] = {i: sample_score(r) for i, r in worst.items()}
+    tasks = {m.name: m.task for m in run.models}
+    class_names = {m.name: list(m.class_names) for m in run.models}
+    for (label, model, strength), worst in worst_cases(groups, norms, tasks, class_names).items():
+        scored[(model, label)][strength] = {r["sample_index"]: sample_score(r) for r in worst.records}
     order = {p.label: i for i, p in enumerate(run.perturbations)}
     rows: list[dict[str, Any]] = []
     for (model, label), by_strength in scored.items():
@@ -331,15 +385,17 @@ def curve_areas(run: RunData) -> list[dict[str, Any]]:
         common = sorted(set.intersection(*(set(d) for d in by_strength.values())))
         if not common:
             continue
-        means = [statistics.fmean(by_strength[s][i] for s in by_strength) for i in common]
-        lo, hi = stats.mean_interval(means, key=("area", model, label))
+        means = {"v": np.asarray([statistics.fmean(by_strength[s][i] for s in by_strength) for i in common])}
+        units = resampling.Units.of([unit_of.get(i) for i in common])
+        ci = resampling.interval(lambda w: resampling.mean("v")(means, w), units, key=("area", model, label))
+        lo, hi = ci if ci else (math.nan, math.nan)
         rows.append(
             {
                 "model": model,
                 "perturbation": label,
                 "strengths": sorted(by_strength),
                 "n": len(common),
-                "area": statistics.fmean(means),
+                "area": float(means["v"].mean()),
                 "ci_low": lo,
                 "ci_high": hi,
             }
@@ -704,6 +760,8 @@ class Finding:
     check: str
     message: str
     meaning: str = ""  # what a failed sanity check means and what to do
+    # what it is about, where a finding names one (model, structure) for other sections to read
+    about: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -867,6 +925,49 @@ LABEL_DEFINITION_MEANING = (
 )
 
 
+def definition_caveat(findings: list[Finding], run: RunData, heads: list[Headline]) -> str:
+    """A sentence for the headline when its mean Dice includes a structure that may be defined differently in
+    these labels (:func:`label_definitions`): the headline's numbers mix that mismatch in, so the sentence gives
+    each such model's mean Dice without the structure, clean and under the headline's worst case."""
+    flagged = [f.about for f in findings if f.check == "structure defined differently?" and f.about]
+    if not flagged or run.metric != "dice" or not heads:
+        return ""
+    from medrobust.results import group_records, worst_cases
+
+    h = heads[0]
+    groups = group_records(run.records)
+    norms = {p.label: p.norm for p in run.attacks if p.norm}
+    tasks = {m.name: m.task for m in run.models}
+    names = {m.name: list(m.class_names) for m in run.models}
+    worst = worst_cases(groups, norms, tasks, names)
+    parts = []
+    for model, structure in flagged:
+        j = names[model].index(structure) - 1
+        clean = next((recs for (m, p, _, _), recs in groups.items() if m == model and p == "clean"), [])
+        chosen = worst.get((h.label, model, h.strength))
+        without = [_dice_without(recs, j) for recs in (clean, chosen.records if chosen else [])]
+        parts.append(f"{model} without {structure}: clean {_num(without[0])}, {h.label} {_num(without[1])}")
+    return (
+        " Caution: the mean Dice includes a structure that may be defined differently in these labels than in the "
+        "model's training labels (see the warnings); the mean Dice of the other structures: " + "; ".join(parts) + "."
+    )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _dice_without(records: list[dict[str, Any]], j: int) -> float | None:
+    """Mean over samples of the mean Dice of every structure but the j-th (structures counted from 0)."""
+    per_sample = []
+    for r in records:
+        detail = json.loads(r["detail_json"]) if r.get("detail_json") else {}
+        others = [v for k, v in enumerate(detail.get("dice", [])) if k != j and v is not None]
+        if others:
+            per_sample.append(sum(others) / len(others))
+    return _mean(per_sample)
+
+
 def label_definitions(
     run: RunData, values: Values, low: float = 0.5, gap: float = 0.25, ratio: float = 1.5
 ) -> list[Finding]:
@@ -928,6 +1029,7 @@ def label_definitions(
                         f"{name} may be defined differently in these labels than in the model's{rest}."
                     ),
                     LABEL_DEFINITION_MEANING,
+                    about=(m.name, name),
                 )
             )
     return out

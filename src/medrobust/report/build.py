@@ -136,7 +136,12 @@ def _env():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=num, exact=exact, pct=lambda v: "-" if A.is_nan(v) else f"{v:.0%}")
+    env.filters.update(
+        num=num,
+        exact=exact,
+        pct=lambda v: "-" if A.is_nan(v) else f"{v:.0%}",
+        pvalue=lambda v: "-" if A.is_nan(v) else f"{v:.2g}",
+    )
     return env
 
 
@@ -199,8 +204,11 @@ def build_report(
         "prov": provenance(run),
         "threats": threat_rows(run),
         "heads": heads,
-        "sentence": A.headline_sentence(heads, run.metric, run.comparisons),
+        "sentence": A.headline_sentence(heads, run.metric, run.comparisons) + A.definition_caveat(findings, run, heads),
         "pair_tests": A.pair_tests(run, heads),
+        "drop_tests": A.pair_tests(run, heads, "drop"),
+        "inference_note": A.inference_note(run),
+        "metric_names": A.METRIC_NAMES,
         "label_metrics": A.label_metrics(run, values, heads),
         "metric": run.metric,
         "score": A.METRIC_NAMES.get(run.metric, run.metric),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medrobust.metrics.clever import attack_distances
 from medrobust.results import clever_rows, compare_models, summarise
 from medrobust.store import Store
 from medrobust.tasks import Task, get_task
@@ -80,6 +81,8 @@ class RunData:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     # run id -> when it last stored a cell (an interrupted run's wall time ends there)
     last_write: dict[int, float] = field(default_factory=dict)
+    # what the samples' groups are (volume, patient, subject: the independent unit), where the data has groups
+    group_unit: str = "group"
 
     @property
     def attacks(self) -> list[PerturbationInfo]:
@@ -141,12 +144,9 @@ def load_run(run_dir: str | Path) -> RunData:
     perts = _perturbations(cells)
     norms = {p.label: p.norm for p in perts if p.kind == "attack" and p.norm}
     tasks = {m.name: m.task for m in models}
-    summary = (
-        summarise(records, norms, tasks=tasks, class_names={m.name: list(m.class_names) for m in models})
-        if records
-        else []
-    )
-    comparisons = compare_models(records, norms, tasks) if records else []
+    class_names = {m.name: list(m.class_names) for m in models}
+    summary = summarise(records, norms, tasks=tasks, class_names=class_names) if records else []
+    comparisons = compare_models(records, norms, tasks, class_names, spec.get("headline_metric")) if records else []
     # model-level scores (CLEVER) of the weights shown; the newest set per model and score wins
     latest: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in score_rows:
@@ -155,7 +155,10 @@ def load_run(run_dir: str | Path) -> RunData:
     for m in models:  # in spec order, as the runner writes them
         for (model, name), scores in sorted(latest.items()):
             if model == m.name:
-                summary += clever_rows(model, name, scores)
+                norm = name[len("clever[") : -1]  # "clever[l2]" -> "l2"
+                checked = {p.label for p in perts if p.kind == "attack" and p.minimal and p.norm == norm}
+                found = attack_distances(records, checked, norm)
+                summary += clever_rows(model, name, scores, found.get(model, {}) if checked else None)
     clean_counts: dict[str, int] = defaultdict(int)
     for r in records:
         if r["perturbation"] == "clean":
@@ -195,6 +198,10 @@ def load_run(run_dir: str | Path) -> RunData:
             if c["kind"] == "clean" and (o := json.loads(c["threat_json"]).get("orientation"))
         },
         checks=checks,
+        group_unit=next(
+            (u for c in cells if c["kind"] == "clean" and (u := json.loads(c["threat_json"]).get("group_unit"))),
+            "group",
+        ),
         last_write={
             int(rid): max(c["finished"] for c in all_cells if c["run_id"] == rid and c["finished"])
             for rid in {c["run_id"] for c in all_cells if c["run_id"] is not None and c["finished"]}

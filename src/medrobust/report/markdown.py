@@ -37,6 +37,23 @@ def _acc(triple: tuple[float | None, float | None, tuple[float, float] | None]) 
     return cell(acc) + ("" if ci is None else f" {_ci(ci)}") + ("" if noise is None else f" ({cell(noise)})")
 
 
+def _pvalue(p: float | None) -> str:
+    return "-" if is_nan(p) else f"{p:.2g}"
+
+
+def _score(value: float | None, ci: tuple[float, float] | None) -> str:
+    return cell(value) + ("" if ci is None else f" {_ci(ci)}")
+
+
+def _clever(row: dict[str, Any]) -> list[str]:
+    """The CLEVER median (or why it is withheld) and the share of degenerate fits beside it."""
+    flagged = row.get("clever_flagged")
+    share = "-" if is_nan(flagged) else f"{flagged:.0%}"
+    if row.get("clever") is None:
+        return ["withheld" if not is_nan(flagged) else "-", share]
+    return [f"{row['clever']:.4g}", share]
+
+
 def summary_markdown(ctx: dict[str, Any]) -> str:
     prov, run = ctx["prov"], ctx["run"]
     models = [m.name for m in run.models]
@@ -59,6 +76,11 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             for t in ctx["threats"]
         ],
     )
+    out += [
+        "The models (source, training, weights' fingerprints, card) and the software versions are tabled in "
+        "report.html, section 1.",
+        "",
+    ]
     score = ctx["score"]
     out += [f"## Generalizability vs robustness ({score})", ""]
     if not ctx["heads"]:
@@ -69,7 +91,7 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             "(attack columns: score [95% interval] (matched Gaussian noise)).",
             "",
         ]
-        clever = [f"CLEVER ({h.norm}) median"] if h.clever else []
+        clever = [f"CLEVER ({h.norm}) median", "CLEVER degenerate fits"] if h.clever else []
         out += table(
             ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks, *clever],
             [
@@ -80,32 +102,88 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
                     r["worst"],
                     _ci(r["worst_ci"]),
                     *[_acc(r["attacks"][a]) for a in h.attacks],
-                    *([f"{r['clever']:.4g}" if r["clever"] is not None else "-"] if h.clever else []),
+                    *(_clever(r) if h.clever else []),
                 ]
                 for r in h.rows
             ],
         )
+    if ctx.get("label_metrics"):
+        out += [f"What these labels call for besides {score} (clean and under each worst case above):", ""]
+        out += table(
+            ["model", "metric", "clean", *[f"{h.label} @ {h.strength:.4g}" for h in ctx["heads"]]],
+            [
+                [
+                    r["model"],
+                    r["name"],
+                    cell(r["clean"]) + f" {_ci(r['clean_ci'])}",
+                    *[_score(v, ci) for v, ci in r["worst"]],
+                ]
+                for r in ctx["label_metrics"]
+            ],
+        )
+    if ctx.get("inference_note"):
+        out += [cell(ctx["inference_note"]), ""]
+    names = ctx.get("metric_names", {})
     if ctx["pair_tests"]:
         out += [
-            "Paired tests on the same samples (difference A - B with a 95% bootstrap interval; "
-            + ("Wilcoxon signed-rank" if ctx["dense"] else "exact McNemar")
-            + "; p after Holm's correction "
-            "over the pairs of one perturbation):",
+            "Paired tests on the same samples, per metric (difference A - B with a 95% bootstrap interval over "
+            "independent units; McNemar for accuracy, Wilcoxon for Dice, a permutation test otherwise; p after "
+            "Holm's correction over the pairs of one perturbation and metric):",
             "",
         ]
         out += table(
-            ["perturbation", "model A", "model B", "A - B", "95% interval", "p", "p (Holm)"],
+            ["perturbation", "metric", "model A", "model B", "A - B", "95% interval", "test", "p", "p (Holm)"],
             [
                 [
                     g["title"],
+                    names.get(c["metric"], c["metric"]),
                     c["model_a"],
                     c["model_b"],
                     f"{c['difference']:+.3f}",
                     _ci((c["ci_low"], c["ci_high"])),
-                    f"{c['p']:.2g}",
-                    f"{c['p_adjusted']:.2g}",
+                    c["test"],
+                    _pvalue(c["p"]),
+                    _pvalue(c["p_adjusted"]),
                 ]
                 for g in ctx["pair_tests"]
+                for c in g["rows"]
+            ],
+        )
+    if ctx.get("drop_tests"):
+        out += [
+            "Which model loses less: the drop from clean to the worst case (clean - worst) per model, and the "
+            "difference of the drops A - B (negative: A loses less), with a 95% interval and a paired test:",
+            "",
+        ]
+        out += table(
+            [
+                "worst case",
+                "metric",
+                "model A",
+                "model B",
+                "drop A",
+                "drop B",
+                "A - B",
+                "95% interval",
+                "test",
+                "p",
+                "p (Holm)",
+            ],
+            [
+                [
+                    g["title"],
+                    names.get(c["metric"], c["metric"]),
+                    c["model_a"],
+                    c["model_b"],
+                    c["value_a"],
+                    c["value_b"],
+                    f"{c['difference']:+.3f}",
+                    _ci((c["ci_low"], c["ci_high"])),
+                    c["test"],
+                    _pvalue(c["p"]),
+                    _pvalue(c["p_adjusted"]),
+                ]
+                for g in ctx["drop_tests"]
                 for c in g["rows"]
             ],
         )

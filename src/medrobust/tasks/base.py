@@ -17,8 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medrobust import resampling
+from medrobust.resampling import Statistic, Units
 
 # A group's summary: metric -> value, and metric -> 95% interval (None where a metric has none).
 Metrics = tuple[dict[str, float], dict[str, tuple[float, float] | None]]
@@ -28,13 +32,19 @@ Metrics = tuple[dict[str, float], dict[str, tuple[float, float] | None]]
 class Group:
     """Stored records of one model under one perturbation at one strength, sorted by sample, as summaries read
     them. ``kind``: "clean", "attack" or "corruption"; ``clean``: sample index -> that sample's clean record;
-    ``key`` seeds the bootstrap of each interval."""
+    ``key`` seeds the bootstrap of each interval; ``units``: the independent unit (patient, volume) of each
+    record, for cluster-bootstrap intervals (default: every sample its own unit)."""
 
     records: list[dict[str, Any]]
     kind: str
     class_names: Sequence[str]
     clean: dict[int, dict[str, Any]]
     key: tuple[Any, ...]
+    units: Units | None = None
+
+    @property
+    def sampling(self) -> Units:
+        return self.units if self.units is not None else Units.samples(len(self.records))
 
 
 @dataclass(frozen=True)
@@ -140,3 +150,43 @@ class Task(ABC):
     def paired_test(self, a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
         """A paired test of two models' per-sample scores on the same samples: the test's name, its p value and
         any counts it rests on (keys test, p, only_a, only_b, samples_needed)."""
+
+    # --- metrics compared between models and chosen per sample for the worst case ---------------------------
+
+    # every summary metric that is a statistic of per-sample outcomes, and whether higher is better
+    scored_metrics: dict[str, bool] = {}
+
+    def compared_metrics(self, class_counts: Sequence[int], headline: str | None = None) -> list[str]:
+        """The metrics two models are compared on (paired tests, drops): the task's score, the metrics the
+        labels call for (:meth:`report_metrics`) and the report's headline metric, each once."""
+        names = [self.metric, *self.report_metrics(class_counts)]
+        if headline in self.scored_metrics:
+            names.append(headline)
+        return [m for m in dict.fromkeys(names) if m in self.scored_metrics]
+
+    def unit_data(self, records: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+        """Per-sample arrays of stored records that the statistics of :meth:`statistic` and :meth:`harm` read;
+        at least ``score`` (n,)."""
+        return {"score": np.asarray([float(r["score"]) for r in records], dtype=np.float64), "k": num_classes}
+
+    def statistic(self, metric: str) -> Statistic:
+        """``metric`` as a function of per-sample data and resampling weights (``medrobust.resampling``)."""
+        raise ValueError(f"{self.name}: metric {metric!r} is not one of {sorted(self.scored_metrics)}")
+
+    def harm(self, metric: str, data: dict[str, Any]) -> np.ndarray:
+        """Per sample, how much an outcome hurts ``metric`` (n,), larger is worse: the worst case over attacks
+        keeps, per sample, the outcome of largest harm for each metric."""
+        return 1.0 - np.asarray(data["score"], dtype=np.float64)
+
+    def interval(
+        self, metric: str, data: dict[str, Any], units: Units, key: tuple[Any, ...]
+    ) -> tuple[float, float] | None:
+        """Bootstrap 95% interval of ``metric`` of ``data`` over resampled units (None with too few units)."""
+        statistic = self.statistic(metric)
+        return resampling.interval(lambda w: statistic(data, w), units, key=key)
+
+    def paired_test_kind(self, metric: str, quantity: str) -> str:
+        """The paired test of per-sample outcomes used when every sample is its own unit: "mcnemar" (0/1
+        correctness), "wilcoxon" (a continuous score), or "permutation" (any statistic; also what units of
+        several samples always use)."""
+        return "permutation"

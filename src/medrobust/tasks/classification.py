@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medrobust import stats
+from medrobust import resampling, stats
 from medrobust.metrics import accuracy, attack_success_rate, auc_ovr, balanced_accuracy
 from medrobust.tasks.base import Group, Metrics, Outcome, Task
 
@@ -30,6 +31,7 @@ class ClassificationTask(Task):
     dense = False
     units_title = "accuracy"
     select_metrics = ("balanced_accuracy", "accuracy", "auc")
+    scored_metrics = {"accuracy": True, "balanced_accuracy": True, "auc": True}
 
     def score(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.correct(logits, y).to(logits.dtype)
@@ -66,40 +68,85 @@ class ClassificationTask(Task):
             for i in range(len(labels))
         ]
 
+    def unit_data(self, records: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+        """label, pred (n,), probs (n, K), score (0/1), p_true (the true class's probability) and grade_error
+        (|pred - label|, in classes) of each record."""
+        label = np.asarray([r["label"] for r in records], dtype=np.int64)
+        pred = np.asarray([r["pred"] for r in records], dtype=np.int64)
+        probs = np.asarray([json.loads(r["probs_json"]) for r in records], dtype=np.float64)
+        if probs.shape != (len(records), num_classes):  # records without probabilities (an older store)
+            probs = np.full((len(records), num_classes), np.nan)
+        return {
+            "label": label,
+            "pred": pred,
+            "probs": probs,
+            "score": (pred == label).astype(np.float64),
+            "p_true": probs[np.arange(len(records)), label] if len(records) else np.zeros(0),
+            "grade_error": np.abs(pred - label).astype(np.float64),
+            "k": num_classes,
+        }
+
+    def statistic(self, metric: str) -> resampling.Statistic:
+        named = {
+            "accuracy": resampling.mean("score"),
+            "balanced_accuracy": resampling.balanced_accuracy,
+            "auc": resampling.auc,
+            "quadratic_kappa": resampling.quadratic_kappa,
+            "mae": resampling.mean("grade_error"),
+        }
+        if metric not in self.scored_metrics:
+            return super().statistic(metric)
+        return named[metric]
+
+    def harm(self, metric: str, data: dict[str, Any]) -> np.ndarray:
+        """A wrong decision first, then a lower probability of the true class (the most confidently wrong)."""
+        p_true = np.nan_to_num(np.asarray(data["p_true"], dtype=np.float64), nan=0.5)
+        return 2.0 * (1.0 - data["score"]) + (1.0 - p_true)
+
+    def paired_test_kind(self, metric: str, quantity: str) -> str:
+        return "mcnemar" if metric == "accuracy" and quantity == "value" else "permutation"
+
     def summary(self, group: Group) -> Metrics:
-        """Accuracy (Wilson interval), balanced accuracy and one-vs-rest AUC (bootstrap intervals); under a
-        perturbation also the attack success rate over the clean-correct samples, perturbation sizes and, for
-        black-box attacks, the median number of queries."""
-        recs, kind, key = group.records, group.kind, group.key
+        """Accuracy (Wilson interval; a cluster bootstrap where samples share units), balanced accuracy and
+        one-vs-rest AUC (bootstrap intervals over units); under a perturbation also the attack success rate over
+        the clean-correct samples, perturbation sizes and, for black-box attacks, the median number of
+        queries."""
+        recs, kind, key, units = group.records, group.kind, group.key, group.sampling
         num_classes = len(group.class_names)
-        y = torch.tensor([r["label"] for r in recs])
-        pred = torch.tensor([r["pred"] for r in recs])
+        data = self.unit_data(recs, num_classes)
+        y, pred = torch.from_numpy(data["label"]), torch.from_numpy(data["pred"])
         clean_pred = torch.tensor([r["clean_pred"] for r in recs])
-        probs = torch.tensor([json.loads(r["probs_json"]) for r in recs], dtype=torch.float64)
+        probs = torch.from_numpy(data["probs"])
+        has_probs = bool(probs.numel()) and bool(torch.isfinite(probs).all())  # stores without them: no AUC
         correct = pred == y
         metrics: dict[str, float] = {
             "accuracy": float(accuracy(pred, y)),
             "balanced_accuracy": float(balanced_accuracy(pred, y, num_classes)),
-            "auc": float(auc_ovr(probs, y, num_classes)) if probs.numel() else float("nan"),
+            "auc": float(auc_ovr(probs, y, num_classes)) if has_probs else float("nan"),
         }
         intervals: dict[str, tuple[float, float] | None] = {
-            "accuracy": stats.wilson(int(correct.sum()), len(recs)),
-            "balanced_accuracy": stats.balanced_accuracy_interval(
-                pred.numpy(), y.numpy(), num_classes, key=(*key, "bacc")
-            ),
-            "auc": stats.auc_interval(probs.numpy(), y.numpy(), num_classes, key=(*key, "auc"))
-            if probs.numel()
-            else None,
+            "accuracy": stats.wilson(int(correct.sum()), len(recs))
+            if not units.grouped
+            else self.interval("accuracy", data, units, (*key, "acc")),
+            "balanced_accuracy": self.interval("balanced_accuracy", data, units, (*key, "bacc")),
+            "auc": self.interval("auc", data, units, (*key, "auc")) if has_probs else None,
         }
         if kind == "clean":
             return metrics, intervals
         metrics["success_rate"] = float(attack_success_rate(clean_pred, pred, y))
         eligible = clean_pred == y
-        intervals["success_rate"] = stats.wilson(int((eligible & ~correct).sum()), int(eligible.sum()))
-        keep = successful(recs) if kind == "attack" else recs
+        if units.grouped:
+            keep = eligible.numpy()
+            wrong = {"score": (~correct).numpy()[keep].astype(np.float64)}
+            intervals["success_rate"] = resampling.interval(
+                lambda w: resampling.mean("score")(wrong, w), units.subset(keep), key=(*key, "success")
+            )
+        else:
+            intervals["success_rate"] = stats.wilson(int((eligible & ~correct).sum()), int(eligible.sum()))
+        keep_recs = successful(recs) if kind == "attack" else recs
         for size in SIZE_KEYS:
-            metrics[size] = stats.median([r[size] for r in keep])
-        ssims = [r["ssim"] for r in keep if r["ssim"] is not None]
+            metrics[size] = stats.median([r[size] for r in keep_recs])
+        ssims = [r["ssim"] for r in keep_recs if r["ssim"] is not None]
         metrics["ssim"] = float(sum(ssims) / len(ssims)) if ssims else float("nan")
         # black-box attacks (square) store the model queries each sample used
         queries = [

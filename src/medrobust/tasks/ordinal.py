@@ -8,51 +8,42 @@ or a spec sets ``dataset: {ordinal: true}``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from medrobust import stats
 from medrobust.metrics import mean_absolute_error, quadratic_kappa
 from medrobust.tasks.base import Group, Metrics
 from medrobust.tasks.classification import ClassificationTask
 
 
-def resampled_kappa(cell: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
-    """Quadratic weighted kappa of every bootstrap resample at once: ``cell`` (N,) is each sample's
-    confusion-matrix cell (label * k + prediction), ``idx`` (B, N) the resampled indices; (B,) kappas, NaN where
-    undefined. The same value as :func:`medrobust.metrics.quadratic_kappa` of each resample."""
-    b = idx.shape[0]
-    grid = np.arange(k, dtype=np.float64)
-    weights = ((grid[:, None] - grid[None, :]) ** 2 / max(k - 1, 1) ** 2).ravel()
-    offsets = (np.arange(b)[:, None] * k * k + cell[idx]).ravel()
-    cm = np.bincount(offsets, minlength=b * k * k).reshape(b, k, k).astype(np.float64)
-    n = cm.sum(axis=(1, 2))
-    expected = (cm.sum(2)[:, :, None] * cm.sum(1)[:, None, :]).reshape(b, -1) / n[:, None]
-    denominator = expected @ weights
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denominator > 0, 1.0 - (cm.reshape(b, -1) @ weights) / denominator, np.nan)
-
-
 class OrdinalTask(ClassificationTask):
     name = "ordinal"
+    scored_metrics = {**ClassificationTask.scored_metrics, "quadratic_kappa": True, "mae": False}
 
     def report_metrics(self, class_counts: Sequence[int]) -> list[str]:
         """Quadratic weighted kappa and grade error always; balanced accuracy when the grades are imbalanced."""
         return [*super().report_metrics(class_counts), "quadratic_kappa", "mae"]
 
+    def harm(self, metric: str, data: dict[str, Any]) -> np.ndarray:
+        """For kappa and grade error: the grade furthest from the true one first, then a wrong decision, then a
+        lower probability of the true grade; for the other metrics as classification."""
+        base = super().harm(metric, data)
+        if metric in ("quadratic_kappa", "mae"):
+            return 4.0 * np.asarray(data["grade_error"], dtype=np.float64) + base
+        return base
+
     def summary(self, group: Group) -> Metrics:
-        """Classification's metrics, plus ``quadratic_kappa`` (bootstrap 95% interval) and ``mae`` (grades)."""
+        """Classification's metrics, plus ``quadratic_kappa`` and ``mae`` (grades), each with a bootstrap 95%
+        interval over units."""
         metrics, intervals = super().summary(group)
         k = len(group.class_names)
-        y = torch.tensor([r["label"] for r in group.records])
-        pred = torch.tensor([r["pred"] for r in group.records])
+        data = self.unit_data(group.records, k)
+        units = group.sampling
+        y, pred = torch.from_numpy(data["label"]), torch.from_numpy(data["pred"])
         metrics["quadratic_kappa"] = quadratic_kappa(pred, y, k)
-        cell = (y * k + pred).numpy()
-
-        def kappa(idx: np.ndarray) -> np.ndarray:
-            return resampled_kappa(cell, k, idx)
-
-        intervals["quadratic_kappa"] = stats.bootstrap(kappa, len(cell), key=(*group.key, "kappa"))
+        intervals["quadratic_kappa"] = self.interval("quadratic_kappa", data, units, (*group.key, "kappa"))
         metrics["mae"] = mean_absolute_error(pred, y)
+        intervals["mae"] = self.interval("mae", data, units, (*group.key, "mae"))
         return metrics, intervals

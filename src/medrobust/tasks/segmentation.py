@@ -7,9 +7,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-from medrobust import stats
+from medrobust import resampling, stats
 from medrobust.metrics import (
     class_counts,
     flip_rate,
@@ -30,6 +31,7 @@ class SegmentationTask(Task):
     dense = True
     units_title = "share of foreground units still correct"
     select_metrics = ("dice", "pixel_accuracy")
+    scored_metrics = {"dice": True}
 
     def __init__(self, success_fraction: float = 0.5) -> None:
         if not 0.0 < success_fraction <= 1.0:
@@ -91,29 +93,34 @@ class SegmentationTask(Task):
 
     def summary(self, group: Group) -> Metrics:
         """Dice (mean foreground), per-structure Dice and HD95; under a perturbation also the flip rate and
-        the Dice drop (overall and per structure) and perturbation sizes, over all samples."""
-        recs, kind, key = group.records, group.kind, group.key
+        the Dice drop (overall and per structure) and perturbation sizes, over all samples. Intervals are
+        bootstrap intervals over units (volumes, subjects), none with too few of them."""
+        recs, kind, key, units = group.records, group.kind, group.key, group.sampling
         structures = list(group.class_names)[1:]
         details = [json.loads(r["detail_json"]) for r in recs]
         nan = math.nan
-        metrics: dict[str, float] = {"dice": stats.mean([r["score"] for r in recs])}
-        intervals: dict[str, tuple[float, float] | None] = {
-            "dice": stats.mean_interval([r["score"] for r in recs], key=(*key, "dice"))
-        }
+
+        def mean_ci(values: list[Any], *tag: str) -> tuple[float, float] | None:
+            data = {"v": np.asarray([nan if v is None else float(v) for v in values], dtype=np.float64)}
+            return resampling.interval(lambda w: resampling.mean("v")(data, w), units, key=(*key, *tag))
+
+        scores = [r["score"] for r in recs]
+        metrics: dict[str, float] = {"dice": stats.mean(scores)}
+        intervals: dict[str, tuple[float, float] | None] = {"dice": mean_ci(scores, "dice")}
         for j, name in enumerate(structures):
             metrics[f"dice:{name}"] = stats.mean([d["dice"][j] for d in details])
-            intervals[f"dice:{name}"] = stats.mean_interval([d["dice"][j] for d in details], key=(*key, "dice", name))
+            intervals[f"dice:{name}"] = mean_ci([d["dice"][j] for d in details], "dice", name)
             metrics[f"hd95:{name}"] = stats.median([v for d in details if (v := d["hd95"][j]) is not None])
         if kind == "clean":
             return metrics, intervals
         metrics["flip_rate"] = stats.mean([d["flip"] for d in details])
-        intervals["flip_rate"] = stats.mean_interval([d["flip"] for d in details], key=(*key, "flip"))
+        intervals["flip_rate"] = mean_ci([d["flip"] for d in details], "flip")
         if any("target_iou" in d for d in details):
             metrics["target_iou"] = stats.mean([d.get("target_iou") for d in details])
         base = [group.clean.get(r["sample_index"]) for r in recs]
         drops = [c["score"] - r["score"] if c else nan for c, r in zip(base, recs)]
         metrics["dice_drop"] = stats.mean(drops)
-        intervals["dice_drop"] = stats.mean_interval(drops, key=(*key, "drop"))
+        intervals["dice_drop"] = mean_ci(drops, "drop")
         base_details = [json.loads(c["detail_json"]) if c else None for c in base]
         for j, name in enumerate(structures):
             metrics[f"flip_rate:{name}"] = stats.mean([d["flip_s"][j] for d in details])
@@ -129,6 +136,14 @@ class SegmentationTask(Task):
             metrics[size] = stats.median([r[size] for r in recs])
         metrics["ssim"] = stats.mean([r["ssim"] for r in recs])
         return metrics, intervals
+
+    def statistic(self, metric: str) -> resampling.Statistic:
+        if metric == "dice":
+            return resampling.mean("score")
+        return super().statistic(metric)
+
+    def paired_test_kind(self, metric: str, quantity: str) -> str:
+        return "wilcoxon"
 
     def paired_test(self, a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
         """Wilcoxon signed-rank on per-sample Dice."""
