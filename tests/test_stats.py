@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from medrobust import stats
+from medrobust import resampling, stats
 from medrobust.metrics import auc_ovr, balanced_accuracy
 from medrobust.results import compare_models, summarise
 
@@ -51,7 +51,8 @@ def test_bootstrap_mean_covers_the_true_mean():
     rng = np.random.default_rng(1)
     covered = 0
     for i in range(2000):
-        lo, hi = stats.mean_interval(rng.beta(5, 2, size=100).tolist(), key=i)
+        data = {"v": rng.beta(5, 2, size=100)}
+        lo, hi = resampling.interval(lambda w: resampling.mean("v")(data, w), resampling.Units.samples(100), key=i)
         covered += lo <= 5 / 7 <= hi
     assert 0.93 <= covered / 2000 <= 0.97, covered / 2000
 
@@ -62,15 +63,21 @@ def test_bootstrap_is_deterministic_and_brackets_the_estimate():
     pred = np.where(rng.random(80) < 0.7, y, rng.integers(0, 3, 80))
     probs = rng.dirichlet(np.ones(3), 80)
     probs[np.arange(80), y] += 0.5
-    a = stats.balanced_accuracy_interval(pred, y, 3, key="k")
-    assert a == stats.balanced_accuracy_interval(pred, y, 3, key="k")  # same key, same bytes
+    units = resampling.Units.samples(80)
+    data = {"pred": pred, "label": y, "probs": probs, "k": 3}
+
+    def interval(statistic, data):
+        return resampling.interval(lambda w: statistic(data, w), units, key="k")
+
+    a = interval(resampling.balanced_accuracy, data)
+    assert a == interval(resampling.balanced_accuracy, data)  # same key, same bytes
     assert a[0] < float(balanced_accuracy(torch.tensor(pred), torch.tensor(y), 3)) < a[1]
     auc = float(auc_ovr(torch.tensor(probs), torch.tensor(y), 3))
-    lo, hi = stats.auc_interval(probs, y, 3, key="k")
+    assert float(resampling.auc(data, None)[0]) == pytest.approx(auc)
+    lo, hi = interval(resampling.auc, data)
     assert lo < auc < hi and hi <= 1.0
     # a classifier that separates the classes perfectly: every resample has AUC 1
-    perfect = np.eye(3)[y]
-    assert stats.auc_interval(perfect, y, 3, key="k") == (1.0, 1.0)
+    assert interval(resampling.auc, {**data, "probs": np.eye(3)[y]}) == (1.0, 1.0)
 
 
 def test_mcnemar_exact_by_hand():

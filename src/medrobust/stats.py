@@ -2,9 +2,9 @@
 
 - ``wilson``: the Wilson score interval of a proportion k / n (accuracy, attack success rate); it keeps its
   nominal coverage near 0 and 1, where robust accuracies live, unlike the Wald interval.
-- ``bootstrap``: a percentile bootstrap over samples for statistics that are not one proportion (balanced
-  accuracy, AUC, mean Dice), with a generator seeded from the caller's key, so a summary is the same bytes every
-  time it is computed.
+- ``bootstrap``: a percentile bootstrap over samples (resampled indices) for a statistic such as a median, with a
+  generator seeded from the caller's key, so a summary is the same bytes every time it is computed. Intervals of
+  the task metrics (balanced accuracy, AUC, kappa, mean Dice) resample independent units: ``medrobust.resampling``.
 - ``mcnemar``: the exact McNemar test for two models scored on the same samples (a two-sided binomial test on
   the discordant pairs); ``wilcoxon``: the Wilcoxon signed-rank test on paired per-sample scores (Dice);
   ``holm``: Holm's step-down adjustment of a family of p-values.
@@ -87,70 +87,6 @@ def bootstrap(
     return float(lo), float(hi)
 
 
-def mean_interval(values: Sequence[float], *, key: object) -> tuple[float, float]:
-    """Bootstrap interval of the mean of per-sample values (Dice, flip rate); NaN values are left out."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    return bootstrap(lambda idx: v[idx].mean(axis=1), v.size, key=key)
-
-
-def _counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """How often each of the n samples occurs in each resample: (B, n) from resampled indices (B, n)."""
-    counts = np.zeros((idx.shape[0], n))
-    np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
-    return counts
-
-
-def balanced_accuracy_interval(
-    pred: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray, num_classes: int, *, key: object
-) -> tuple[float, float]:
-    """Bootstrap interval of the balanced accuracy (mean recall over the classes present in each resample)."""
-    pred, y = np.asarray(pred), np.asarray(labels)
-    members = np.stack([y == k for k in range(num_classes)], axis=1).astype(np.float64)  # (n, K)
-    hits = members * (pred == y)[:, None]
-
-    def stat(idx: np.ndarray) -> np.ndarray:
-        counts = _counts(idx, y.size)
-        size, right = counts @ members, counts @ hits  # (B, K)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = np.where(size > 0, right / size, np.nan)
-        return np.nanmean(recall, axis=1)
-
-    return bootstrap(stat, y.size, key=key)
-
-
-def auc_interval(
-    scores: np.ndarray, labels: Sequence[int] | np.ndarray, num_classes: int, *, key: object
-) -> tuple[float, float]:
-    """Bootstrap interval of the one-vs-rest AUC (macro mean over classes; the positive-class AUC for two
-    classes), by the Mann-Whitney statistic (ties count 1/2) on each resample: with c the resample's sample
-    counts, U = c_pos^T H c_neg for the fixed matrix H[i, j] = 1 (s_i > s_j), 1/2 (tie), 0."""
-    probs, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    # as medrobust.metrics.auc_ovr: classes without positives or without negatives in the data are left out
-    classes = [k for k in ([1] if num_classes == 2 else range(num_classes)) if 0 < int((y == k).sum()) < y.size]
-    if not classes:
-        return math.nan, math.nan
-    parts = []
-    for k in classes:
-        pos, neg = y == k, y != k
-        s_pos, s_neg = probs[pos, k], probs[neg, k]
-        heaviside = (s_pos[:, None] > s_neg[None, :]) + 0.5 * (s_pos[:, None] == s_neg[None, :])
-        parts.append((pos, neg, heaviside))
-
-    def stat(idx: np.ndarray) -> np.ndarray:
-        counts = _counts(idx, y.size)
-        aucs = []
-        for pos, neg, heaviside in parts:
-            c_pos, c_neg = counts[:, pos], counts[:, neg]
-            u = np.einsum("bi,ij,bj->b", c_pos, heaviside, c_neg, optimize=True)
-            pairs = c_pos.sum(axis=1) * c_neg.sum(axis=1)
-            # a resample without positives or negatives of a class has no macro AUC comparable to the data's
-            aucs.append(np.where(pairs > 0, u / np.maximum(pairs, 1), np.nan))
-        stacked = np.stack(aucs, axis=1)
-        return np.where(np.isnan(stacked).any(axis=1), np.nan, stacked.mean(axis=1))
-
-    return bootstrap(stat, y.size, key=key)
-
-
 def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:
     """Exact McNemar test. Returns (b, c, p): b = samples only A gets right, c = only B, and the two-sided
     exact p-value, min(1, 2 * P(Binomial(b + c, 1/2) <= min(b, c)))."""
@@ -182,13 +118,6 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(p) - rank) * p[i]))
         adjusted[i] = running
     return adjusted
-
-
-def paired_difference_interval(a: Sequence[float], b: Sequence[float], *, key: object) -> tuple[float, float]:
-    """Bootstrap interval of mean(a) - mean(b) over paired samples (resampling pairs)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    return bootstrap(lambda idx: d[idx].mean(axis=1), d.size, key=key)
 
 
 def mcnemar_samples(only_a: int, only_b: int, n: int, *, alpha: float = 0.05, power: float = 0.8) -> int | None:
