@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import medrobust
-from medrobust.attacks import APGD, AutoAttack, Square
+from medrobust.attacks import APGD, FAB, AutoAttack, Square
 from medrobust.attacks.base import Attack
 
 
@@ -50,13 +50,21 @@ def test_cascade_runs_each_member_on_what_is_still_robust(toy_model):
     broken = out.info["broken_by"]
     after_ce = robust_clean - broken.count("apgd-ce")
     assert sizes["apgd-t"] == after_ce
+    if "fab-t" in sizes:
+        assert sizes["fab-t"] == after_ce - broken.count("apgd-t")
     if "square" in sizes:
-        assert sizes["square"] == after_ce - broken.count("apgd-t")
+        assert sizes["square"] == after_ce - broken.count("apgd-t") - broken.count("fab-t")
     # the members' examples, reproduced independently in the same order with the same generator
     gen = torch.Generator().manual_seed(0)
     x_ref = x.clone()
     todo = correct(toy_model, x, y).nonzero().flatten()
-    for member in (APGD(steps=10), APGD(steps=10, loss="dlr", targeted=True), Square(queries=100)):
+    members = (
+        APGD(steps=10),
+        APGD(steps=10, loss="dlr", targeted=True),
+        FAB(steps=10, targeted=True),
+        Square(queries=100),
+    )
+    for member in members:
         if todo.numel() == 0:
             break
         adv = member(toy_model, "classification", x[todo], y[todo], eps=0.12, generator=gen)
@@ -67,17 +75,50 @@ def test_cascade_runs_each_member_on_what_is_still_robust(toy_model):
     assert sum(b is not None for b in broken) == int((~correct(toy_model, out.x_adv, y)).sum())
 
 
+def test_standard_runs_fab_t_after_apgd_and_before_square(toy_model):
+    """The standard cascade is APGD-CE, APGD-T, FAB-T, Square, as in the authors' code; FAB-T breaks samples the
+    APGD members left (made weak here: one step each) within eps, and Square gets only what FAB-T left."""
+    from conftest import make_toy
+
+    assert [n for n, _ in AutoAttack().members()] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [n for n, _ in AutoAttack(version="fast").members()] == ["apgd-ce", "apgd-t"]
+    fab = dict(AutoAttack(steps=7, fab_steps=30, restarts=2, target_classes=4).members())["fab-t"]
+    assert (fab.steps, fab.restarts, fab.targeted, fab.target_classes, fab.norm) == (30, 2, True, 4, "linf")
+    x, y = make_toy(45, seed=6)
+    eps = 0.12
+    Counting.log.clear()
+    attack = CountingAutoAttack(steps=1, fab_steps=15, queries=20)
+    out = attack.detailed(toy_model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+    assert [name for name, _ in Counting.log] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    broken = out.info["broken_by"]
+    sizes = dict(Counting.log)
+    assert sizes["square"] == sizes["fab-t"] - broken.count("fab-t")
+    by_fab = [i for i, b in enumerate(broken) if b == "fab-t"]
+    assert len(by_fab) >= 2
+    assert float((out.x_adv[by_fab] - x[by_fab]).abs().flatten(1).amax(1).max()) <= eps + 1e-6
+    assert not bool(correct(toy_model, out.x_adv[by_fab], y[by_fab]).any())
+
+
 def test_ensemble_is_at_least_as_strong_as_each_member(toy_model):
     from conftest import make_toy
 
     x, y = make_toy(45, seed=8)
     eps = 0.13
     acc = {}
-    for name, params in {"apgd-ce": {"steps": 20}, "apgd-dlr-t": {"steps": 20, "loss": "dlr", "targeted": True},
-                         "pgd": {"steps": 20}}.items():
+    for name, params in {
+        "apgd-ce": {"steps": 20},
+        "apgd-dlr-t": {"steps": 20, "loss": "dlr", "targeted": True},
+        "pgd": {"steps": 20},
+    }.items():
         attack = "pgd" if name == "pgd" else "apgd"
-        acc[name] = float(correct(toy_model, medrobust.attack(attack, toy_model, x, y, eps=eps, **params), y).float().mean())
-    ens = float(correct(toy_model, medrobust.attack("autoattack", toy_model, x, y, eps=eps, steps=20, queries=200), y).float().mean())
+        acc[name] = float(
+            correct(toy_model, medrobust.attack(attack, toy_model, x, y, eps=eps, **params), y).float().mean()
+        )
+    ens = float(
+        correct(toy_model, medrobust.attack("autoattack", toy_model, x, y, eps=eps, steps=20, queries=200), y)
+        .float()
+        .mean()
+    )
     assert ens <= min(acc.values())
     assert ens < 0.5
 

@@ -311,7 +311,7 @@ def _no_path(path: Path) -> None:
 
 def _escaped_summary(path: Path) -> None:
     text = path.read_text()
-    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|" in text
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)>\\|" in text
 
 
 def _nan_images(n: int) -> np.ndarray:

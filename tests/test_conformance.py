@@ -18,10 +18,12 @@ ATTACK_CASES = {
     "fgsm": ({}, 0.3),
     "pgd": ({"steps": 10}, 0.3),
     "deepfool": ({"steps": 30}, 2.0),
+    "fmn": ({"steps": 30}, 2.0),
     "jsma": ({"gamma": 0.3}, 0.3),
     "cw": ({"steps": 40, "binary_search_steps": 3, "lr": 0.05, "initial_const": 1.0}, 3.0),
     "apgd": ({"steps": 20}, 0.3),
     "square": ({"queries": 300}, 0.3),
+    "fab": ({"steps": 20}, 0.3),
     "autoattack": ({"steps": 20, "queries": 300}, 0.3),
     # the sources are filled in by the test: the model itself (tests/test_transfer.py checks real transfer)
     "transfer": ({"attack": "pgd", "attack_params": {"steps": 10}}, 0.3),

@@ -30,7 +30,7 @@ def make_spec(**executor) -> dict:
         "models": [{"name": "a", "train": SMALL}, {"name": "b", "train": {**SMALL, "lr": 0.01}}],
         "perturbations": [
             {"corruption": "gaussian_noise", "strengths": [0.05, 0.1]},
-            {"attack": "pgd", "strengths": [0.01, 0.03], "params": {"steps": 20}},
+            {"attack": "pgd", "strengths": [0.01, 0.03], "params": {"steps": 20}, "sweep": "independent"},
             {"attack": "deepfool", "strengths": [0.2, 1.0], "params": {"steps": 20}},
             {"attack": "transfer", "strengths": [0.03], "params": {"sources": ["a"], "attack": "pgd", "attack_params": {"steps": 5}}},
         ],

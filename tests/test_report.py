@@ -343,15 +343,18 @@ def test_worst_cases_without_a_strong_attack_are_flagged():
             pert("jsma", "l0", (0.01,))]
     found = unchecked_worst_cases(run_of(*base, pert("autoattack", "linf", (0.02, 0.03))), values)
     assert [f.message for f in found] == [
-        "worst_case[linf] at eps = 0.01 rests on fgsm, pgd only; no autoattack or apgd ran at this strength, so it "
-        "may be optimistic.",
-        "worst_case[l2] at eps = 0.5 rests on cw only; no autoattack or apgd ran at this strength, so it may be "
-        "optimistic.",
+        "worst_case[linf] at eps = 0.01 rests on fgsm, pgd only; no strong attack (autoattack, apgd, fmn, fab) ran "
+        "at this strength, so it may be optimistic.",
+        "worst_case[l2] at eps = 0.5 rests on cw only; no strong attack (autoattack, apgd, fmn, fab) ran at this "
+        "strength, so it may be optimistic.",
     ]
     assert all(f.check == "worst case not checked by a strong attack" and "autoattack" in f.meaning for f in found)
     found = unchecked_worst_cases(run_of(*base, pert("apgd", "linf", (0.01,)), pert("autoattack", "l2", (0.5,))), values)
     assert [f.message.split(" rests")[0] for f in found] == ["worst_case[linf] at eps = 0.02, 0.03"]
     covered = [pert("autoattack", "linf", (0.01, 0.02, 0.03)), pert("autoattack", "l2", (0.5,))]
+    assert unchecked_worst_cases(run_of(*base, *covered), values) == []
+    # a minimal strong attack (FMN) covers every strength of its norm with one run
+    covered = [pert("fmn", "linf", (0.01, 0.02, 0.03)), pert("fmn", "l2", (0.5,))]
     assert unchecked_worst_cases(run_of(*base, *covered), values) == []
 
 
@@ -411,13 +414,13 @@ def test_incomplete_run_reported_from_the_store_alone(run_dir, tmp_path, monkeyp
     (copy / "spec.json").unlink()
     con = sqlite3.connect(copy / "results.db")
     with con:
-        key = con.execute("SELECT key FROM cells WHERE perturbation='pgd' AND model='tiny' AND strengths_json='[0.01]'").fetchone()[0]
+        key = con.execute("SELECT key FROM cells WHERE perturbation='pgd' AND model='tiny' AND strengths_json='[0.01, 0.05]'").fetchone()[0]
         con.execute("DELETE FROM records WHERE cell_key=?", (key,))
         con.execute("DELETE FROM cells WHERE key=?", (key,))
         fingerprint = con.execute("SELECT fingerprint FROM models WHERE name='tiny'").fetchone()[0]
     con.close()
     html = build_report(copy)[0].read_text()
-    assert "incomplete run</span>1 (model, perturbation, strength) cells" in html
+    assert "incomplete run</span>1 cells of the spec (a model under a perturbation at one or more strengths)" in html
     assert "nevus, melanoma, seborrheic_keratosis" in html and f"<code>{fingerprint}</code>" in html
     assert "model card not found" not in html
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from medrobust.cli import app
 from medrobust.config import SpecError, load_config
 from medrobust.runner import run_experiment
+from medrobust.store import Store
 from medrobust.train import TrainSettings, train
 
 DATA = {"name": "derm-synth", "params": {"size": 16, "n": 60}}
@@ -86,8 +87,8 @@ def test_shipped_specs_validate():
 def test_run_summary_contract_and_numbers(checkpoint, tmp_path):
     spec = load_config(make_spec(checkpoint))
     result = run_experiment(spec, tmp_path / "run", quiet=True)
-    # 1 clean + 2 fgsm + 1 deepfool (all strengths in one cell) + 2 noise
-    assert (result.cells_total, result.cells_run) == (6, 6)
+    # 1 clean + 1 fgsm (a pruned sweep: its strengths in one cell) + 1 deepfool (all strengths in one cell) + 2 noise
+    assert (result.cells_total, result.cells_run) == (5, 5)
     rows = summary(tmp_path / "run")
     assert all(set(r) == {"model", "perturbation", "strength", "metric", "value", "n", "ci_low", "ci_high"} for r in rows)
     # accuracy-type values carry a 95% interval around them (Wilson for accuracy); sizes carry none
@@ -104,8 +105,16 @@ def test_run_summary_contract_and_numbers(checkpoint, tmp_path):
     assert {r["metric"] for r in rows} >= {"accuracy", "balanced_accuracy", "auc", "success_rate", "l2", "linf", "ssim"}
     assert all(r["n"] == 12 for r in rows)
     clean = value(rows, "clean", 0.0, "accuracy")
-    # FGSM perturbations have Linf exactly eps; its matched noise has the same median L2
-    assert value(rows, "fgsm", 0.05, "linf") == pytest.approx(0.05, abs=1e-6)
+    # FGSM perturbations have Linf exactly eps; its matched noise has the same median L2. The sweep is pruned:
+    # at 0.05 the samples FGSM broke at 0.01 keep their 0.01 example, the others get a 0.05 step
+    assert value(rows, "fgsm", 0.01, "linf") == pytest.approx(0.01, abs=1e-6)
+    store = Store(tmp_path / "run" / "results.db")
+    fgsm = {(r["strength"], r["sample_index"]): r for r in store.records() if r["perturbation"] == "fgsm"}
+    store.close()
+    for i in range(12):
+        small, large = fgsm[(0.01, i)], fgsm[(0.05, i)]
+        broken = small["pred"] != small["label"]  # wrong at 0.01 (also samples wrong from the start)
+        assert large["linf"] == pytest.approx(0.01 if broken else 0.05, abs=1e-6)
     assert value(rows, "matched_noise[fgsm]", 0.05, "accuracy") >= value(rows, "fgsm", 0.05, "accuracy")
     # DeepFool evaluated by clipping: accuracy can only fall as the L2 budget grows, sizes stay within it
     accs = [value(rows, "deepfool", s, "accuracy") for s in (0.05, 0.2, 1.0)]
@@ -127,16 +136,21 @@ def test_same_spec_same_summary_and_resume(checkpoint, tmp_path):
     run_experiment(spec, tmp_path / "b", quiet=True)
     assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text()
     again = run_experiment(spec, tmp_path / "a", quiet=True)
-    assert (again.cells_run, again.cells_skipped) == (0, 6)
+    assert (again.cells_run, again.cells_skipped) == (0, 5)
     changed = make_spec(checkpoint)
-    changed["perturbations"][0]["strengths"] = [0.01, 0.05, 0.1]
+    changed["perturbations"][0]["strengths"] = [0.01, 0.05, 0.1]  # a new pruned fgsm sweep: one new cell
     more = run_experiment(load_config(changed), tmp_path / "a", quiet=True)
-    assert (more.cells_run, more.cells_skipped) == (1, 6)
+    assert (more.cells_run, more.cells_skipped) == (1, 4)
+    # with independent strengths only the new strength is a new cell
+    changed["perturbations"][0]["sweep"] = "independent"
+    more = run_experiment(load_config(changed), tmp_path / "a", quiet=True)
+    assert (more.cells_run, more.cells_skipped) == (3, 4)
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(checkpoint, tmp_path):
     spec = make_spec(checkpoint, perturbations=[
-        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 200}},
+        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 200},
+         "sweep": "independent"},
     ])
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
@@ -187,7 +201,15 @@ def test_cli_errors_keep_stored_results(checkpoint, tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(make_spec(checkpoint)))
     run_dir = tmp_path / "run"
-    assert runner.invoke(app, ["run", str(good), "--out", str(run_dir), "--quiet"]).exit_code == 0
+    first = runner.invoke(app, ["run", str(good), "--out", str(run_dir), "--quiet"])
+    assert first.exit_code == 0
+    # the time of each stage, at the end
+    (line,) = [x for x in first.stdout.splitlines() if x.startswith("time per stage: ")]
+    stages = re.findall(r"([A-Za-z ]+) ([0-9.]+) s", line.removeprefix("time per stage: "))
+    names = [n.strip().lstrip(", ") for n, _ in stages]
+    assert names == ["setup", "training", "sanity checks", "CLEVER", "cells", "summary", "report"]
+    (total,) = re.findall(r"cells run, 0 reused, ([0-9]+) s", first.stdout)
+    assert sum(float(t) for _, t in stages[:-1]) <= float(total) + 1
     before = (run_dir / "summary.json").read_text()
     cases = {
         "missing checkpoint": (make_spec(tmp_path / "nope"), "not found"),
@@ -202,7 +224,8 @@ def test_cli_errors_keep_stored_results(checkpoint, tmp_path):
         assert message in result.output, (name, result.output)
         assert "Traceback" not in result.output
     assert (run_dir / "summary.json").read_text() == before
-    assert sqlite3.connect(run_dir / "results.db").execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 6
+    # clean, fgsm (its two strengths: one pruned cell), deepfool, noise at two strengths
+    assert sqlite3.connect(run_dir / "results.db").execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 5
 
 
 def test_export_formats(checkpoint, tmp_path):
@@ -293,7 +316,8 @@ def _cells_in(db: Path) -> int:
 
 def test_second_run_is_refused_while_the_first_runs_and_resumes_after_sigkill(checkpoint, tmp_path):
     spec = make_spec(checkpoint, perturbations=[
-        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 600}},
+        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 600},
+         "sweep": "independent"},
     ])
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
@@ -381,6 +405,18 @@ def test_clever_scores_are_stored_summarised_reused_and_reported(checkpoint, tmp
     assert (tmp_path / "run" / "summary.json").read_bytes() == written  # the report writes the same bytes again
     (shown,) = re.findall(r'data-model="tiny" data-clever="([^"]+)"', html)
     assert float(shown) == pytest.approx(float(np.median(kept)))
+    # the share of scores above the distance DeepFool (the run's minimal L2 attack) needed, by hand from the store
+    store = Store(tmp_path / "run" / "results.db")
+    broken: dict[int, float] = {}
+    for r in store.records():
+        if r["perturbation"] == "deepfool" and r["clean_pred"] == r["label"] and r["pred"] != r["label"]:
+            broken[r["sample_index"]] = min(r["l2"], broken.get(r["sample_index"], np.inf))
+    store.close()
+    above = sum(s["score"] > broken.get(s["sample_index"], np.inf) for s in scores if s["fit"] != "misclassified")
+    assert broken and value(rows, "clever[l2]", 0.0, "clever_above_attack") == pytest.approx(above / len(kept))
+    (shown_above,) = re.findall(r'data-clever-above="([^"]+)"', html)
+    assert float(shown_above) == pytest.approx(above / len(kept))
+    assert "CLEVER above an attack's distance" in (tmp_path / "run" / "summary.md").read_text()
 
 
 def test_clever_refuses_segmentation(tmp_path):

@@ -68,3 +68,22 @@ def test_clever_has_a_table_of_its_own():
              row("c", "clever[l2]", 0.0, "clever_flagged", math.nan, n=0)]
     assert cells(text(clever_table(empty)))["c"] == ["clever[l2]", "-", "-", "-", "0"]
     assert clever_table(SUMMARY[:6]) is None  # no CLEVER in the run: no table
+
+
+def test_output_to_a_log_is_not_wrapped_at_80_columns(monkeypatch, capsys):
+    import medrobust.cli as cli
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    line = "resnet epoch  12  loss 0.3065  val: accuracy 0.803  balanced_accuracy 0.803  auc 0.923  (extra words)"
+    assert len(line) > 80
+    cli._consoles.err.print(line)  # stderr is captured: not a terminal
+    assert capsys.readouterr().err.rstrip("\n") == line
+    monkeypatch.setenv("COLUMNS", "60")  # a width the user asks for is kept
+    assert cli._consoles.err.width == 60
+
+
+def test_summary_markdown_escapes_html_but_keeps_comparison_signs():
+    from medrobust.report.markdown import cell
+
+    assert cell("p < 0.001, n >= 10") == "p < 0.001, n >= 10"
+    assert cell("<script>x</script> | &lt;") == "&lt;script>x&lt;/script> \\| &amp;lt;"

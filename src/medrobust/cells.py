@@ -1,6 +1,7 @@
 """The grid of a spec and the identity of everything in it, shared by the runner and the report.
 
-A spec expands into cells (model x perturbation x strength; a minimal attack's strengths share one cell); each
+A spec expands into cells (model x perturbation x strength; the strengths of a minimal attack, and of a budget
+attack swept pruned, share one cell); each
 cell's key is a digest of everything that decides its records (data, limit, batch size, seed, the weights'
 fingerprint, the perturbation and its parameters, transfer sources), so results are reused exactly when they
 would be recomputed the same. Models trained by a run are cached under a safe folder name plus a digest of what
@@ -68,8 +69,11 @@ def expand(spec: ExperimentSpec, fingerprints: dict[str, str]) -> list[Cell]:
             if not p.applies_to(m.name):
                 continue
             minimal = p.kind == "attack" and ATTACKS.get(p.name).minimal
-            groups = [tuple(p.strengths)] if minimal else [(s,) for s in p.strengths]
+            pruned = p.kind == "attack" and not minimal and p.sweep == "pruned" and len(p.strengths) > 1
+            groups = [tuple(p.strengths)] if minimal or pruned else [(s,) for s in p.strengths]
             extra: dict[str, object] = {"sources": {s: fingerprints.get(s) for s in p.sources}} if p.sources else {}
+            if pruned:  # one cell: each strength attacks only what the smaller ones left robust
+                extra["sweep"] = "pruned"
             if p.kind == "corruption":  # one draw for every strength, scaled (records of per-strength draws differ)
                 extra["draws"] = "common"
             for strengths in groups:

@@ -30,12 +30,25 @@ class _Consoles:
 
     @property
     def out(self) -> Console:
-        return Console()
+        return self._make(stderr=False)
 
     @property
     def err(self) -> Console:
-        return Console(stderr=True)
+        return self._make(stderr=True)
 
+    @staticmethod
+    def _make(stderr: bool) -> Console:
+        import os
+        import sys
+
+        stream = sys.stderr if stderr else sys.stdout
+        # into a log or CI (not a terminal, no COLUMNS): long lines are not wrapped at Rich's default 80 columns
+        wide = not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty())
+        return Console(stderr=stderr, width=LOG_WIDTH if wide else None)
+
+
+#: the width of output that goes to a file or pipe instead of a terminal
+LOG_WIDTH = 200
 
 _consoles = _Consoles()
 
@@ -461,10 +474,17 @@ def _print_run(result: Any, spec: Any) -> None:
         f"results in {result.run_dir} (results.db, summary.csv, summary.json)",
         highlight=False,
     )
-    _write_report(result.run_dir)
+    seconds = _write_report(result.run_dir)
+    stages = {**result.stages, "report": seconds}
+    _consoles.out.print(
+        "time per stage: " + ", ".join(f"{name} {t:.1f} s" for name, t in stages.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
-def _write_report(run_dir: Path, **options: Any) -> None:
+def _write_report(run_dir: Path, **options: Any) -> float:
+    """Write the report of ``run_dir``; returns the seconds it took."""
     import time
 
     from medrobust.report import build_report
@@ -472,7 +492,9 @@ def _write_report(run_dir: Path, **options: Any) -> None:
     t0 = time.perf_counter()
     with user_errors():
         html, md = build_report(run_dir, **options)
-    _consoles.out.print(f"report: {html} and {md} ({time.perf_counter() - t0:.1f} s)", highlight=False)
+    seconds = time.perf_counter() - t0
+    _consoles.out.print(f"report: {html} and {md} ({seconds:.1f} s)", highlight=False)
+    return seconds
 
 
 MLFLOW_HELP = (

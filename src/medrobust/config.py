@@ -111,6 +111,10 @@ class PerturbationSpec(_Frozen):
     corruption: str | None = None
     strengths: list[float] = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    #: budget attacks over several strengths: "pruned" runs them in ascending order, each only on the samples no
+    #: smaller strength broke (those keep the smaller example; see ``Attack.sweep``); "independent" runs every
+    #: strength on every sample. Minimal attacks run once and corruptions draw once, whatever this says.
+    sweep: Literal["pruned", "independent"] = "pruned"
 
     @field_validator("strengths")
     @classmethod
@@ -194,16 +198,18 @@ class CleverSpec(_Frozen):
 
 
 class ExecutorSpec(_Frozen):
-    """Where the work units of a run execute: ``local`` (this process, cell after cell) or ``ray`` (a Ray cluster:
-    ``address``, or a local instance when none is given). ``shard_size``: samples per work unit (rounded up to
+    """Where the work units of a run execute: ``local`` (this process, cell after cell), ``processes`` (``workers``
+    spawned processes on this machine, one torch thread each unless the spec sets ``threads``) or ``ray`` (a Ray
+    cluster: ``address``, or a local instance when none is given). ``shard_size``: samples per work unit (rounded up to
     whole batches; default: a unit per cell); ``num_cpus`` / ``num_gpus``: what each unit requests (the unit's
     torch threads follow ``num_cpus`` unless the spec sets ``threads``). None of it changes a result."""
 
-    name: Literal["local", "ray"] = "local"
+    name: Literal["local", "processes", "ray"] = "local"
     address: str | None = None
     shard_size: int | None = Field(default=None, ge=1)
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
+    workers: int | None = Field(default=None, ge=1)  # processes: worker processes (default: one per CPU core)
 
 
 class MlflowSpec(_Frozen):

@@ -7,7 +7,9 @@ batch index, so the same inputs give the same numbers through either door and in
 the same numbers at every strength, scaled (common random numbers), so its severity curve shows the severity.
 
 Per batch (:func:`evaluate_batch`): the clean predictions, then the perturbation at every strength
-(``Attack.sweep`` for attacks: minimal attacks run once and are clipped to each strength), and for each attack
+(``Attack.sweep`` for attacks: minimal attacks run once and are clipped to each strength; budget attacks run
+in ascending strengths, each only on the samples the smaller ones left robust, unless the spec says
+``sweep: independent``), and for each attack
 Gaussian noise of the same per-sample L2 norm ("matched_noise[LABEL]"). Each perturbed batch becomes one
 :class:`~medrobust.store.Record` per sample: sizes (L2, Linf, L0, SSIM, PSNR, relative L2) here, the task's
 fields (label, predictions, probabilities, score, details) from the Task (``Task.outcomes``). The first
@@ -92,6 +94,8 @@ def threat_model(
     info.update(name=p.name, strengths=list(strengths))
     if isinstance(obj, Attack):
         info.update(norm=obj.threat_norm, eps=list(strengths), minimal=obj.minimal, params=p.params)
+        if not obj.minimal and len(strengths) > 1 and p.sweep == "pruned":
+            info["sweep"] = "pruned"
         info.update({key: getattr(obj, key) for key in THREAT_KEYS if hasattr(obj, key)})
         if isinstance(obj, AutoAttack):
             info["members"] = [name for name, _ in obj.members()]
@@ -242,7 +246,8 @@ def evaluate_batch(
         def attack_generator(eps: float | None) -> torch.Generator:
             return generator_for("attack") if eps is None else generator_for("attack", eps)
 
-        for s, result in attack.sweep(model, task, x, y, cell.strengths, attack_generator):
+        prune = cell.pert is None or cell.pert.sweep == "pruned"
+        for s, result in attack.sweep(model, task, x, y, cell.strengths, attack_generator, prune=prune):
             b.add(cell.label, "attack", s, result.x_adv, result.logits, result.info, target)
             if matched_noise:
                 noise = CORRUPTIONS.build("matched_noise", reference=(result.x_adv - x), norm="l2")

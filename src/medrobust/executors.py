@@ -1,4 +1,5 @@
-"""Where a run's work executes: ``local`` (this process, unit after unit) or ``ray`` (tasks on a Ray cluster).
+"""Where a run's work executes: ``local`` (this process, unit after unit), ``processes`` (a pool of worker
+processes on this machine) or ``ray`` (tasks on a Ray cluster).
 
 A run's work is training jobs (models a spec trains) and work units: a cell, or a shard of a cell's samples (whole
 batches, so each batch draws from the same generators as in the whole cell: results do not depend on the
@@ -10,13 +11,24 @@ With Ray, the models, transfer sources and the dataset reach the workers once th
 unit is a task requesting ``num_cpus`` (and ``num_gpus``) and sets its torch threads from its CPU share (or the
 spec's ``threads``); a unit on a worker that dies is retried by Ray (``max_retries``); a killed driver resumes from
 the store. Training jobs run as Ray tasks and send the trained model back, which the driver saves.
+
+With ``processes``, ``workers`` spawned processes (default: one per CPU core) each run units with one torch
+thread (or the spec's ``threads``): small models keep two cores busier this way than one process with two
+threads (bench/RESULTS.md, "Demo"). The run's models, sources and dataset are pickled once per run into a private
+temporary file that each worker reads once. Training jobs run there too, several at a time; the workers print
+their epoch lines to this process's standard error.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +174,112 @@ def _threads(settings_threads: int | None, num_cpus: float) -> int:
     return settings_threads or max(1, int(num_cpus))
 
 
+def _worker_threads(settings_threads: int | None) -> int:
+    return settings_threads or 1
+
+
+class ProcessExecutor:
+    """Units and training jobs in a pool of ``spec.workers`` spawned processes on this machine (spawned, not
+    forked: a fork after torch has started its thread pool can hang)."""
+
+    name = "processes"
+
+    def __init__(
+        self, spec: ExecutorSpec, threads: int | None = None, device: str = "cpu", deterministic: bool = True
+    ) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.spec, self.threads = spec, threads
+        self.workers = spec.workers or os.cpu_count() or 1
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(_worker_threads(threads), device, deterministic),
+        )
+        self._device, self._deterministic = device, deterministic
+        self._folder = tempfile.mkdtemp(prefix="medrobust-work-")
+
+    def submit_train(
+        self, job: Callable[..., tuple[Model, ModelCard]], *args: Any, **kwargs: Any
+    ) -> Future[tuple[Model, ModelCard]]:
+        """Start a training job in a worker; the future gives (model on the CPU, card)."""
+        return self._pool.submit(_process_train, job, args, kwargs)
+
+    def train(self, job: Callable[..., tuple[Model, ModelCard]], *args: Any, **kwargs: Any) -> tuple[Model, ModelCard]:
+        return self.submit_train(job, *args, **kwargs).result()
+
+    def run(
+        self, work: Work, on_batch: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[Unit, CellResult, float]]:
+        """Each unit's result and compute seconds, in the order they finish."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not work.units:
+            return
+        context = {"models": work.models, "dataset": work.dataset, "settings": work.settings, "sources": work.sources}
+        fd, path = tempfile.mkstemp(dir=self._folder, suffix=".pkl")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(context, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pending = {self._pool.submit(_process_unit, path, u): u for u in work.units}
+        try:
+            while pending:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in done:
+                    unit = pending.pop(future)
+                    result, seconds = future.result()
+                    if on_batch is not None:
+                        on_batch(unit.samples)
+                    yield unit, result, seconds
+        finally:
+            for future in pending:
+                future.cancel()
+            os.unlink(path)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        import shutil
+
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+# what a worker process holds: the context file it last read and its contents
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int, device: str, deterministic: bool) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(device=device, deterministic=deterministic)
+
+
+def _process_unit(path: str, unit: Unit) -> tuple[CellResult, float]:
+    if _WORKER.get("path") != path:  # the run's context, read once per worker (a file this run wrote itself)
+        with open(path, "rb") as fh:
+            _WORKER.update(path=path, context=pickle.load(fh))  # noqa: S301
+    c = _WORKER["context"]
+    with deterministic_algorithms(_WORKER["device"], _WORKER["deterministic"]):
+        return run_unit(unit, c["models"][unit.cell.model], c["dataset"], c["settings"], c["sources"])
+
+
+def _print_epoch(name: str, epoch: int, row: dict[str, float]) -> None:
+    from medrobust.train import epoch_line
+
+    print(epoch_line(name, row), file=sys.stderr, flush=True)
+
+
+def _process_train(
+    job: Callable[..., tuple[Model, ModelCard]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Model, ModelCard]:
+    import functools
+
+    if args and hasattr(args[0], "name") and "progress" not in kwargs:  # TrainSettings: epoch lines to stderr
+        kwargs = {**kwargs, "progress": functools.partial(_print_epoch, args[0].name)}
+    with deterministic_algorithms(_WORKER["device"], _WORKER["deterministic"]):
+        model, card = job(*args, **kwargs)
+    return model.cpu(), card
+
+
 class RayExecutor:
     """Units and training jobs as Ray tasks. Connects to ``spec.address`` (or the Ray instance this process
     already runs, or starts a local one)."""
@@ -240,11 +358,16 @@ def _remote_train(
     return model.cpu(), card
 
 
+Executor = LocalExecutor | ProcessExecutor | RayExecutor
+
+
 def make_executor(
     spec: ExecutorSpec, threads: int | None = None, device: str = "cpu", deterministic: bool = True
-) -> LocalExecutor | RayExecutor:
-    """The executor ``spec`` names; ``device`` and ``deterministic`` are the run's (Ray workers select the same
-    deterministic kernels as the driver)."""
+) -> Executor:
+    """The executor ``spec`` names; ``device`` and ``deterministic`` are the run's (Ray workers and worker
+    processes select the same deterministic kernels as the driver)."""
     if spec.name == "ray":
         return RayExecutor(spec, threads, device, deterministic)
+    if spec.name == "processes":
+        return ProcessExecutor(spec, threads, device, deterministic)
     return LocalExecutor(spec, threads)

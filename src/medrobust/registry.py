@@ -8,26 +8,54 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
+from medrobust._lazy import load
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to builders. ``build("pgd", steps=10)`` calls the registered builder."""
+    """Maps names to builders. ``build("pgd", steps=10)`` calls the registered builder.
+
+    A builder is registered as an object (``register``) or as the ``"module:attribute"`` that defines it
+    (``register_lazy``): then its module is imported on first ``get``/``build``/``describe``, never by ``names()``,
+    so listing the names costs no import of the module (nor of what it imports).
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._items:
+            target = self._lazy.get(name)
+            if target is not None and target == f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}":
+                del self._lazy[name]  # the module a lazy entry names registers its own builder when imported
+            if name in self._items or name in self._lazy:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
             return obj
 
         return decorator
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """Register ``name`` as ``"module:attribute"`` (e.g. ``"medrobust.data.nifti:build_nifti"``), imported on first
+        use."""
+        module, sep, attribute = target.partition(":")
+        if not sep or not module or not attribute:
+            raise ValueError(f"{self.kind} {name!r}: target {target!r} must look like 'module:attribute'")
+        if name in self._items or name in self._lazy:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._lazy[name] = target
+
     def get(self, name: str) -> T:
+        if name in self._lazy:
+            target = self._lazy[name]
+            module, _, attribute = target.partition(":")
+            obj = getattr(load(module), attribute)
+            if name in self._lazy:  # the module did not register it itself
+                del self._lazy[name]
+                self._items[name] = obj
         if name not in self._items:
             raise KeyError(unknown_name_message(self.kind, name, self.names()))
         return self._items[name]
@@ -65,10 +93,10 @@ class Registry(Generic[T]):
         return summary, rows
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted([*self._items, *self._lazy])
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._lazy
 
 
 # builder parameters the library fills in itself, not the user (hidden by Registry.describe)

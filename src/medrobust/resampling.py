@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from medrobust.stats import BOOTSTRAP, CONFIDENCE, seed_of
 
@@ -263,6 +262,8 @@ def auc(data: Data, w: np.ndarray | None) -> np.ndarray:
     if probs.ndim == 3:  # permutations: every sample once, scores differ per row
         if w is not None:
             raise ValueError("auc: per-permutation scores take no resampling weights")
+        from scipy import stats as sps  # scipy on first use: `import medrobust` stays light
+
         out = []
         for c in classes:
             pos = label == c

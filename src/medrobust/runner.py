@@ -22,8 +22,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from medrobust.checks import run_model_checks
 from medrobust.config import ExperimentSpec, ModelSpec
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
-from medrobust.executors import LocalExecutor, RayExecutor, Settings, Work, make_executor, plan
+from medrobust.executors import Executor, LocalExecutor, Settings, Work, make_executor, plan
 from medrobust.files import write_json
 from medrobust.metrics.clever import WITHHOLD, attack_distances, clever_estimate
 from medrobust.models import Model, load_model
@@ -76,11 +77,12 @@ def prepare_model(
     notify: Callable[[str], None],
     trust_code: bool = False,
     prepared: dict[str, LoadedModel] | None = None,
-    executor: LocalExecutor | RayExecutor | None = None,
+    executor: Executor | None = None,
+    started: dict[str, Future[tuple[Model, ModelCard]]] | None = None,
 ) -> LoadedModel:
     """Load a checkpoint, or train (once; cached under ``run_dir/models``) a registered architecture. The static
     sources of an ensemble adversarial defense are prepared first (``prepared``: models of the spec already
-    loaded, by name; filled in)."""
+    loaded, by name; filled in). ``started``: training jobs already submitted (:func:`start_training`), by name."""
     prepared = {} if prepared is None else prepared
     if m.name in prepared:
         return prepared[m.name]
@@ -90,11 +92,61 @@ def prepare_model(
     assert m.train is not None
     by_name = {s.name: s for s in spec.models}
     sources = {
-        name: prepare_model(spec, by_name[name], run_dir, notify, trust_code, prepared, executor)
+        name: prepare_model(spec, by_name[name], run_dir, notify, trust_code, prepared, executor, started)
         if name in by_name
         else load_folder(name, spec, trust_code)
         for name in m.defense_sources
     }
+    settings, folder = _training(spec, m, run_dir, sources, trust_code)
+    if started and m.name in started:
+        model, card = started[m.name].result()
+    else:
+        if (folder / "model.json").exists():
+            notify(f"reusing trained model {m.name} from {folder}")
+            prepared[m.name] = load_folder(folder, spec, trust_code)
+            return prepared[m.name]
+        notify(_training_message(spec, m))
+        executor = executor or LocalExecutor(spec.executor)
+        # the training job runs where the executor runs it; the driver saves the checkpoint
+        # epoch lines as `medrobust train` prints them (from Ray workers they go to the workers' logs)
+        shown = {"progress": lambda epoch, row: notify(epoch_line(m.name, row))} if executor.name == "local" else {}
+        by_source = {k: (v.model, v.fingerprint) for k, v in sources.items()}
+        model, card = executor.train(train, settings, None, sources=by_source, **shown)
+    save_checkpoint(model.cpu(), card, folder)
+    prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
+    return prepared[m.name]
+
+
+def start_training(
+    spec: ExperimentSpec, run_dir: Path, executor: Executor, trust_code: bool, notify: Callable[[str], None]
+) -> dict[str, Future[tuple[Model, ModelCard]]]:
+    """Submit at once the training jobs that depend on no other model (nothing cached, no defense sources), where
+    the executor runs jobs side by side (worker processes); :func:`prepare_model` collects them."""
+    submit = getattr(executor, "submit_train", None)
+    if submit is None:
+        return {}
+    jobs = {}
+    for m in spec.models:
+        if m.checkpoint is not None or m.train is None or m.defense_sources:
+            continue
+        settings, folder = _training(spec, m, run_dir, {}, trust_code)
+        if not (folder / "model.json").exists():
+            notify(_training_message(spec, m))
+            jobs[m.name] = submit(train, settings, None, sources={})
+    return jobs
+
+
+def _training_message(spec: ExperimentSpec, m: ModelSpec) -> str:
+    assert m.train is not None
+    how = f", {m.train.defense.describe()}" if m.train.defense is not None else ""
+    return f"training {m.name} ({m.train.architecture}{how}) on {(spec.train_dataset or spec.dataset).name}"
+
+
+def _training(
+    spec: ExperimentSpec, m: ModelSpec, run_dir: Path, sources: dict[str, LoadedModel], trust_code: bool
+) -> tuple[TrainSettings, Path]:
+    """The training settings of model ``m`` and the folder its trained weights are cached in."""
+    assert m.train is not None
     data = spec.train_dataset or spec.dataset
     settings = TrainSettings(
         architecture=m.train.architecture,
@@ -110,22 +162,7 @@ def prepare_model(
         trust_code=trust_code or spec.trust_code,
         defense=m.train.defense.model_dump(mode="json") if m.train.defense is not None else {},
     )
-    folder = trained_folder(spec, m, run_dir, {k: v.fingerprint for k, v in sources.items()})
-    if (folder / "model.json").exists():
-        notify(f"reusing trained model {m.name} from {folder}")
-        prepared[m.name] = load_folder(folder, spec, trust_code)
-        return prepared[m.name]
-    how = f", {m.train.defense.describe()}" if m.train.defense is not None else ""
-    notify(f"training {m.name} ({m.train.architecture}{how}) on {data.name}")
-    executor = executor or LocalExecutor(spec.executor)
-    # the training job runs where the executor runs it; the driver saves the checkpoint
-    # epoch lines as `medrobust train` prints them (from Ray workers they go to the workers' logs)
-    shown = {"progress": lambda epoch, row: notify(epoch_line(m.name, row))} if executor.name == "local" else {}
-    by_source = {k: (v.model, v.fingerprint) for k, v in sources.items()}
-    model, card = executor.train(train, settings, None, sources=by_source, **shown)
-    save_checkpoint(model.cpu(), card, folder)
-    prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
-    return prepared[m.name]
+    return settings, trained_folder(spec, m, run_dir, {k: v.fingerprint for k, v in sources.items()})
 
 
 def load_sources(
@@ -339,6 +376,9 @@ class RunResult:
     cells_run: int
     cells_skipped: int
     seconds: float
+    #: seconds per stage, in order: setup (data, checkpoints, probes), training, sanity checks, CLEVER, cells,
+    #: summary (worst cases, comparisons)
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def run_experiment(
@@ -558,7 +598,7 @@ def _run_experiment(
 def _run_with(
     spec: ExperimentSpec,
     run_dir: Path,
-    executor: LocalExecutor | RayExecutor,
+    executor: Executor,
     dataset: ImageDataset,
     loaded: dict[str, LoadedModel],
     sources: dict[str, LoadedModel],
@@ -567,14 +607,28 @@ def _run_with(
     trust_code: bool,
     started: float,
 ) -> RunResult:
+    stages = {"setup": time.perf_counter() - started}
+    mark = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stages[name] = now - mark
+        mark = now
+
     prepared = dict(loaded)
-    models = {m.name: prepare_model(spec, m, run_dir, notify, trust_code, prepared, executor) for m in spec.models}
+    started_jobs = start_training(spec, run_dir, executor, trust_code, notify)
+    models = {
+        m.name: prepare_model(spec, m, run_dir, notify, trust_code, prepared, executor, started_jobs)
+        for m in spec.models
+    }
     for m in spec.models:
         if m.name not in loaded:
             check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)
             check_geometry(m.name, models[m.name].card, dataset, spec.dataset.name, notify)
     sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
     warn_large_eps(spec, models, notify)
+    stage("training")
     write_json(run_dir / "spec.json", spec.model_dump(mode="json"), indent=2)
     cells = expand(
         spec, {**{k: v.fingerprint for k, v in sources.items()}, **{k: v.fingerprint for k, v in models.items()}}
@@ -591,7 +645,9 @@ def _run_with(
             cell_keys=[c.key for c in cells],
         )
         sanity_checks(spec, models, dataset, store, notify)
+        stage("sanity checks")
         clever = clever_scores(spec, models, dataset, store, notify)
+        stage("CLEVER")
         done = store.done_keys()
         todo = [c for c in cells if c.key not in done]
         n_samples = min(len(dataset), spec.limit or len(dataset))
@@ -645,6 +701,7 @@ def _run_with(
                 )
                 shard = f" samples {unit.lo}-{unit.hi - 1}" if unit.shards > 1 else ""
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}{shard}")
+        stage("cells")
         stored = store.records([c.key for c in cells])
         norms = {
             c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm
@@ -668,9 +725,12 @@ def _run_with(
         write_summary(summary, run_dir)
         write_comparisons(compare_models(stored, norms, tasks, class_names, spec.headline_metric), run_dir)
         store.finish_run(run_id)
+        stage("summary")
     finally:
         store.close()
-    return RunResult(run_dir, summary, len(cells), len(todo), len(cells) - len(todo), time.perf_counter() - started)
+    return RunResult(
+        run_dir, summary, len(cells), len(todo), len(cells) - len(todo), time.perf_counter() - started, stages
+    )
 
 
 class _Advance:

@@ -18,13 +18,14 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 CONFIDENCE = 0.95
 BOOTSTRAP = 1000
 
 
 def _z(confidence: float) -> float:
+    from scipy import stats as sps  # scipy on first use: `import medrobust` stays light
+
     return float(sps.norm.ppf(0.5 + confidence / 2))
 
 
@@ -95,6 +96,8 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, 
         raise ValueError(f"paired samples differ in number: {a.shape} vs {b_.shape}")
     only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())
     m = only_a + only_b
+    from scipy import stats as sps
+
     p = 1.0 if m == 0 else min(1.0, 2.0 * float(sps.binom.cdf(min(only_a, only_b), m, 0.5)))
     return only_a, only_b, p
 
@@ -105,6 +108,8 @@ def wilcoxon(a: Sequence[float], b: Sequence[float]) -> float:
     d = d[np.isfinite(d)]
     if d.size == 0 or np.all(d == 0):
         return 1.0
+    from scipy import stats as sps
+
     return float(sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
@@ -127,6 +132,8 @@ def mcnemar_samples(only_a: int, only_b: int, n: int, *, alpha: float = 0.05, po
         return None
     p10, p01 = only_a / n, only_b / n
     disc, delta = p10 + p01, abs(p10 - p01)
+    from scipy import stats as sps
+
     za, zb = _z(1 - alpha), float(sps.norm.ppf(power))
     root = max(disc - delta * delta, 0.0)
     return math.ceil((za * math.sqrt(disc) + zb * math.sqrt(root)) ** 2 / (delta * delta))

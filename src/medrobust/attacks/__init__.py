@@ -9,7 +9,9 @@ from medrobust.attacks.base import Attack
 from medrobust.attacks.cw import CarliniWagnerL2
 from medrobust.attacks.dag import DAG
 from medrobust.attacks.deepfool import DeepFool
+from medrobust.attacks.fab import FAB
 from medrobust.attacks.fgsm import FGSM
+from medrobust.attacks.fmn import FMN
 from medrobust.attacks.jsma import JSMA
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.segpgd import SegPGD
@@ -28,8 +30,10 @@ ATTACKS.register("segpgd")(SegPGD)
 ATTACKS.register("asma")(ASMA)
 ATTACKS.register("apgd")(APGD)
 ATTACKS.register("square")(Square)
+ATTACKS.register("fab")(FAB)
 ATTACKS.register("autoattack")(AutoAttack)
 ATTACKS.register("transfer")(Transfer)
+ATTACKS.register("fmn")(FMN)
 
 __all__ = [
     "APGD",
@@ -40,7 +44,9 @@ __all__ = [
     "Attack",
     "CarliniWagnerL2",
     "DeepFool",
+    "FAB",
     "FGSM",
+    "FMN",
     "JSMA",
     "PGD",
     "SegPGD",

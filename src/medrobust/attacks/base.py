@@ -139,11 +139,20 @@ class Attack(ABC):
         y: torch.Tensor,
         strengths: Iterable[float],
         generator_for: Callable[[float | None], torch.Generator],
+        *,
+        prune: bool = False,
     ) -> Iterator[tuple[float, AttackResult]]:
-        """The attack at every strength, in order, each result with the model's output on x_adv and per-sample
-        success (as foolbox's ``__call__`` returns): a minimal attack runs once (``generator_for(None)``) and its
+        """The attack at every strength, each result with the model's output on x_adv and per-sample success (as
+        foolbox's ``__call__`` returns): a minimal attack runs once (``generator_for(None)``) and its
         perturbation is clipped to each strength, here and nowhere else; a budget attack runs once per strength
-        (``generator_for(eps)``)."""
+        (``generator_for(eps)``).
+
+        ``prune`` (budget attacks): the strengths run in ascending order and each attacks only the samples no
+        smaller strength already made adversarial; those keep the smaller strength's example (and its facts),
+        which lies inside every larger ball. Where success is partial (segmentation: a lower Dice is still
+        worse), every sample is attacked and keeps whichever example scores lower. So a pruned curve never
+        lies above separate runs at each strength (exactly so for deterministic attacks), and costs about one
+        attack where the small strengths already break most samples. Yields in ascending order then."""
         wrapped, task = as_model(model), get_task(task)
         labels = torch.as_tensor(y, device=x.device).long()
 
@@ -162,9 +171,52 @@ class Attack(ABC):
                     else clip_perturbation(x, base.x_adv, eps, self.threat_norm, wrapped.bounds)
                 )
                 yield eps, scored(AttackResult(clipped, base.info))
-        else:
+        elif not prune:
             for eps in strengths:
                 yield eps, scored(self.detailed(wrapped, task, x, y, eps=eps, generator=generator_for(eps)))
+        else:
+            previous: AttackResult | None = None
+            for eps in sorted(strengths):
+                result = self._pruned_step(wrapped, task, x, y, labels, eps, generator_for(eps), previous, scored)
+                previous = result
+                yield eps, result
+
+    def _pruned_step(
+        self,
+        model: Model,
+        task: Task,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        labels: torch.Tensor,
+        eps: float,
+        generator: torch.Generator,
+        previous: AttackResult | None,
+        scored: Callable[[AttackResult], AttackResult],
+    ) -> AttackResult:
+        """One strength of a pruned sweep (see :meth:`sweep`), given the result at the next smaller strength."""
+        if previous is None:
+            return scored(self.detailed(model, task, x, y, eps=eps, generator=generator))
+        assert previous.success is not None and previous.logits is not None
+        if task.dense:  # partial success: attack all, keep the lower-scoring example per sample
+            fresh = scored(self.detailed(model, task, x, y, eps=eps, generator=generator))
+            assert fresh.logits is not None
+            with torch.no_grad():
+                keep_old = task.score(previous.logits, labels) < task.score(fresh.logits, labels)
+            return _merge(fresh, previous, keep_old)
+        todo = (~previous.success).nonzero().flatten()
+        if todo.numel() == 0:
+            return previous
+        part = self.detailed(model, task, x[todo], y[todo], eps=eps, generator=generator)
+        with torch.no_grad():
+            logits = model(part.x_adv)
+        x_adv, out_logits = previous.x_adv.clone(), previous.logits.clone()
+        x_adv[todo], out_logits[todo] = part.x_adv, logits
+        info = {k: list(v) for k, v in previous.info.items()}
+        for key, values in part.info.items():
+            merged = info.setdefault(key, [None] * x.shape[0])
+            for j, i in enumerate(todo.tolist()):
+                merged[i] = values[j]
+        return AttackResult(x_adv, info, out_logits, task.is_adversarial(out_logits, labels))
 
     def target_map(self, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
         """For a targeted structured-output attack, the label map it drives toward for true labels ``y`` (scored
@@ -183,6 +235,21 @@ class Attack(ABC):
         generator: torch.Generator,
     ) -> torch.Tensor | AttackResult:
         """The algorithm. ``model`` is in eval mode with frozen parameters; ``x`` is detached."""
+
+
+def _merge(fresh: AttackResult, previous: AttackResult, keep_old: torch.Tensor) -> AttackResult:
+    """Per sample, ``previous`` where ``keep_old`` (bool (N,)) else ``fresh``: examples, outputs, success, facts."""
+    assert fresh.logits is not None and previous.logits is not None
+    assert fresh.success is not None and previous.success is not None
+    x_adv = torch.where(per_sample(keep_old, fresh.x_adv), previous.x_adv, fresh.x_adv)
+    logits = torch.where(per_sample(keep_old, fresh.logits), previous.logits, fresh.logits)
+    success = torch.where(keep_old, previous.success, fresh.success)
+    old = keep_old.tolist()
+    info = {
+        key: [previous.info.get(key, [None] * len(old))[i] if o else v for i, (v, o) in enumerate(zip(values, old))]
+        for key, values in fresh.info.items()
+    }
+    return AttackResult(x_adv, info, logits, success)
 
 
 def normalised_ascent(

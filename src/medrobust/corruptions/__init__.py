@@ -7,36 +7,61 @@ Each is a frozen dataclass of parameters called as ``corruption(x, *, generator=
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from medrobust._lazy import lazy_getattr
 from medrobust.corruptions.base import Corruption
-from medrobust.corruptions.blur import GaussianBlur
-from medrobust.corruptions.contrast import Contrast
-from medrobust.corruptions.matched_noise import MatchedNoise
-from medrobust.corruptions.mri import MRIArtifact
-from medrobust.corruptions.mri_kspace import Ghosting, GibbsRinging, Spike
-from medrobust.corruptions.mri_motion import Downsample, Motion
-from medrobust.corruptions.mri_noise import BiasField, RicianNoise
-from medrobust.corruptions.noise import GaussianNoise
-from medrobust.corruptions.salt_pepper import SaltPepper
 from medrobust.registry import Registry
 from medrobust.types import Bounds
 
+if TYPE_CHECKING:
+    from medrobust.corruptions.blur import GaussianBlur
+    from medrobust.corruptions.contrast import Contrast
+    from medrobust.corruptions.matched_noise import MatchedNoise
+    from medrobust.corruptions.mri import MRIArtifact
+    from medrobust.corruptions.mri_kspace import Ghosting, GibbsRinging, Spike
+    from medrobust.corruptions.mri_motion import Downsample, Motion
+    from medrobust.corruptions.mri_noise import BiasField, RicianNoise
+    from medrobust.corruptions.noise import GaussianNoise
+    from medrobust.corruptions.salt_pepper import SaltPepper
+
+# class -> its module; each module is imported when the class is first used (built, described or named)
+_CLASSES = {
+    "GaussianBlur": "medrobust.corruptions.blur",
+    "Contrast": "medrobust.corruptions.contrast",
+    "MatchedNoise": "medrobust.corruptions.matched_noise",
+    "MRIArtifact": "medrobust.corruptions.mri",
+    "Ghosting": "medrobust.corruptions.mri_kspace",
+    "GibbsRinging": "medrobust.corruptions.mri_kspace",
+    "Spike": "medrobust.corruptions.mri_kspace",
+    "Downsample": "medrobust.corruptions.mri_motion",
+    "Motion": "medrobust.corruptions.mri_motion",
+    "BiasField": "medrobust.corruptions.mri_noise",
+    "RicianNoise": "medrobust.corruptions.mri_noise",
+    "GaussianNoise": "medrobust.corruptions.noise",
+    "SaltPepper": "medrobust.corruptions.salt_pepper",
+}
+__getattr__ = lazy_getattr(__name__, _CLASSES)
+
 CORRUPTIONS: Registry[type[Corruption]] = Registry("corruption")
-CORRUPTIONS.register("gaussian_noise")(GaussianNoise)
-CORRUPTIONS.register("salt_pepper")(SaltPepper)
-CORRUPTIONS.register("gaussian_blur")(GaussianBlur)
-CORRUPTIONS.register("contrast")(Contrast)
-CORRUPTIONS.register("matched_noise")(MatchedNoise)
-CORRUPTIONS.register("rician_noise")(RicianNoise)
-CORRUPTIONS.register("bias_field")(BiasField)
-CORRUPTIONS.register("ghosting")(Ghosting)
-CORRUPTIONS.register("motion")(Motion)
-CORRUPTIONS.register("spike")(Spike)
-CORRUPTIONS.register("gibbs")(GibbsRinging)
-CORRUPTIONS.register("downsample")(Downsample)
+for _name, _cls in [
+    ("gaussian_noise", "GaussianNoise"),
+    ("salt_pepper", "SaltPepper"),
+    ("gaussian_blur", "GaussianBlur"),
+    ("contrast", "Contrast"),
+    ("matched_noise", "MatchedNoise"),
+    ("rician_noise", "RicianNoise"),
+    ("bias_field", "BiasField"),
+    ("ghosting", "Ghosting"),
+    ("motion", "Motion"),
+    ("spike", "Spike"),
+    ("gibbs", "GibbsRinging"),
+    ("downsample", "Downsample"),
+]:
+    CORRUPTIONS.register_lazy(_name, f"{_CLASSES[_cls]}:{_cls}")
+del _name, _cls
 
 
 def list_corruptions() -> list[str]:

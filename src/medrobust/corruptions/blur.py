@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from monai.networks.layers import gaussian_1d, separable_filtering
 
 from medrobust.corruptions._checks import check_range
 from medrobust.corruptions.base import Corruption
@@ -42,6 +41,9 @@ class GaussianBlur(Corruption):
         spatial_dims = x.dim() - 2
         if spatial_dims > 3:
             raise ValueError(f"GaussianBlur supports 1 to 3 spatial dimensions, got x of shape {tuple(x.shape)}")
+        # MONAI on first use: `import medrobust` stays light
+        from monai.networks.layers import gaussian_1d, separable_filtering
+
         kernel = gaussian_1d(torch.tensor(float(self.sigma)), truncated=float(self.truncated), approx="erf")
         kernel = kernel.to(device=x.device, dtype=x.dtype)
         kernel = kernel / kernel.sum()

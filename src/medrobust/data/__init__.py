@@ -8,16 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Importing the modules registers their builders in DATASETS.
-from medrobust.data import (  # noqa: F401
-    derm_synth,
-    dicom,
-    image_folder,
-    isic,
-    medmnist,
-    mni152,  # noqa: F401
-    nifti,  # noqa: F401
-)
+from medrobust._lazy import lazy_getattr
 from medrobust.data.base import (
     DATASETS,
     SPLITS,
@@ -27,6 +18,16 @@ from medrobust.data.base import (
     iterate_batches,
     load_all,
 )
+
+# Each builder's module is imported when the dataset is first built or described (not to list the names); on
+# import it registers the builder itself (``@DATASETS.register``), under the name given here.
+DATASETS.register_lazy("derm-synth", "medrobust.data.derm_synth:build_derm_synth")
+DATASETS.register_lazy("dicom", "medrobust.data.dicom:build_dicom")
+DATASETS.register_lazy("image-folder", "medrobust.data.image_folder:build_image_folder")
+DATASETS.register_lazy("isic", "medrobust.data.isic:build_isic")
+DATASETS.register_lazy("medmnist", "medrobust.data.medmnist:build_medmnist")
+DATASETS.register_lazy("mni152-tissue", "medrobust.data.mni152:build_mni152_tissue")
+DATASETS.register_lazy("nifti", "medrobust.data.nifti:build_nifti")
 
 __all__ = [
     "DATASETS",
@@ -62,3 +63,7 @@ def load_dataset(name: str, split: str = "test", ordinal: bool | None = None, **
 def list_datasets() -> list[str]:
     """The registered dataset names."""
     return DATASETS.names()
+
+
+# ``medrobust.data.nifti`` and the other builder modules as attributes, imported on first use
+__getattr__ = lazy_getattr(__name__, {})

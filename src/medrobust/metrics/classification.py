@@ -10,7 +10,6 @@ import math
 from typing import cast
 
 import torch
-from monai.metrics import compute_roc_auc
 
 
 def _labels(pred: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +112,8 @@ def auc_ovr(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
             f"expected ({n}, {num_classes})" + (f" or ({n},)" if num_classes == 2 else "")
         )
     _labels(y, y, num_classes)
+    from monai.metrics import compute_roc_auc  # MONAI on first use: `import medrobust` stays light
+
     probs, y = probs.detach().double().cpu(), y.cpu()
     columns = [(1, scores.detach().double().cpu())] if scores is not None else list(enumerate(probs.T))
     values = []

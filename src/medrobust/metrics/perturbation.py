@@ -9,7 +9,6 @@ import math
 from typing import cast
 
 import torch
-from monai.metrics import PSNRMetric, compute_ssim_and_cs
 
 PERTURBATION_NORMS = ("l0", "l2", "linf")
 
@@ -90,6 +89,8 @@ def ssim(
     spatial = x.shape[2:]
     window = [min(win_size, s) for s in spatial]
     window = [w if w % 2 == 1 else w - 1 for w in window]
+    from monai.metrics import compute_ssim_and_cs  # MONAI on first use: `import medrobust` stays light
+
     ssim_map, _ = compute_ssim_and_cs(
         y_pred=x_adv,
         y=x,
@@ -108,6 +109,8 @@ def psnr(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> torch
     sample i. Returns (N,); +inf where x_adv equals x.
     """
     _check_pair(x, x_adv, data_range)
+    from monai.metrics import PSNRMetric
+
     metric = PSNRMetric(max_val=float(data_range), reduction="none")
     values = cast(torch.Tensor, metric(y_pred=x_adv, y=x))  # reduction="none": one tensor
     return values.reshape(x.shape[0])

@@ -138,6 +138,7 @@ def headline(run: RunData, values: Values, reference: dict[str, float]) -> list[
             r["clever"] = values.get(name, clever, 0.0, "clever") if clever else None
             r["clever_ci"] = values.interval(name, clever, 0.0, "clever") if clever else None
             r["clever_flagged"] = values.get(name, clever, 0.0, "clever_flagged") if clever else None
+            r["clever_above"] = values.get(name, clever, 0.0, "clever_above_attack") if clever else None
         out.append(Headline(norm, label, strength, attacks, rows, norm in reference, clever))
     return out
 
@@ -907,9 +908,8 @@ def warnings(
             Finding(
                 "incomplete run",
                 (
-                    f"{run.missing_cells} (model, perturbation, strength) cells of the spec are not in "
-                    "results.db; re-run "
-                    "the same spec in this directory to finish them."
+                    f"{run.missing_cells} cells of the spec (a model under a perturbation at one or more "
+                    "strengths) are not in results.db; re-run the same spec in this directory to finish them."
                 ),
             )
         )
@@ -1036,12 +1036,15 @@ def label_definitions(
 
 
 # Attacks strong and independent enough to back a worst case, and the norms they cover.
-STRONG_ATTACKS = ("autoattack", "apgd")
+# FMN and FAB are minimal-norm attacks: one run backs every strength of its norm (cross-checked against foolbox's FMN
+# and torchattacks' FAB in bench/RESULTS.md)
+STRONG_ATTACKS = ("autoattack", "apgd", "fmn", "fab")
 STRONG_NORMS = ("linf", "l2")
 UNCHECKED_MEANING = (
     "A robustness number is an upper bound: an attack that fails proves nothing. Worst cases from FGSM or PGD "
     "alone were optimistic by up to 17 points on the demo's own models against an APGD cascade. Add an "
-    "`autoattack` perturbation at these strengths (or `apgd` where time is short) to check them."
+    "`autoattack` perturbation at these strengths (or `apgd` where time is short, or the minimal `fmn`, whose one "
+    "run covers every strength of its norm) to check them."
 )
 
 
@@ -1065,7 +1068,7 @@ def unchecked_worst_cases(run: RunData, values: Values) -> list[Finding]:
                     "worst case not checked by a strong attack",
                     (
                         f"{label} at eps = {', '.join(f'{s:.4g}' for s in sorted(weak))} rests on "
-                        f"{', '.join(names)} only; no {' or '.join(STRONG_ATTACKS)} ran at "
+                        f"{', '.join(names)} only; no strong attack ({', '.join(STRONG_ATTACKS)}) ran at "
                         f"{'this strength' if len(weak) == 1 else 'these strengths'}, "
                         "so it may be optimistic."
                     ),

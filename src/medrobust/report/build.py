@@ -66,7 +66,13 @@ def threat_rows(run: RunData) -> list[dict[str, Any]]:
                 "kind": "attack" if p.kind == "attack" else "corruption",
                 "name": p.name,
                 "norm": F.NORM_NAMES.get(p.norm, p.norm) if p.norm else "-",
-                "what": ("minimal: run once, clipped to each eps" if p.minimal else "budget: run per eps")
+                "what": (
+                    "minimal: run once, clipped to each eps"
+                    if p.minimal
+                    else "budget: eps ascending, each on the samples smaller eps left robust"
+                    if t.get("sweep") == "pruned"
+                    else "budget: run per eps"
+                )
                 if p.kind == "attack"
                 else f"strength = {t.get('strength_param') or '-'}",
                 "strengths": ", ".join(strength_text(s, p.norm, t.get("bounds")) for s in p.strengths),
@@ -129,6 +135,8 @@ def provenance(run: RunData) -> dict[str, Any]:
 def _env():
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    from medrobust.metrics.clever import WITHHOLD
+
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES)),
         autoescape=True,
@@ -142,6 +150,7 @@ def _env():
         pct=lambda v: "-" if A.is_nan(v) else f"{v:.0%}",
         pvalue=lambda v: "-" if A.is_nan(v) else f"{v:.2g}",
     )
+    env.globals["withhold"] = WITHHOLD
     return env
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,9 @@ def cell(value: Any, digits: int = 3) -> str:
     if isinstance(value, float) or value is None:
         return "-" if is_nan(value) else f"{value:.{digits}f}"
     s = str(value).replace("\n", " ").replace("|", "\\|")
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # only what could start HTML is escaped (a tag, a comment, an entity); "p < 0.001" and ">=" stay readable
+    s = re.sub(r"&(?=#?\w+;)", "&amp;", s)
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", s)
 
 
 def _ci(interval: tuple[float, float] | None) -> str:
@@ -46,12 +49,14 @@ def _score(value: float | None, ci: tuple[float, float] | None) -> str:
 
 
 def _clever(row: dict[str, Any]) -> list[str]:
-    """The CLEVER median (or why it is withheld) and the share of degenerate fits beside it."""
-    flagged = row.get("clever_flagged")
+    """The CLEVER median (or why it is withheld), the share of degenerate fits beside it and the share of
+    scores above the distance at which the run's minimal attacks of that norm broke the sample."""
+    flagged, above = row.get("clever_flagged"), row.get("clever_above")
     share = "-" if is_nan(flagged) else f"{flagged:.0%}"
+    above_share = "-" if is_nan(above) else f"{above:.0%}"
     if row.get("clever") is None:
-        return ["withheld" if not is_nan(flagged) else "-", share]
-    return [f"{row['clever']:.4g}", share]
+        return ["withheld" if not is_nan(flagged) else "-", share, above_share]
+    return [f"{row['clever']:.4g}", share, above_share]
 
 
 def summary_markdown(ctx: dict[str, Any]) -> str:
@@ -91,7 +96,11 @@ def summary_markdown(ctx: dict[str, Any]) -> str:
             "(attack columns: score [95% interval] (matched Gaussian noise)).",
             "",
         ]
-        clever = [f"CLEVER ({h.norm}) median", "CLEVER degenerate fits"] if h.clever else []
+        clever = (
+            [f"CLEVER ({h.norm}) median", "CLEVER degenerate fits", "CLEVER above an attack's distance"]
+            if h.clever
+            else []
+        )
         out += table(
             ["model", "clean", "95% interval", f"{h.label} @ {h.strength:.4g}", "95% interval", *h.attacks, *clever],
             [
