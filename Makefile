@@ -28,8 +28,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src
 	$(VENV)/bin/mypy
 
+# the tests run in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time, one torch thread each
+# (more threads than cores make OpenMP spin and every test slower)
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -m ""
