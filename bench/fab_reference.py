@@ -274,13 +274,17 @@ def table(rows: list[dict[str, Any]], times: list[dict[str, Any]], n: int, queri
 
 
 def write_section(text: str) -> None:
+    """Replace the section in bench/RESULTS.md where it stands, or append it."""
     path = ROOT / "bench" / "RESULTS.md"
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        head, _, rest = old.partition(SECTION)
-        nxt = rest.find("\n## ")
-        old = head + (rest[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(old.rstrip() + "\n\n" + text)
+    if SECTION not in old:
+        path.write_text(old.rstrip() + "\n\n" + text)
+        return
+    head, _, rest = old.partition(SECTION)
+    # the section ends where the next one begins: its heading, or the marker comment some sections open with
+    ends = [i for i in (rest.find("\n## "), rest.find("\n<!-- section:")) if i >= 0]
+    tail = rest[min(ends) + 1 :] if ends else ""
+    path.write_text(head + text + ("\n" + tail if tail else ""))
 
 
 def main() -> None:
