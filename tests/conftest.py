@@ -60,6 +60,22 @@ def toy_model() -> nn.Module:
     return fit(ToyCNN(), *make_toy(300, seed=1), steps=150, lr=0.01)
 
 
+#: the derm-synth data the shared checkpoint is trained on and the runner tests evaluate
+TINY_DATA = {"name": "derm-synth", "params": {"size": 16, "n": 60}}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small-cnn (width 4) trained 2 epochs on derm-synth 16x16 (seed 0): the checkpoint run, report and output
+    tests evaluate, trained once per test process. Tests read it; none writes into its folder."""
+    from medrobust.train import TrainSettings, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
+                        dataset_params=TINY_DATA["params"], epochs=2, seed=0), out)
+    return out
+
+
 @pytest.fixture()
 def toy_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return make_toy(30, seed=2)

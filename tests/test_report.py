@@ -38,14 +38,12 @@ MELANOMA = 1  # derm-synth classes: nevus, melanoma, seborrheic_keratosis
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> list[Path]:
-    out = []
-    for seed in (0, 1):
-        folder = tmp_path_factory.mktemp("ckpt") / f"tiny{seed}"
-        train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
-                            dataset_params=DATA["params"], epochs=2, seed=seed), folder)
-        out.append(folder)
-    return out
+def checkpoints(tiny_checkpoint, tmp_path_factory) -> list[Path]:
+    """The session's shared small-cnn (seed 0) and one trained the same way with seed 1."""
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny1"
+    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
+                        dataset_params=DATA["params"], epochs=2, seed=1), folder)
+    return [tiny_checkpoint, folder]
 
 
 def make_spec(models: list[dict], perturbations: list[dict], **extra) -> dict:

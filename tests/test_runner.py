@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -14,23 +14,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_DATA
 from typer.testing import CliRunner
 
 from medrobust.cli import app
 from medrobust.config import SpecError, load_config
 from medrobust.runner import run_experiment
 from medrobust.store import Store
-from medrobust.train import TrainSettings, train
 
-DATA = {"name": "derm-synth", "params": {"size": 16, "n": 60}}
+DATA = TINY_DATA
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
-                        dataset_params=DATA["params"], epochs=2, seed=0), out)
-    return out
+@pytest.fixture()
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # the session's shared small-cnn (conftest.py)
 
 
 def make_spec(checkpoint: Path, **overrides) -> dict:

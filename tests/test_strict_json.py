@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_DATA
 from typer.testing import CliRunner
 
 from medrobust.cli import app
 from medrobust.config import load_config
 from medrobust.files import finite_json, strict_dumps, write_json
 from medrobust.runner import run_experiment
-from medrobust.train import TrainSettings, train
 
 runner = CliRunner()
-DATA = {"name": "derm-synth", "params": {"size": 16, "n": 60}}
+DATA = TINY_DATA
 
 
 def refuse_constant(name: str) -> float:
@@ -87,12 +87,9 @@ def test_the_helper_turns_non_finite_numbers_into_null_at_any_depth(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file and a rename
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 4}, dataset="derm-synth",
-                        dataset_params=DATA["params"], epochs=2, seed=0), out)
-    return out
+@pytest.fixture()
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # the session's shared small-cnn (conftest.py)
 
 
 def test_a_classification_run_writes_strict_json(checkpoint, tmp_path):
