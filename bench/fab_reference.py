@@ -177,8 +177,8 @@ class Timed(Attack):
 
 @dataclass(frozen=True)
 class TimedAutoAttack(AutoAttack):
-    def members(self):
-        return [(n, Timed(inner=m, name=n)) for n, m in super().members()]
+    def members(self, family=None):
+        return [(n, Timed(inner=m, name=n)) for n, m in super().members(family)]
 
 
 def timing(folders: dict[str, Path], x: torch.Tensor, y: torch.Tensor, queries: int) -> list[dict[str, Any]]:

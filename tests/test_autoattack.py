@@ -28,8 +28,8 @@ class Counting(Attack):
 
 @dataclass(frozen=True)
 class CountingAutoAttack(AutoAttack):
-    def members(self):
-        return [(n, Counting(inner=m, name=n)) for n, m in super().members()]
+    def members(self, family=None):
+        return [(n, Counting(inner=m, name=n)) for n, m in super().members(family)]
 
 
 def correct(model, x, y):
@@ -82,6 +82,8 @@ def test_standard_runs_fab_t_after_apgd_and_before_square(toy_model):
 
     assert [n for n, _ in AutoAttack().members()] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert [n for n, _ in AutoAttack(version="fast").members()] == ["apgd-ce", "apgd-t"]
+    # FAB-T is defined for classification only: a segmentation run neither runs nor lists it
+    assert [n for n, _ in AutoAttack().members("segmentation")] == ["apgd-ce", "apgd-t", "square"]
     fab = dict(AutoAttack(steps=7, fab_steps=30, restarts=2, target_classes=4).members())["fab-t"]
     assert (fab.steps, fab.restarts, fab.targeted, fab.target_classes, fab.norm) == (30, 2, True, 4, "linf")
     x, y = make_toy(45, seed=6)

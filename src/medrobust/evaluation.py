@@ -84,7 +84,12 @@ def build_perturbation(p: PerturbationSpec, sources: dict[str, Model] | None = N
 
 
 def threat_model(
-    p: PerturbationSpec | None, obj: Attack | Corruption | None, bounds: tuple[float, float], strengths, seed: int
+    p: PerturbationSpec | None,
+    obj: Attack | Corruption | None,
+    bounds: tuple[float, float],
+    strengths,
+    seed: int,
+    family: str | None = None,
 ) -> dict[str, Any]:
     """What the report's threat-model table shows for a cell: bounds and seed, and for a perturbation its name,
     strengths and settings (an attack's norm and the hyperparameters in ``THREAT_KEYS``)."""
@@ -98,7 +103,7 @@ def threat_model(
             info["sweep"] = "pruned"
         info.update({key: getattr(obj, key) for key in THREAT_KEYS if hasattr(obj, key)})
         if isinstance(obj, AutoAttack):
-            info["members"] = [name for name, _ in obj.members()]
+            info["members"] = [name for name, _ in obj.members(family)]  # those that run on this task
         if p.sources:
             info.update(sources=p.sources, source_attack=p.params.get("attack", "pgd"))
     else:
@@ -282,7 +287,7 @@ def evaluate_cell(
     ``sources``: transfer source models by name; ``on_batch(n)`` is told after each batch of n samples."""
     task = get_task(dataset.task)
     obj = build_perturbation(cell.pert, sources) if cell.pert is not None else None
-    out = CellResult(threat=threat_model(cell.pert, obj, model.bounds, cell.strengths, seed))
+    out = CellResult(threat=threat_model(cell.pert, obj, model.bounds, cell.strengths, seed, task.family))
     if cell.pert is None and dataset.orientation:
         out.threat["orientation"] = dataset.orientation  # how the report's gallery draws slices
     if cell.pert is None and dataset.groups is not None:

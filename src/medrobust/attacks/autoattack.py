@@ -60,8 +60,9 @@ class AutoAttack(Attack):
         if self.fab_steps is not None:
             check_int("fab_steps", self.fab_steps)
 
-    def members(self) -> list[tuple[str, Attack]]:
-        """The cascade, in the order it runs: (name, attack)."""
+    def members(self, family: str | None = None) -> list[tuple[str, Attack]]:
+        """The cascade, in the order it runs: (name, attack); with a task ``family``, only the members defined
+        for it (FAB-T is not defined for segmentation)."""
         out: list[tuple[str, Attack]] = [
             ("apgd-ce", APGD(steps=self.steps, norm=self.norm, loss="ce", restarts=self.restarts)),
             (
@@ -85,16 +86,14 @@ class AutoAttack(Attack):
                 target_classes=self.target_classes,
             )
             out += [("fab-t", fab), ("square", Square(queries=self.queries, norm=self.norm))]
-        return out
+        return [(name, m) for name, m in out if family is None or family in m.tasks]
 
     def run(self, model: Model, task: Task, x: torch.Tensor, y: torch.Tensor, *, eps, generator) -> AttackResult:
         best = x.clone()
         best_score, best_loss = outcome(model, task, x, y)
         broken_by: list[str | None] = [None] * x.shape[0]
         info: dict[str, list] = {}
-        for name, member in self.members():
-            if task.family not in member.tasks:  # FAB-T on a segmentation task
-                continue
+        for name, member in self.members(task.family):
             todo = (best_score > 0).nonzero().flatten()
             if todo.numel() == 0:
                 break
