@@ -121,3 +121,24 @@ def toy_segmenter() -> nn.Module:
 @pytest.fixture()
 def toy_seg_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return make_toy_segmentation(12, seed=2)
+
+
+def tiny_spec(checkpoint: Path, **overrides) -> dict:
+    """A run spec over the shared checkpoint: 12 test images, FGSM, DeepFool and noise (keys replaced by
+    ``overrides``)."""
+    spec = {
+        "name": "tiny",
+        "seed": 3,
+        "batch_size": 6,
+        "limit": 12,
+        "dataset": TINY_DATA,
+        "models": [{"name": "tiny", "checkpoint": str(checkpoint)}],
+        "perturbations": [
+            {"attack": "fgsm", "strengths": [0.01, 0.05]},
+            {"attack": "deepfool", "strengths": [0.05, 0.2, 1.0], "params": {"steps": 20}},
+            {"corruption": "gaussian_noise", "strengths": [0.05, 0.2]},
+        ],
+    }
+    spec.update(overrides)
+    return spec
+

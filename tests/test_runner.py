@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_DATA
+from conftest import TINY_DATA, tiny_spec
 from typer.testing import CliRunner
 
 from medrobust.cli import app
@@ -23,29 +18,12 @@ from medrobust.runner import run_experiment
 from medrobust.store import Store
 
 DATA = TINY_DATA
+make_spec = tiny_spec
 
 
 @pytest.fixture()
 def checkpoint(tiny_checkpoint) -> Path:
     return tiny_checkpoint  # the session's shared small-cnn (conftest.py)
-
-
-def make_spec(checkpoint: Path, **overrides) -> dict:
-    spec = {
-        "name": "tiny",
-        "seed": 3,
-        "batch_size": 6,
-        "limit": 12,
-        "dataset": DATA,
-        "models": [{"name": "tiny", "checkpoint": str(checkpoint)}],
-        "perturbations": [
-            {"attack": "fgsm", "strengths": [0.01, 0.05]},
-            {"attack": "deepfool", "strengths": [0.05, 0.2, 1.0], "params": {"steps": 20}},
-            {"corruption": "gaussian_noise", "strengths": [0.05, 0.2]},
-        ],
-    }
-    spec.update(overrides)
-    return spec
 
 
 def summary(run_dir: Path) -> list[dict]:
@@ -142,55 +120,6 @@ def test_same_spec_same_summary_and_resume(checkpoint, tmp_path):
     changed["perturbations"][0]["sweep"] = "independent"
     more = run_experiment(load_config(changed), tmp_path / "a", quiet=True)
     assert (more.cells_run, more.cells_skipped) == (3, 4)
-
-
-def test_sigkill_mid_run_then_resume_matches_uninterrupted(checkpoint, tmp_path):
-    spec = make_spec(checkpoint, perturbations=[
-        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 200},
-         "sweep": "independent"},
-    ])
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    run_experiment(load_config(spec_path), tmp_path / "whole", quiet=True)
-
-    run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "medrobust", "run", str(spec_path), "--out", str(run_dir), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    db = run_dir / "results.db"
-    deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            try:
-                done = sqlite3.connect(db, timeout=1).execute("SELECT COUNT(*) FROM cells").fetchone()[0]
-            except sqlite3.OperationalError:
-                done = 0
-            if done >= 2:
-                break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make the spec slower"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    con = sqlite3.connect(db)
-    killed_cells = con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
-    assert 2 <= killed_cells < 9
-    # every stored cell is whole: 12 attack + 12 matched-noise records (or 12 for clean)
-    per_cell = con.execute("SELECT perturbation, COUNT(*) FROM records GROUP BY cell_key").fetchall()
-    assert all(n == (12 if p == "clean" else 24) for p, n in per_cell)
-    con.close()
-
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert (run_dir / "summary.json").read_text() == (tmp_path / "whole" / "summary.json").read_text()
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 9
-    dupes = con.execute(
-        "SELECT COUNT(*) FROM (SELECT cell_key, perturbation, strength, sample_index, COUNT(*) c FROM records "
-        "GROUP BY 1, 2, 3, 4 HAVING c > 1)"
-    ).fetchone()[0]
-    assert dupes == 0
-    assert con.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 12 + 8 * 24
 
 
 def test_cli_errors_keep_stored_results(checkpoint, tmp_path):
@@ -295,80 +224,6 @@ def test_autoattack_and_transfer_cells(tmp_path, checkpoint):
         worst = [r["value"] for r in rows if r["model"] == model and r["perturbation"] == "worst_case" and r["metric"] == "accuracy"]
         aa = [r["value"] for r in rows if r["model"] == model and r["perturbation"] == "autoattack" and r["metric"] == "accuracy"]
         assert worst[0] <= aa[0]
-
-
-def _cells_in(db: Path) -> int:
-    """Finished cells in a run's database, read-only (never creating the file the run is about to create)."""
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
-def test_second_run_is_refused_while_the_first_runs_and_resumes_after_sigkill(checkpoint, tmp_path):
-    spec = make_spec(checkpoint, perturbations=[
-        {"attack": "pgd", "strengths": [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], "params": {"steps": 600},
-         "sweep": "independent"},
-    ])
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "medrobust", "run", str(spec_path), "--out", str(run_dir), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and first.poll() is None and _cells_in(run_dir / "results.db") < 1:
-        time.sleep(0.02)
-    assert first.poll() is None, f"the first run finished before the second started: {first.stderr.read()}"
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    running = first.poll() is None
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert running, "the first run ended while the second was refused; make the spec slower"
-    assert second.returncode == 2
-    lines = [line for line in second.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "is in use by another medrobust run" in lines[0], second.stderr
-    killed = _cells_in(run_dir / "results.db")
-    assert 1 <= killed < 9
-    # the killed run left no lock behind that blocks the resume
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    con = sqlite3.connect(run_dir / "results.db")
-    assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 9
-    assert con.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 12 + 8 * 24
-
-
-def test_checkpoint_results_are_bit_identical_across_thread_counts(checkpoint, tmp_path):
-    """The README's promise: evaluating a checkpoint does not depend on the number of CPU threads."""
-    spec = make_spec(checkpoint, perturbations=[
-        {"attack": "pgd", "strengths": [0.02], "params": {"steps": 10}},
-        {"attack": "deepfool", "strengths": [0.05, 0.2], "params": {"steps": 20}},
-        {"corruption": "gaussian_noise", "strengths": [0.05]},
-    ])
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    rows = {}
-    for threads in ("1", "2"):
-        run_dir = tmp_path / f"threads-{threads}"
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        done = subprocess.run([sys.executable, "-m", "medrobust", "run", str(spec_path), "--out", str(run_dir),
-                               "--quiet"], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        con = sqlite3.connect(run_dir / "results.db")
-        rows[threads] = con.execute(
-            "SELECT perturbation, strength, sample_index, pred, probs_json, l2, linf, score FROM records "
-            "ORDER BY perturbation, strength, sample_index").fetchall()
-        con.close()
-        rows[threads + "summary"] = (run_dir / "summary.json").read_text()
-    assert len(rows["1"]) == 12 * (1 + 2 + 2 + 2 + 1)
-    assert rows["1"] == rows["2"]
-    assert rows["1summary"] == rows["2summary"]
 
 
 def test_clever_scores_are_stored_summarised_reused_and_reported(checkpoint, tmp_path, monkeypatch):
