@@ -20,6 +20,7 @@ from typing import Any
 
 from medrobust.attacks import ATTACKS
 from medrobust.config import ExperimentSpec, ModelSpec, PerturbationSpec
+from medrobust.files import check_inside
 
 
 def digest(obj: Any) -> str:
@@ -99,10 +100,9 @@ def safe_name(name: str, limit: int = 48) -> str:
 
 
 def inside(run_dir: Path, path: Path) -> Path:
-    """``path``, after checking that it resolves inside ``run_dir`` (every path the runner writes)."""
-    if not path.resolve().is_relative_to(run_dir.resolve()):
-        raise ValueError(f"refusing to write {str(path)!r}: it resolves outside the run folder {str(run_dir)!r}")
-    return path
+    """``path``, after checking that it is no symbolic link and that its folder resolves inside ``run_dir`` (every
+    path the runner writes; ``medrobust.files.check_inside``)."""
+    return check_inside(path, run_dir)
 
 
 def trained_folder(spec: ExperimentSpec, m: ModelSpec, run_dir: Path, sources: dict[str, str] | None = None) -> Path:

@@ -194,6 +194,9 @@ def train(
 
     setup_logging(verbose)
     with user_errors():
+        from medrobust.files import check_output_folder
+
+        check_output_folder(out)  # before the training, not after it
         set_threads(threads)
         settings = TrainSettings(
             architecture=arch,
@@ -313,6 +316,10 @@ def evaluate(
         from medrobust.types import check_device
 
         check_device(device)
+        if json_out is not None:
+            from medrobust.files import check_output_file
+
+            check_output_file(json_out)  # before the work, not after it
         set_threads(threads)
         perts = [parse_perturbation("attack", s) for s in attack or []]
         perts += [parse_perturbation("corruption", s) for s in corruption or []]

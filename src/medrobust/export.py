@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from medrobust.files import write_json
+from medrobust.files import check_output_file, write_atomic, write_csv, write_json
 from medrobust.store import Store
 
 FORMATS = ("csv", "json", "parquet")
@@ -18,7 +17,7 @@ def export_records(run_dir: str | Path, fmt: str, out: str | Path | None = None)
         raise FileNotFoundError(f"run directory {str(run_dir)!r} has no results.db; run `medrobust run` first")
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
-    path = Path(out) if out is not None else run_dir / f"records.{fmt}"
+    path = check_output_file(Path(out) if out is not None else run_dir / f"records.{fmt}")
     store = Store(db)
     try:
         rows = store.records()
@@ -27,15 +26,14 @@ def export_records(run_dir: str | Path, fmt: str, out: str | Path | None = None)
     if fmt == "json":
         write_json(path, rows, indent=1)
     elif fmt == "csv":
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["cell_key"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(path, list(rows[0]) if rows else ["cell_key"], rows)
     else:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise ImportError("parquet export needs pyarrow: pip install pyarrow (or use --format csv|json)") from None
-        pq.write_table(pa.Table.from_pylist(rows), str(path))
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        write_atomic(path, sink.getvalue().to_pybytes())
     return path

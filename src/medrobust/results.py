@@ -19,7 +19,6 @@ never better than any single attack's value.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medrobust import resampling, stats
-from medrobust.files import write_json
+from medrobust.files import write_csv, write_json
 from medrobust.resampling import Units
 from medrobust.tasks import Task, get_task
 from medrobust.tasks.base import Group
@@ -400,11 +399,11 @@ def write_comparisons(rows: list[dict[str, Any]], run_dir: str | Path) -> list[P
     run_dir = Path(run_dir)
     json_path, csv_path = run_dir / "comparisons.json", run_dir / "comparisons.csv"
     write_json(json_path, [{k: r.get(k) for k in COMPARISON_KEYS} for r in rows], indent=1)
-    with csv_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COMPARISON_KEYS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if clean_json(r.get(k)) is None else r.get(k)) for k in COMPARISON_KEYS})
+    write_csv(
+        csv_path,
+        COMPARISON_KEYS,
+        ({k: ("" if clean_json(r.get(k)) is None else r.get(k)) for k in COMPARISON_KEYS} for r in rows),
+    )
     return [json_path, csv_path]
 
 
@@ -424,10 +423,8 @@ def write_summary(rows: list[dict[str, Any]], run_dir: str | Path, fmt: str = "b
         written.append(path)
     if fmt in ("both", "csv"):
         path = run_dir / "summary.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=SUMMARY_KEYS)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: ("" if clean_json(r[k]) is None else r[k]) for k in SUMMARY_KEYS})
+        write_csv(
+            path, SUMMARY_KEYS, ({k: ("" if clean_json(r[k]) is None else r[k]) for k in SUMMARY_KEYS} for r in rows)
+        )
         written.append(path)
     return written

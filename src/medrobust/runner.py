@@ -112,7 +112,7 @@ def prepare_model(
         shown = {"progress": lambda epoch, row: notify(epoch_line(m.name, row))} if executor.name == "local" else {}
         by_source = {k: (v.model, v.fingerprint) for k, v in sources.items()}
         model, card = executor.train(train, settings, None, sources=by_source, **shown)
-    save_checkpoint(model.cpu(), card, folder)
+    save_checkpoint(model.cpu(), card, folder, root=run_dir)
     prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
     return prepared[m.name]
 
@@ -433,6 +433,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         raise ValueError(f"cannot create run folder {str(run_dir)!r}: {err.strerror or err}") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise ValueError(f"run folder {str(run_dir)!r} is not writable; pass a folder you can write to")
+    # FileLock opens (and truncates) the lock file: never through a link planted in the folder
+    inside(run_dir, run_dir / LOCK_NAME)
     lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
     try:
         lock.acquire()

@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import secrets
 import sqlite3
 import time
 import zlib
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medrobust.files import strict_dumps
+from medrobust.files import UnsafePathError, strict_dumps
 
 if TYPE_CHECKING:
     from medrobust.checks import CheckResult
@@ -256,7 +257,15 @@ class StoreError(ValueError):
 
 
 def check_database(path: Path) -> None:
-    """Refuse an existing ``results.db`` that is empty or not a SQLite file, before anything opens it."""
+    """Refuse an existing ``results.db`` that is empty or not a SQLite file, before anything opens it, and a
+    database or a SQLite side file (``-wal``, ``-shm``, ``-journal``) that is a symbolic link (SQLite would write
+    through it)."""
+    for name in (path.name, *(path.name + s for s in SIDE_FILES)):
+        if (path.parent / name).is_symlink():
+            raise UnsafePathError(
+                f"{str(path.parent / name)!r} is a symbolic link; medrobust does not write through links (remove "
+                "it; a run folder holds its database as plain files)"
+            )
     if not path.exists():
         return
     if path.is_dir():
@@ -273,6 +282,10 @@ def check_database(path: Path) -> None:
                 f"{str(path)!r} is not a SQLite database (corrupt or another file): move it away to start afresh, "
                 "or restore it from a copy"
             )
+
+
+#: the files SQLite keeps beside a database in WAL mode (and in rollback mode)
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class Store:
@@ -296,7 +309,9 @@ class Store:
     def _create(self) -> None:
         """A new database appears whole: built under a temporary name, then renamed, so a run killed at any
         moment never leaves an empty results.db behind (which a later run would refuse)."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        # created here, new (never an existing file or link), then opened by SQLite as an empty database
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
         con = sqlite3.connect(str(tmp))
         try:
             con.executescript(SCHEMA)

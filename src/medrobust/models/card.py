@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medrobust.files import write_atomic
+from medrobust.files import make_dirs, write_atomic
 from medrobust.models.wrapper import Model
 from medrobust.models.zoo import build_network
 
@@ -115,16 +115,18 @@ def build_model(card: ModelCard, *, trust_code: bool = False) -> Model:
     return Model(net, bounds=card.bounds, mean=card.mean, std=card.std)
 
 
-def save_checkpoint(model: Model, card: ModelCard, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory``; returns the card's path."""
-    from safetensors.torch import save_file
+def save_checkpoint(model: Model, card: ModelCard, directory: str | Path, *, root: str | Path | None = None) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created inside ``root``, default: the
+    directory itself; see ``medrobust.files.write_atomic``); returns the card's path."""
+    from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    root = directory if root is None else Path(root)
+    make_dirs(directory, root)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / card.weights))
+    write_atomic(directory / card.weights, save(state), root=root)
     path = directory / CARD_NAME
-    write_atomic(path, card.model_dump_json(indent=2))
+    write_atomic(path, card.model_dump_json(indent=2), root=root)
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.checks import DESCRIPTIONS as CHECK_DESCRIPTIONS
-from medrobust.files import write_atomic
+from medrobust.files import check_inside, write_atomic
 from medrobust.report import analysis as A
 from medrobust.report import figures as F
 from medrobust.report.data import RunData, load_run
@@ -158,6 +158,10 @@ def _norm_name(norm: str | None) -> str:
     return F.NORM_NAMES.get(norm, norm) if norm else "-"
 
 
+#: the files ``report`` writes into the run folder
+REPORT_FILES = ("summary.json", "summary.csv", "comparisons.json", "comparisons.csv", "report.html", "summary.md")
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -173,6 +177,8 @@ def build_report(
     class counts as benign.
     """
     t0 = time.perf_counter()
+    for name in REPORT_FILES:  # a folder received from someone else: no link among what this writes, checked first
+        check_inside(Path(run_dir) / name, run_dir)
     run = load_run(run_dir)
     # the summary files are a pure function of the store: written again, they are the run's own bytes
     write_summary(run.summary, run.run_dir)
