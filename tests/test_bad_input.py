@@ -66,6 +66,20 @@ def write_spec(d: Path, ckpt: Path | None, *, models=None, perturbations=None, *
     return path
 
 
+def raw_spec(d: Path, ckpt: Path | None, extra: str, models: str | None = None) -> Path:
+    """A spec written as YAML text (for what yaml.safe_dump cannot write: aliases, a key twice), ``extra`` from
+    line 9 on (lines 5-6 are the models, 7-8 the perturbations)."""
+    text = (
+        "name: bad\nbatch_size: 8\nlimit: 8\ndataset: {name: derm-synth, params: {size: 16, n: 40}}\n"
+        + (models if models is not None else f"models:\n  - {{name: tiny, checkpoint: {ckpt}}}\n")
+        + "perturbations:\n  - {attack: fgsm, strengths: [0.01]}\n"
+        + extra
+    )
+    path = d / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
 def payload(d: Path) -> dict:
     """arch_kwargs that would create the marker file if the architecture's factory ran."""
     return {"command": f"touch {d / MARKER}"}
@@ -243,6 +257,33 @@ CASES = [
     Case("read-only run folder", lambda c, d: run_args(d, write_spec(d, c)) if _read_only(d) else [],
          r"is not writable", unchanged=("run",),
          skip=lambda: "root writes to read-only folders" if os.geteuid() == 0 else ""),
+    # --- untrusted YAML: bounded, nothing silently dropped --------------------------------------------------------
+    Case("YAML alias bomb in a spec", lambda c, d: run_args(d, raw_spec(d, c, "lol: &a [x, x, x, x, x, x, x, x, x]\n"
+         "lol2: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nlol3: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n")),
+         r"line 10: the alias \*a is not accepted"),
+    Case("YAML key given twice (perturbations)", lambda c, d: run_args(d, raw_spec(d, c,
+         "perturbations:\n  - {attack: fgsm, strengths: [0.01]}\n")), r"line 9: key 'perturbations' is given twice"),
+    Case("YAML key given twice inside a model", lambda c, d: run_args(d, raw_spec(d, c, "", models=(
+         f"models:\n  - name: a\n    checkpoint: {c}\n    name: b\n"))), r"line 8: key 'name' is given twice"),
+    Case("YAML nested 200 levels deep", lambda c, d: run_args(d, raw_spec(d, c, "deep: " + "[" * 200 + "]" * 200 + "\n")),
+         r"nested deeper than 32 levels"),
+    Case("spec file of 2 MB", lambda c, d: run_args(d, raw_spec(d, c, "# " + "x" * 2_000_000 + "\n")),
+         r"2,000,\d+ bytes; a spec or label file is at most 1,000,000"),
+    # --- numbers out of range -----------------------------------------------------------------------------------------
+    Case("spec seed 2**70", lambda c, d: run_args(d, write_spec(d, c, seed=2**70)), r"seed: .*less than or equal to "
+         r"9223372036854775807"),
+    Case("spec seed -1", lambda c, d: run_args(d, write_spec(d, c, seed=-1)), r"seed: .*greater than or equal to 0"),
+    Case("train --seed 2**64", lambda c, d: ["train", "--seed", str(2**64), "--out", str(d / "run")],
+         r"seed=18446744073709551616 must be an integer in \[0, 9223372036854775807\]"),
+    Case("run --threads 0", lambda c, d: run_args(d, write_spec(d, c), "--threads", "0"), r"--threads 0 must be >= 1"),
+    Case("run --address without the ray executor", lambda c, d: run_args(d, write_spec(d, c), "--address", "1.2.3.4:6379"),
+         r"address '1\.2\.3\.4:6379' is used by the ray executor only"),
+    Case("run --shard-size 0", lambda c, d: run_args(d, write_spec(d, c), "--shard-size", "0"),
+         r"--shard-size: input should be greater than or equal to 1 \(got 0\)"),
+    Case("run --executor threads", lambda c, d: run_args(d, write_spec(d, c), "--executor", "threads"),
+         r"--executor: input should be 'local', 'processes' or 'ray' \(got 'threads'\)"),
+    Case("spec executor workers with local", lambda c, d: run_args(d, write_spec(d, c, executor={"workers": 2})),
+         r"workers: 2 is used by the processes executor only"),
     # --- documented behaviour (exit 0) --------------------------------------------------------------------------
     Case("absolute model name stays inside the run folder", lambda c, d: run_args(d, write_spec(d, None, models=[
         {"name": str(d / "elsewhere"), "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],

@@ -21,14 +21,17 @@ from medrobust.runner import run_experiment
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'medrobust[ray]'; make setup does)")
 
-SMALL = {"architecture": "small-cnn", "arch_kwargs": {"width": 4}, "epochs": 1, "batch_size": 16}
+def small(**changes) -> dict:
+    """Training settings of a tiny model, a new dict each time (a dict shared by two models would be dumped as a
+    YAML alias, which specs refuse)."""
+    return {"architecture": "small-cnn", "arch_kwargs": {"width": 4}, "epochs": 1, "batch_size": 16, **changes}
 
 
 def make_spec(**executor) -> dict:
     return {
         "name": "ray-test", "seed": 2, "batch_size": 6, "limit": 24, "threads": 1,
         "dataset": {"name": "derm-synth", "params": {"size": 16, "n": 60}},
-        "models": [{"name": "a", "train": SMALL}, {"name": "b", "train": {**SMALL, "lr": 0.01}}],
+        "models": [{"name": "a", "train": small()}, {"name": "b", "train": small(lr=0.01)}],
         "perturbations": [
             {"corruption": "gaussian_noise", "strengths": [0.05, 0.1]},
             {"attack": "pgd", "strengths": [0.01, 0.03], "params": {"steps": 20}, "sweep": "independent"},

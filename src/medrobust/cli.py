@@ -81,6 +81,16 @@ def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def _option_error(err: Any, options: dict[str, str]) -> str:
+    """A pydantic ValidationError of command-line options as one line: the option, what was expected, the value."""
+    e = err.errors()[0]
+    msg = e["msg"].removeprefix("Value error, ")
+    if not e["loc"]:  # a check across options: its message names them
+        return msg
+    name = options.get(str(e["loc"][0]), str(e["loc"][0]))
+    return f"{name}: {msg[:1].lower()}{msg[1:]} (got {e['input']!r})"
+
+
 def set_threads(threads: int | None) -> None:
     """``--threads``: torch's CPU threads for this process (results depend on it in the last bits)."""
     if threads is not None:
@@ -566,13 +576,23 @@ def run(
     setup_logging(verbose or quiet)
     with user_errors():
         spec = load_config(spec_path)
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads {threads} must be >= 1")
         chosen = {"name": executor, "address": address, "shard_size": shard_size}
         overrides = {k: v for k, v in chosen.items() if v is not None}
         if overrides or threads is not None:
+            from pydantic import ValidationError
+
             from medrobust.config import ExecutorSpec
 
-            executor_spec = ExecutorSpec.model_validate({**spec.executor.model_dump(), **overrides})
-            spec = spec.model_copy(update={"executor": executor_spec, "threads": threads or spec.threads})
+            try:
+                executor_spec = ExecutorSpec.model_validate({**spec.executor.model_dump(), **overrides})
+            except ValidationError as err:
+                raise ValueError(
+                    _option_error(err, {"name": "--executor", "address": "--address", "shard_size": "--shard-size"})
+                ) from None
+            update = {"executor": executor_spec, "threads": threads if threads is not None else spec.threads}
+            spec = spec.model_copy(update=update)
         tracked = _tracking_wanted(spec, mlflow, out)
         result = run_experiment(spec, out, quiet=quiet, notify=_notify, trust_code=trust_code, force=force)
     _print_run(result, spec)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medrobust.defenses import DefenseSpec
 from medrobust.registry import unknown_name_message
+from medrobust.types import SEED_MAX
+from medrobust.yamlio import YAMLInputError, read_yaml
 
 
 class SpecError(ValueError):
@@ -57,7 +59,7 @@ class TrainSpec(_Frozen):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     # robust training: adversarial (pgd, fast, trades), ensemble_adversarial, jacobian (medrobust.defenses)
     defense: DefenseSpec | None = None
 
@@ -211,6 +213,21 @@ class ExecutorSpec(_Frozen):
     num_gpus: float = Field(default=0.0, ge=0)
     workers: int | None = Field(default=None, ge=1)  # processes: worker processes (default: one per CPU core)
 
+    @model_validator(mode="after")
+    def _keys_of_this_executor(self) -> ExecutorSpec:
+        """A key another executor reads is an error here, not silently unused."""
+        if self.address is not None and self.name != "ray":
+            raise ValueError(
+                f"address {self.address!r} is used by the ray executor only (executor {self.name!r}); choose "
+                "executor ray (--executor ray) or drop the address"
+            )
+        if self.workers is not None and self.name != "processes":
+            raise ValueError(
+                f"workers: {self.workers} is used by the processes executor only (executor {self.name!r}); choose "
+                "executor processes or drop workers"
+            )
+        return self
+
 
 class MlflowSpec(_Frozen):
     """Log the run to MLflow when it ends (``medrobust.tracking``): ``mlflow: true`` or these keys. Where to is
@@ -232,7 +249,7 @@ class MlflowSpec(_Frozen):
 
 class ExperimentSpec(_Frozen):
     name: str = Field("experiment", max_length=MAX_NAME_LENGTH)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = "cpu"
     # allow module:function architectures (in this spec and in the cards of its checkpoints): they run code
     trust_code: bool = False
@@ -369,7 +386,9 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
         if not path.is_file():
             raise SpecError(f"spec {str(path)!r} is a folder; pass the spec's YAML file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml(path) or {}
+        except YAMLInputError as err:
+            raise SpecError(str(err)) from None
         except UnicodeDecodeError:
             raise SpecError(f"{path}: not a text file; expected a YAML spec") from None
         except yaml.YAMLError as err:

@@ -28,7 +28,7 @@ from medrobust.models.card import ModelCard, build_model, save_checkpoint
 from medrobust.models.wrapper import Model
 from medrobust.models.zoo import resolve_factory
 from medrobust.tasks import get_task
-from medrobust.types import check_device
+from medrobust.types import SEED_MAX, check_device
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class TrainSettings:
         self.defense = DefenseSpec.model_validate(self.defense).model_dump(mode="json")  # checked, all settings
         if ":" in self.architecture and not self.trust_code:
             resolve_factory(self.architecture)  # raises UntrustedCodeError before any data is loaded
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, {SEED_MAX}]")
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs!r} must be >= 1")
         if self.batch_size < 1:

@@ -80,3 +80,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.x.to(device), self.y.to(device), list(self.ids), list(self.groups))
+
+
+#: the largest seed: seeds are stored in results.db as SQLite integers (signed 64-bit)
+SEED_MAX = 2**63 - 1

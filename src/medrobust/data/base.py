@@ -27,6 +27,19 @@ def check_split(split: str) -> str:
     return split
 
 
+def check_duplicate_ids(ids: Sequence[str], labels: Sequence[Any], where: str) -> None:
+    """Refuse a sample id listed twice with different labels (one image cannot be both; a score would count it
+    twice, once wrong). The same id twice with one label is left to the dataset (a repeated row)."""
+    first: dict[str, Any] = {}
+    for sample, label in zip(ids, labels):
+        seen = first.setdefault(sample, label)
+        if seen != label:
+            raise ValueError(
+                f"{where}: sample id {sample!r} is listed twice with different labels ({seen!r} and {label!r}); "
+                "one image cannot be both: fix the labels"
+            )
+
+
 class ImageDataset(Dataset, ABC):
     """Base class: subclasses set ``class_names``, ``labels`` (long tensor (N,)), ``ids`` and implement
     ``image(i) -> float tensor (C, H, W)``."""
@@ -71,6 +84,8 @@ class ImageDataset(Dataset, ABC):
                 f"sample {self.ids[i]!r} has label {int(self.labels[i])}, outside the {len(self.class_names)} "
                 f"classes {list(self.class_names)}"
             )
+        where = f"dataset {self.name or type(self).__name__!r}, split {split!r}"
+        check_duplicate_ids(self.ids, [self.class_names[k] for k in self.labels.tolist()], where)
 
     @property
     def num_classes(self) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medrobust.data.base import DATASETS, check_split
+from medrobust.data.base import DATASETS, check_duplicate_ids, check_split
 from medrobust.data.image_folder import (
     FileImageDataset,
     check_fractions,
@@ -176,6 +176,7 @@ def build_isic(
         raise ValueError(f"CSV {csv_path} has no id column {id_column!r}; columns present: {columns}")
     ids = [row[id_column] for row in rows]
     labels_text = _labels(rows, columns, label_column, csv_path)
+    check_duplicate_ids(ids, labels_text, f"CSV {csv_path}")
 
     if classes is not None:
         class_names = [str(c) for c in classes]

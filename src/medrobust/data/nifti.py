@@ -18,7 +18,6 @@ fractions. Volume ids are the file names without the suffix (or the CSV's id col
 from __future__ import annotations
 
 import csv as csv_module
-import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -477,10 +476,11 @@ def _read_mapping(path: str | Path, what: str) -> Any:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"{what} file {file} does not exist")
-    text = file.read_text()
+    from medrobust.yamlio import read_yaml
+
     try:
-        return json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        return read_yaml(file)  # JSON is YAML: one bounded reader (no aliases, no key twice, limited nesting)
+    except yaml.YAMLError as err:
         raise ValueError(f"cannot parse {what} file {file}: {err}") from None
 
 

@@ -1,0 +1,57 @@
+"""Data a validation team brings, checked before it is scored: a sample id listed twice with two labels is an
+error naming the id and both labels (over the whole CSV, whichever splits the rows land in), and the same
+check holds inside every split of every dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medrobust.data import load_dataset
+from medrobust.data.base import check_duplicate_ids
+
+
+def _ham_folder(tmp_path, rows: list[tuple[str, str]]):
+    """A HAM10000-style folder: images/<id>.jpg and a metadata CSV (image_id, lesion_id, dx)."""
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for image_id, _ in rows:
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{image_id}.jpg")
+    lines = ["image_id,lesion_id,dx"] + [f"{i},L{n},{dx}" for n, (i, dx) in enumerate(rows)]
+    (tmp_path / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_an_id_listed_twice_with_two_labels_is_refused(tmp_path):
+    rows = [(f"ISIC_{k:07d}", dx) for k, dx in enumerate(["mel", "nv"] * 10)]
+    rows.append(("ISIC_0000003", "mel"))  # ISIC_0000003 is "nv" above
+    root = _ham_folder(tmp_path, rows)
+    with pytest.raises(ValueError, match=r"sample id 'ISIC_0000003' is listed twice with different labels "
+                                         r"\('nv' and 'mel'\)"):
+        load_dataset("isic", root=root, size=16)
+
+
+def test_an_id_listed_twice_with_one_label_loads(tmp_path):
+    rows = [(f"ISIC_{k:07d}", dx) for k, dx in enumerate(["mel", "nv"] * 10)]
+    rows.append(("ISIC_0000003", "nv"))
+    root = _ham_folder(tmp_path, rows)
+    sizes = [len(load_dataset("isic", root=root, size=16, split=s)) for s in ("train", "val", "test")]
+    assert sum(sizes) == 21
+
+
+@pytest.mark.parametrize(
+    ("ids", "labels", "bad"),
+    [
+        (["a", "b", "a"], [0, 1, 0], None),
+        (["a", "b", "a"], [0, 1, 1], "'a' is listed twice with different labels (0 and 1)"),
+        (["x", "y", "z", "y"], ["mel", "nv", "bkl", "bkl"], "'y' is listed twice with different labels ('nv' and 'bkl')"),
+        ([], [], None),
+    ],
+)
+def test_duplicate_ids_by_hand(ids, labels, bad):
+    if bad is None:
+        check_duplicate_ids(ids, labels, "here")
+    else:
+        with pytest.raises(ValueError, match="^here: sample id " + __import__("re").escape(bad)):
+            check_duplicate_ids(ids, labels, "here")
