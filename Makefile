@@ -29,10 +29,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # the tests run in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time, one torch thread each
-# (more threads than cores make OpenMP spin and every test slower)
+# (more threads than cores make OpenMP spin and every test slower); bytecode is cached even where the environment
+# says not to (PYTHONDONTWRITEBYTECODE), so the CLI, Ray and worker processes the tests start do not each compile
+# the package again
 TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	PYTHONDONTWRITEBYTECODE= OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -m ""

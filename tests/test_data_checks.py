@@ -55,3 +55,48 @@ def test_duplicate_ids_by_hand(ids, labels, bad):
     else:
         with pytest.raises(ValueError, match="^here: sample id " + __import__("re").escape(bad)):
             check_duplicate_ids(ids, labels, "here")
+
+
+def test_balanced_accuracy_needs_two_classes():
+    import math
+
+    import torch
+
+    from medrobust.metrics.classification import balanced_accuracy
+
+    y = torch.tensor([0, 0, 0, 0])
+    assert math.isnan(balanced_accuracy(torch.tensor([0, 0, 0, 0]), y, 3))  # a constant model: not 1.0
+    # two of three classes present: the mean sensitivity over those two, (2/3 + 1/1) / 2
+    assert balanced_accuracy(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 0, 2]), 3) == pytest.approx(5 / 6)
+
+
+def test_a_one_class_test_split_is_flagged_and_not_scored_as_balanced(tiny_checkpoint, tmp_path):
+    import json
+
+    import yaml
+    from conftest import tiny_spec
+    from typer.testing import CliRunner
+
+    from medrobust.cli import app
+
+    spec = tiny_spec(tiny_checkpoint, dataset={"name": "derm-synth", "params": {"size": 16, "n": 30,
+                                                                              "class_prior": [1, 0, 0]}},
+                     perturbations=[{"corruption": "gaussian_noise", "strengths": [0.05]}])
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert "warning: the 12 test samples hold 1 of the 3 classes (none of " in done.output
+    assert "balanced accuracy and AUC are undefined" in done.output
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())
+    clean = {r["metric"]: r for r in rows if r["perturbation"] == "clean"}
+    assert clean["balanced_accuracy"]["value"] is None and clean["balanced_accuracy"]["ci_low"] is None
+    assert clean["auc"]["value"] is None
+    # accuracy stays what it is: the share of the 12 (all class 0) predicted as class 0
+    con = __import__("sqlite3").connect(tmp_path / "run" / "results.db")
+    preds = [p for (p,) in con.execute("SELECT pred FROM records WHERE perturbation='clean'")]
+    con.close()
+    assert len(preds) == 12 and clean["accuracy"]["value"] == pytest.approx(sum(p == 0 for p in preds) / 12)
+    summary_md = (tmp_path / "run" / "summary.md").read_text()
+    assert "classes missing from the test samples" in summary_md
+    assert "its 12 test samples hold 1 of its 3 classes" in summary_md

@@ -534,6 +534,23 @@ def check_geometry(
         )
 
 
+def warn_missing_classes(dataset: ImageDataset, limit: int | None, notify: Callable[[str], None]) -> None:
+    """Say so when the samples a classification run scores hold fewer classes than the data has (the report
+    repeats it): accuracy then says nothing about the missing ones, and with one class balanced accuracy and
+    AUC are undefined."""
+    if get_task(dataset.task).dense:  # one decision per sample only
+        return
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    present = set(dataset.labels[:n].tolist())
+    if len(present) < dataset.num_classes:
+        absent = ", ".join(c for k, c in enumerate(dataset.class_names) if k not in present)
+        undefined = "; balanced accuracy and AUC are undefined" if len(present) < 2 else ""
+        notify(
+            f"warning: the {n} test samples hold {len(present)} of the {dataset.num_classes} classes (none of "
+            f"{absent}){undefined}"
+        )
+
+
 def check_classes(name: str, class_map: dict[str, str], card: ModelCard, dataset: ImageDataset, label: str) -> None:
     """Model and data must have the same classes in the same order (up to case, spaces, '-' and '_'), after the
     spec's ``class_map`` (card name -> data name)."""
@@ -580,6 +597,7 @@ def _run_experiment(
             f"clever: CLEVER scores classifiers (one decision per input); dataset {spec.dataset.name!r} is a "
             f"{dataset.task} task"
         )
+    warn_missing_classes(dataset, spec.limit, notify)
     loaded = {m.name: load_checkpoint(spec, m, trust_code) for m in spec.models if m.checkpoint is not None}
     for m in spec.models:
         if m.name in loaded:

@@ -75,14 +75,17 @@ def per_class_sensitivity(pred: torch.Tensor, y: torch.Tensor, num_classes: int)
 
 
 def balanced_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
-    """Mean per-class sensitivity over the classes present in y, in [0, 1]; nan for no samples.
+    """Mean per-class sensitivity over the classes present in y, in [0, 1]; nan (undefined) when fewer than two
+    classes are present.
 
     Classes absent from y are left out of the mean (as scikit-learn's ``balanced_accuracy_score``), so a
-    test set without any sample of a rare class is not penalised for it.
+    test set without any sample of a rare class is not penalised for it. With one class only there is nothing
+    to balance: the mean would be that class's sensitivity, i.e. the accuracy, and a constant model would score
+    1.0, so it is undefined instead.
     """
     sens = per_class_sensitivity(pred, y, num_classes)
     present = ~torch.isnan(sens)
-    if not bool(present.any()):
+    if int(present.sum()) < 2:
         return math.nan
     return float(sens[present].mean())
 

@@ -898,6 +898,7 @@ def warnings(
                         )
                     )
     out += unchecked_worst_cases(run, values)
+    out += missing_classes(run)
     out += label_definitions(run, values)
     for model, results in (model_checks(run) if checks is None else checks).items():
         for r in results:
@@ -913,6 +914,36 @@ def warnings(
                 ),
             )
         )
+    return out
+
+
+MISSING_CLASSES_MEANING = (
+    "A score is only as wide as the samples it counts: with classes missing from the test samples, accuracy "
+    "says nothing about them, and with one class left a model that always answers it scores 1.0. Balanced "
+    "accuracy and AUC need two classes and are left undefined then."
+)
+
+
+def missing_classes(run: RunData) -> list[Finding]:
+    """A classifier scored on test samples that hold fewer classes than it predicts (per model, its clean
+    records)."""
+    out = []
+    for m in run.models:
+        if m.adapter.dense or len(m.class_names) < 2:  # one decision per sample only
+            continue
+        clean = [r for r in run.records if r["model"] == m.name and r["perturbation"] == "clean"]
+        labels = {int(r["label"]) for r in clean}
+        if labels and len(labels) < len(m.class_names):
+            absent = ", ".join(c for k, c in enumerate(m.class_names) if k not in labels)
+            undefined = "; balanced accuracy and AUC are undefined" if len(labels) < 2 else ""
+            out.append(
+                Finding(
+                    "classes missing from the test samples",
+                    f"{m.name}: its {len(clean)} test samples hold {len(labels)} of its {len(m.class_names)} "
+                    f"classes (none of {absent}){undefined}.",
+                    MISSING_CLASSES_MEANING,
+                )
+            )
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -131,6 +132,9 @@ class ClassificationTask(Task):
             "balanced_accuracy": self.interval("balanced_accuracy", data, units, (*key, "bacc")),
             "auc": self.interval("auc", data, units, (*key, "auc")) if has_probs else None,
         }
+        for metric, value in metrics.items():  # undefined (one class only, or no AUC): no interval either
+            if math.isnan(value):
+                intervals[metric] = None
         if kind == "clean":
             return metrics, intervals
         metrics["success_rate"] = float(attack_success_rate(clean_pred, pred, y))
