@@ -123,13 +123,21 @@ def test_write_csv_escapes_every_formula_cell(tmp_path):
     assert rows == [{"model": "'=1+1", "value": "-0.5"}, {"model": "ok", "value": "2"}]
 
 
-@pytest.fixture()
-def finished_run(tiny_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def _finished(tiny_checkpoint, tmp_path_factory):
     spec = tiny_spec(tiny_checkpoint, models=[{"name": "=cmd|' /C calc'!A0", "checkpoint": str(tiny_checkpoint)}],
                      perturbations=[{"corruption": "gaussian_noise", "strengths": [0.05]}])
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("finished") / "run"
     run_experiment(load_config(spec), run, quiet=True)
     return run, spec
+
+
+@pytest.fixture()
+def finished_run(_finished, tmp_path):
+    """A copy of a finished run (run once per module), for a test to plant links in."""
+    run, spec = _finished
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run", spec
 
 
 @pytest.mark.parametrize("name", ["summary.csv", "summary.json", "comparisons.csv", "comparisons.json",
@@ -208,3 +216,23 @@ def test_export_out_is_checked_before_the_records_are_read(finished_run, tmp_pat
     assert done.exit_code == 2 and "is a folder; expected the path of a file" in done.output, done.output
     done = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "nowhere" / "r.csv")])
     assert done.exit_code == 2 and "does not exist" in done.output, done.output
+
+
+def test_a_cell_with_records_deleted_is_refused_by_report_and_export(finished_run):
+    run, _ = finished_run
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
+    before = (run / "report.html").read_bytes()
+    con = sqlite3.connect(run / "results.db")
+    key, n = con.execute(
+        "SELECT cell_key, COUNT(*) FROM records WHERE perturbation='gaussian_noise' GROUP BY cell_key").fetchone()
+    assert n == 12
+    with con:
+        con.execute("DELETE FROM records WHERE cell_key=? AND sample_index >= 6", (key,))
+    con.close()
+    for args in (["report", str(run)], ["export", str(run), "--format", "json"]):
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code == 2, (args, done.output)
+        lines = [line for line in done.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "cell =cmd|' /C calc'!A0 / gaussian_noise at 0.05 holds 6 of its 12 records" in lines[0]
+    assert (run / "report.html").read_bytes() == before  # the good report stays
+    assert not (run / "records.json").exists()

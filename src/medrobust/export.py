@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medrobust.files import check_output_file, write_atomic, write_csv, write_json
-from medrobust.store import Store
+from medrobust.store import Store, check_whole
 
 FORMATS = ("csv", "json", "parquet")
 
@@ -21,6 +21,10 @@ def export_records(run_dir: str | Path, fmt: str, out: str | Path | None = None)
     store = Store(db)
     try:
         rows = store.records()
+        done = {c["key"]: c for c in store.cells() if c["status"] == "done"}
+        for run in store.runs():  # within one run every cell scores the same samples
+            keys = set(store.run_cell_keys(run["id"]))
+            check_whole([c for k, c in done.items() if k in keys], [r for r in rows if r["cell_key"] in keys], db)
     finally:
         store.close()
     if fmt == "json":

@@ -37,6 +37,7 @@ import secrets
 import sqlite3
 import time
 import zlib
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -282,6 +283,39 @@ def check_database(path: Path) -> None:
                 f"{str(path)!r} is not a SQLite database (corrupt or another file): move it away to start afresh, "
                 "or restore it from a copy"
             )
+
+
+def check_whole(cells: list[dict[str, Any]], records: list[dict[str, Any]], db: Path) -> None:
+    """Every finished cell holds all its records: for each perturbation row it stored (the attack, its matched
+    noise) one record per sample at every strength, as many samples as the model's fullest row. A cell with
+    fewer (records deleted, a damaged copy) would be reported with a smaller n without a word: refused, naming
+    the cell."""
+    counts: dict[tuple[str, str, float], int] = defaultdict(int)
+    labels: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        counts[(r["cell_key"], r["perturbation"], float(r["strength"]))] += 1
+        labels[r["cell_key"]].add(r["perturbation"])
+    n: dict[str, int] = defaultdict(int)  # per model, the fullest row
+    model = {c["key"]: c["model"] for c in cells}
+    for (key, _, _), k in counts.items():
+        n[model[key]] = max(n[model[key]], k)
+    for c in cells:
+        try:
+            strengths = [float(s) for s in json.loads(c["strengths_json"])]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{str(db)!r}: cell {c['model']} / {c['perturbation']} has an unreadable strengths column; the "
+                "database was changed outside medrobust: re-run the spec into a new folder"
+            ) from None
+        for label in sorted(labels[c["key"]]) or [c["perturbation"]]:
+            for s in strengths:
+                k = counts.get((c["key"], label, s), 0)
+                if k < n[c["model"]]:
+                    raise ValueError(
+                        f"{str(db)!r}: cell {c['model']} / {label} at {s:g} holds {k} of its {n[c['model']]} "
+                        "records (results.db was changed outside medrobust or is damaged); it would be reported "
+                        "with a smaller n: restore results.db from a copy, or re-run the spec into a new folder"
+                    )
 
 
 #: the files SQLite keeps beside a database in WAL mode (and in rollback mode)

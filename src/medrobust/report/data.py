@@ -15,7 +15,7 @@ from typing import Any
 
 from medrobust.metrics.clever import attack_distances
 from medrobust.results import clever_rows, compare_models, summarise
-from medrobust.store import Store
+from medrobust.store import Store, check_whole
 from medrobust.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ def load_run(run_dir: str | Path) -> RunData:
         done = {c["key"]: c for c in all_cells}
         cells = [done[k] for k in planned if k in done]
         records = store.records([c["key"] for c in cells]) if cells else []
+        check_whole(cells, records, db)
         examples = store.examples([c["key"] for c in cells], decode=False)
         check_rows = store.checks()
         score_rows = store.all_model_scores()
