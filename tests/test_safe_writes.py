@@ -236,3 +236,22 @@ def test_a_cell_with_records_deleted_is_refused_by_report_and_export(finished_ru
         assert len(lines) == 1 and "cell =cmd|' /C calc'!A0 / gaussian_noise at 0.05 holds 6 of its 12 records" in lines[0]
     assert (run / "report.html").read_bytes() == before  # the good report stays
     assert not (run / "records.json").exists()
+
+
+@pytest.mark.parametrize("table", ["records", "cells"])
+def test_a_dropped_table_is_not_recreated_and_the_good_report_stays(finished_run, table):
+    run, spec = finished_run
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
+    before = (run / "report.html").read_bytes()
+    con = sqlite3.connect(run / "results.db")
+    with con:
+        con.execute(f"DROP TABLE {table}")
+    con.close()
+    done = CliRunner().invoke(app, ["report", str(run)])
+    assert done.exit_code == 2, done.output
+    lines = [line for line in done.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"has no {table} table (dropped or damaged outside medrobust)" in lines[0], lines
+    assert (run / "report.html").read_bytes() == before
+    con = sqlite3.connect(run / "results.db")
+    assert table not in {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    con.close()

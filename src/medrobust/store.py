@@ -318,6 +318,10 @@ def check_whole(cells: list[dict[str, Any]], records: list[dict[str, Any]], db: 
                     )
 
 
+#: the tables every results.db has had since the first release: a database holding tables but not these was
+#: changed outside medrobust (re-creating them empty would report nothing as if it were the run)
+CORE_TABLES = ("cells", "records")
+
 #: the files SQLite keeps beside a database in WAL mode (and in rollback mode)
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -335,6 +339,15 @@ class Store:
             self.conn = sqlite3.connect(str(self.path), timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = [t for t in CORE_TABLES if t not in tables]
+            if missing and tables:  # not a new database: a table was dropped, so its rows are gone
+                self.conn.close()
+                raise StoreError(
+                    f"{str(self.path)!r} has no {' and no '.join(missing)} table (dropped or damaged outside "
+                    "medrobust), so its results are lost; restore results.db from a copy, or re-run the spec into a "
+                    "new folder"
+                )
             self.conn.executescript(SCHEMA)
             self._migrate()
         except sqlite3.DatabaseError as err:  # OperationalError (read-only, locked) included
