@@ -255,3 +255,27 @@ def test_a_dropped_table_is_not_recreated_and_the_good_report_stays(finished_run
     con = sqlite3.connect(run / "results.db")
     assert table not in {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     con.close()
+
+
+def test_a_report_interrupted_while_writing_leaves_the_old_report_whole(finished_run, monkeypatch):
+    """Interrupted at the rename of report.html (the moment a kill would hurt most): the previous report is
+    byte-identical and no temporary file is left behind."""
+    run, _ = finished_run
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix in (".html", ".md")}
+    real_replace = os.replace
+
+    def interrupted(src, dst, *args, **kwargs):
+        if str(dst).endswith("report.html"):
+            raise KeyboardInterrupt  # as a Ctrl-C there; a SIGKILL leaves at most the temporary file
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    from medrobust.report import build_report
+
+    with pytest.raises(KeyboardInterrupt):
+        build_report(run)
+    monkeypatch.setattr(os, "replace", real_replace)
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix in (".html", ".md")}
+    assert after == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
