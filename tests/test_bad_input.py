@@ -284,6 +284,13 @@ CASES = [
          r"--executor: input should be 'local', 'processes' or 'ray' \(got 'threads'\)"),
     Case("spec executor workers with local", lambda c, d: run_args(d, write_spec(d, c, executor={"workers": 2})),
          r"workers: 2 is used by the processes executor only"),
+    # --- sizes from untrusted data, refused before any memory is asked for ------------------------------------------
+    Case("card arch_kwargs ask for terabytes (evaluate)", lambda c, d: ["evaluate", "--model", str(copy_ckpt(
+        c, d, arch_kwargs={"width": 10**6}))], r"would hold 90,000,074,000,006 parameters \(335,276\.4 GiB as float32\)"
+        r".*MEDROBUST_MAX_PARAMETERS"),
+    Case("spec train arch_kwargs ask for terabytes (run)", lambda c, d: run_args(d, write_spec(d, None, models=[
+        {"name": "m", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 10**6}, "epochs": 1}}])),
+        r"'small-cnn' with arch_kwargs \{'width': 1000000\} would hold"),
     # --- documented behaviour (exit 0) --------------------------------------------------------------------------
     Case("absolute model name stays inside the run folder", lambda c, d: run_args(d, write_spec(d, None, models=[
         {"name": str(d / "elsewhere"), "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],

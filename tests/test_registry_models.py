@@ -98,3 +98,26 @@ def test_checkpoint_round_trip(tmp_path):
 def test_missing_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
         load_model(tmp_path / "nope")
+
+
+def test_network_size_is_checked_on_meta_without_drawing_random_numbers(monkeypatch):
+    from medrobust.models.zoo import MODELS, check_size
+
+    def build():
+        return MODELS.build("small-cnn", in_channels=3, num_classes=3, width=4)
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_size("small-cnn", build, {"width": 4})  # builds on meta: no memory, no random numbers
+    assert torch.equal(torch.rand(3), expected)
+    net = build_network("small-cnn", in_channels=3, num_classes=3, width=4)
+    n = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+    monkeypatch.setenv("MEDROBUST_MAX_PARAMETERS", str(n - 1))  # one parameter fewer than it holds: refused
+    with pytest.raises(ValueError, match=f"would hold {n:,} parameters .* above the limit of {n - 1:,}"):
+        build_network("small-cnn", in_channels=3, num_classes=3, width=4)
+    monkeypatch.setenv("MEDROBUST_MAX_PARAMETERS", str(n))
+    build_network("small-cnn", in_channels=3, num_classes=3, width=4)
+    monkeypatch.setenv("MEDROBUST_MAX_PARAMETERS", "lots")
+    with pytest.raises(ValueError, match="MEDROBUST_MAX_PARAMETERS='lots' must be an integer"):
+        build_network("small-cnn", in_channels=3, num_classes=3, width=4)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from medrobust.registry import Registry
@@ -165,6 +167,36 @@ def resolve_factory(spec: str, *, trust_code: bool = False) -> Callable[..., nn.
     return obj
 
 
+#: the most parameters (and buffers) a registered architecture may be built with, unless the environment variable
+#: MEDROBUST_MAX_PARAMETERS says otherwise: a card's or spec's arch_kwargs are data, and a width of 10**6 would
+#: ask for terabytes before any check could run
+MAX_PARAMETERS = 1_000_000_000
+
+
+def check_size(architecture: str, build: Callable[[], nn.Module], kwargs: Mapping[str, Any]) -> None:
+    """Build the network once on the meta device (no memory, no random numbers drawn) and refuse it above
+    MEDROBUST_MAX_PARAMETERS (default :data:`MAX_PARAMETERS`) parameters and buffers."""
+    raw = os.environ.get("MEDROBUST_MAX_PARAMETERS", "")
+    try:
+        limit = int(raw) if raw else MAX_PARAMETERS
+    except ValueError:
+        raise ValueError(f"MEDROBUST_MAX_PARAMETERS={raw!r} must be an integer (a number of parameters)") from None
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except (NotImplementedError, RuntimeError):  # an architecture that cannot be built on meta: built for real
+        return
+    if not isinstance(probe, nn.Module):
+        return
+    n = sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
+    if n > limit:
+        raise ValueError(
+            f"architecture {architecture!r} with arch_kwargs {dict(kwargs)} would hold {n:,} parameters "
+            f"({n * 4 / 2**30:,.1f} GiB as float32), above the limit of {limit:,}; if that size is intended, set "
+            "MEDROBUST_MAX_PARAMETERS"
+        )
+
+
 def build_network(
     architecture: str,
     *,
@@ -193,6 +225,7 @@ def build_network(
         extra = {k: v for k, v in shape_args.items() if k not in kwargs and (accepts_all or k in params)}
         net = factory(**extra, **kwargs)
     else:
+        check_size(architecture, lambda: MODELS.build(architecture, **shape_args, **kwargs), kwargs)
         net = MODELS.build(architecture, **shape_args, **kwargs)
     if not isinstance(net, nn.Module):
         raise TypeError(f"model {architecture!r} returned {type(net).__name__}, expected a torch.nn.Module")
