@@ -100,3 +100,57 @@ def test_a_one_class_test_split_is_flagged_and_not_scored_as_balanced(tiny_check
     summary_md = (tmp_path / "run" / "summary.md").read_text()
     assert "classes missing from the test samples" in summary_md
     assert "its 12 test samples hold 1 of its 3 classes" in summary_md
+
+
+def _crafted_nifti(path, shape, payload_bytes: int = 64):
+    """A NIfTI file whose header declares ``shape`` (float32) but which holds only ``payload_bytes`` of voxels."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * (352 - len(header.binaryblock)) + b"\1" * payload_bytes
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def _small_nifti(path, shape=(4, 4, 4)):
+    import nibabel as nib
+
+    data = np.ones(shape, dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("name", "shape", "match"), [
+    ("huge.nii.gz", (4096, 4096, 4096), r"declares shape \(4096, 4096, 4096\) \(68,719,476,736 voxels\), above the "
+                                        r"limit of 268,435,456; .*MEDROBUST_MAX_VOXELS"),
+    ("short.nii", (64, 64, 64), r"declares shape \(64, 64, 64\) \(1,048,928 bytes with its header\) but holds 416 "
+                                r"bytes: truncated"),
+])
+def test_a_nifti_header_is_checked_against_its_file_before_reading(tmp_path, name, shape, match):
+    from medrobust.data.nifti import read_pair
+
+    image = _crafted_nifti(tmp_path / name, shape)
+    label = _small_nifti(tmp_path / "label.nii.gz")
+    with pytest.raises(ValueError, match=match):
+        read_pair(image, label)
+    with pytest.raises(ValueError, match=match):  # the same for a label file
+        read_pair(_small_nifti(tmp_path / "image.nii.gz"), image)
+
+
+def test_the_voxel_limit_can_be_raised(tmp_path, monkeypatch):
+    from medrobust.data.nifti import read_pair
+
+    image, label = _small_nifti(tmp_path / "i.nii.gz"), _small_nifti(tmp_path / "l.nii.gz")
+    monkeypatch.setenv("MEDROBUST_MAX_VOXELS", "63")
+    with pytest.raises(ValueError, match=r"\(64 voxels\), above the limit of 63"):
+        read_pair(image, label)
+    monkeypatch.setenv("MEDROBUST_MAX_VOXELS", "64")
+    data, codes = read_pair(image, label)
+    assert data.shape == (4, 4, 4) and codes.shape == (4, 4, 4)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv as csv_module
 import logging
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -229,6 +230,8 @@ def read_pair(image_path: Path, label_path: Path, affine_atol: float = 1e-3) -> 
         except Exception as err:  # nibabel raises several types for corrupt files
             raise ValueError(f"cannot read NIfTI file {path}: {err}") from None
     img, lab = imgs
+    for one, path in ((img, image_path), (lab, label_path)):
+        check_declared_size(one, Path(path))  # the header is data: checked before a voxel is read
     shape_i, shape_l = _spatial_shape(img.shape, image_path), _spatial_shape(lab.shape, label_path)
     if shape_i != shape_l:
         raise ValueError(f"shape mismatch: image {image_path} has shape {shape_i} but label {label_path} has {shape_l}")
@@ -251,6 +254,38 @@ def read_pair(image_path: Path, label_path: Path, affine_atol: float = 1e-3) -> 
     codes = codes.astype(np.int64)
     ornt = nib.orientations.io_orientation(img.affine)
     return nib.orientations.apply_orientation(data, ornt), nib.orientations.apply_orientation(codes, ornt)
+
+
+#: the most voxels one NIfTI volume may declare (2^28: 1 GiB as float32), unless MEDROBUST_MAX_VOXELS says otherwise
+MAX_VOXELS = 2**28
+
+
+def check_declared_size(img: Any, path: Path) -> None:
+    """Refuse a NIfTI header that promises more than the file can hold (an uncompressed file shorter than its
+    voxels) or more voxels than MEDROBUST_MAX_VOXELS (default :data:`MAX_VOXELS`; a gzip file cannot be
+    measured before it is read), before any array is allocated."""
+    raw = os.environ.get("MEDROBUST_MAX_VOXELS", "")
+    try:
+        limit = int(raw) if raw else MAX_VOXELS
+    except ValueError:
+        raise ValueError(f"MEDROBUST_MAX_VOXELS={raw!r} must be an integer (a number of voxels)") from None
+    shape = tuple(int(s) for s in img.shape)
+    voxels = math.prod(shape)
+    if voxels > limit:
+        raise ValueError(
+            f"NIfTI file {path} declares shape {shape} ({voxels:,} voxels), above the limit of {limit:,}; if the "
+            "volume is meant to be that large, set MEDROBUST_MAX_VOXELS"
+        )
+    if path.name.endswith(".nii"):
+        header = img.header
+        offset = getattr(img.dataobj, "offset", None)  # where the voxels start in the file (the proxy knows)
+        needed = int(header.get_data_offset() if offset is None else offset) + voxels * header.get_data_dtype().itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise ValueError(
+                f"NIfTI file {path} declares shape {shape} ({needed:,} bytes with its header) but holds {size:,} "
+                "bytes: truncated or not what its header says"
+            )
 
 
 def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
