@@ -107,6 +107,16 @@ def nan_weights(ckpt: Path, d: Path) -> Path:
     return out
 
 
+def cast_weights(ckpt: Path, d: Path) -> Path:
+    """A copy of the checkpoint with its floating-point weights saved as float64 (the card says small-cnn)."""
+    out = copy_ckpt(ckpt, d)
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "model.safetensors"))
+    save_file({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, str(out / "model.safetensors"))
+    return out
+
+
 def finished_run(ckpt: Path, d: Path) -> Path:
     run = d / "run"
     assert runner.invoke(app, ["run", str(write_spec(d, ckpt)), "--out", str(run), "--quiet"]).exit_code == 0
@@ -291,6 +301,27 @@ CASES = [
     Case("spec train arch_kwargs ask for terabytes (run)", lambda c, d: run_args(d, write_spec(d, None, models=[
         {"name": "m", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 10**6}, "epochs": 1}}])),
         r"'small-cnn' with arch_kwargs \{'width': 1000000\} would hold"),
+    Case("card weights stored as float64 (evaluate)", lambda c, d: ["evaluate", "--model", str(cast_weights(c, d))],
+         r"'[^']+' is stored as float64 but the card's architecture 'small-cnn' holds float32 there; it would be cast"),
+    Case("headline_metric of another task", lambda c, d: run_args(d, write_spec(d, c, headline_metric="dice")),
+         r"headline_metric 'dice' is not a score of dataset 'derm-synth' \(a classification task\); expected one of "
+         r"\['accuracy', 'auc', 'balanced_accuracy'\]"),
+    Case("an npz label of 10**9", lambda c, d: ["evaluate", "--model", str(c), "--dataset", "medmnist", "-d",
+         f"path={write_npz(d, labels=lambda n: np.where(np.arange(n) == 0, 10**9, np.arange(n) % 2)[:, None])}"],
+         r"the largest label 1000000000 implies 1,000,000,001 classes but the file holds 36 labels in all"),
+    Case("derm-synth size 100000", lambda c, d: run_args(d, write_spec(d, c, dataset={
+        "name": "derm-synth", "params": {"size": 100000, "n": 40}})), r"size=100000 must be <= 1024 pixels"),
+    Case("derm-synth n 10**8", lambda c, d: run_args(d, write_spec(d, c, dataset={
+        "name": "derm-synth", "params": {"size": 64, "n": 10**8}})),
+         r"n=100000000 images of 64x64 would take 1144\.4 GiB \(at most 4 GiB\)"),
+    Case("--reference strength the run does not have", lambda c, d: ["report", str(finished_run(c, d)), "--reference",
+         "linf=0.5"], r"--reference linf=0\.5: the run has no linf strength 0\.5; its linf strengths: 0\.01"),
+    Case("--reference of an unknown norm", lambda c, d: ["report", str(finished_run(c, d)), "--reference", "l3=0.1"],
+         r"--reference l3=0\.1: no attack of this run has norm 'l3'; its norms: linf"),
+    Case("spec reference_strength of an unknown norm", lambda c, d: run_args(d, write_spec(
+        d, c, reference_strength={"linfinity": 0.01})), r"reference_strength: norm 'linfinity' is not one of linf, l2, l0"),
+    Case("spec reference_strength of 0", lambda c, d: run_args(d, write_spec(d, c, reference_strength={"l2": 0.0})),
+         r"reference_strength: l2: 0\.0 must be a finite strength > 0"),
     # --- documented behaviour (exit 0) --------------------------------------------------------------------------
     Case("absolute model name stays inside the run folder", lambda c, d: run_args(d, write_spec(d, None, models=[
         {"name": str(d / "elsewhere"), "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],

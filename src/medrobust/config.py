@@ -20,6 +20,9 @@ from medrobust.registry import unknown_name_message
 from medrobust.types import SEED_MAX
 from medrobust.yamlio import YAMLInputError, read_yaml
 
+#: the norms a headline strength can be given for (attack budgets: Linf, L2, and L0 for JSMA)
+REFERENCE_NORMS = ("linf", "l2", "l0")
+
 
 class SpecError(ValueError):
     """A spec that does not validate; the message names every bad key path."""
@@ -267,6 +270,17 @@ class ExperimentSpec(_Frozen):
     gallery: int = Field(2, ge=0, le=16)
     reference_strength: dict[str, float] = Field(default_factory=dict)
     clever: CleverSpec | None = None
+
+    @field_validator("reference_strength")
+    @classmethod
+    def _reference_norms(cls, value: dict[str, float]) -> dict[str, float]:
+        for norm, eps in value.items():
+            if norm not in REFERENCE_NORMS:
+                raise ValueError(f"norm {norm!r} is not one of {', '.join(REFERENCE_NORMS)}")
+            if not (math.isfinite(eps) and eps > 0):
+                raise ValueError(f"{norm}: {eps!r} must be a finite strength > 0")
+        return value
+
     # torch CPU threads for training and evaluation (default: torch's). Results depend on it in the last bits
     # (the order of float sums), so runs compare bit for bit at the same thread count, on any executor.
     threads: int | None = Field(None, ge=1)

@@ -597,6 +597,12 @@ def _run_experiment(
             f"clever: CLEVER scores classifiers (one decision per input); dataset {spec.dataset.name!r} is a "
             f"{dataset.task} task"
         )
+    scored = get_task(dataset.task).scored_metrics
+    if spec.headline_metric is not None and spec.headline_metric not in scored:
+        raise ValueError(
+            f"headline_metric {spec.headline_metric!r} is not a score of dataset {spec.dataset.name!r} (a "
+            f"{dataset.task} task); expected one of {sorted(scored)}"
+        )
     warn_missing_classes(dataset, spec.limit, notify)
     loaded = {m.name: load_checkpoint(spec, m, trust_code) for m in spec.models if m.checkpoint is not None}
     for m in spec.models:

@@ -60,6 +60,11 @@ class DermSynthDataset(TensorImageDataset):
     name = "derm-synth"
 
 
+#: the largest image side and the most bytes of images (uint8) one split may be built with
+MAX_SIZE = 1024
+MAX_BYTES = 4 * 2**30
+
+
 @DATASETS.register("derm-synth")
 def build_derm_synth(
     split: str = "test",
@@ -80,9 +85,16 @@ def build_derm_synth(
     size = int(size)
     if size < 16:
         raise ValueError(f"size={size!r} must be >= 16 pixels")
+    if size > MAX_SIZE:
+        raise ValueError(f"size={size!r} must be <= {MAX_SIZE} pixels")
     n = DEFAULT_N[split] if n is None else int(n)
     if n < 1:
         raise ValueError(f"n={n!r} must be >= 1")
+    if n * 3 * size * size > MAX_BYTES:
+        raise ValueError(
+            f"n={n} images of {size}x{size} would take {n * 3 * size * size / 2**30:.1f} GiB (at most "
+            f"{MAX_BYTES / 2**30:.0f} GiB); use fewer or smaller images"
+        )
     if not 0.0 <= float(overlap) <= 1.0:
         raise ValueError(f"overlap={overlap!r} must be in [0, 1]")
     prior = None

@@ -157,6 +157,12 @@ def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         if values.size and values.min() < 0:
             raise ValueError(f"MedMNIST file {file}: {key} has negative labels ({values.min()}); expected 0..K-1")
     n_classes = 1 + max(int(v.max()) for v in all_labels.values() if v.size)
+    total = sum(int(v.size) for v in all_labels.values())
+    if n_classes > total:  # the class count comes from the data: one label may not ask for a billion classes
+        raise ValueError(
+            f"MedMNIST file {file}: the largest label {n_classes - 1} implies {n_classes:,} classes but the file "
+            f"holds {total} labels in all; expected class indices 0..K-1"
+        )
     if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
         raise ValueError(f"MedMNIST file {file}: {img_key} holds NaN or infinite values; inputs must be finite")
 

@@ -184,6 +184,14 @@ def load_model(
     card, folder = read_card(path)
     model = build_model(card, trust_code=trust_code)
     state = load_weights(weights_path(card, folder))
+    expected = model.state_dict()
+    for key, value in state.items():  # load_state_dict would cast silently (float64 -> float32, float -> int)
+        if key in expected and isinstance(value, torch.Tensor) and value.dtype != expected[key].dtype:
+            raise ValueError(
+                f"weights in {str(folder / card.weights)!r}: {key!r} is stored as {str(value.dtype)[6:]} but the "
+                f"card's architecture {card.architecture!r} holds {str(expected[key].dtype)[6:]} there; it would be "
+                "cast silently: save the weights in the model's own dtype"
+            )
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shapes that differ from the card's architecture

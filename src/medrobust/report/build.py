@@ -162,6 +162,23 @@ def _norm_name(norm: str | None) -> str:
 REPORT_FILES = ("summary.json", "summary.csv", "comparisons.json", "comparisons.csv", "report.html", "summary.md")
 
 
+def check_reference(run: RunData, given: dict[str, float]) -> None:
+    """A headline strength the caller names (``--reference``) must be one the run's attacks of that norm ran:
+    another one would be shown in its place under the caller's name."""
+    for norm, eps in given.items():
+        ran = sorted({s for p in run.attacks if p.norm == norm for s in p.strengths})
+        if not ran:
+            raise ValueError(
+                f"--reference {norm}={eps:g}: no attack of this run has norm {norm!r}; its norms: "
+                f"{', '.join(run.norms) or 'none'}"
+            )
+        if not any(math.isclose(s, eps, rel_tol=1e-6) for s in ran):
+            raise ValueError(
+                f"--reference {norm}={eps:g}: the run has no {norm} strength {eps:g}; its {norm} strengths: "
+                f"{', '.join(f'{s:g}' for s in ran)}"
+            )
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -180,6 +197,7 @@ def build_report(
     for name in REPORT_FILES:  # a folder received from someone else: no link among what this writes, checked first
         check_inside(Path(run_dir) / name, run_dir)
     run = load_run(run_dir)
+    check_reference(run, reference_strength or {})
     # the summary files are a pure function of the store: written again, they are the run's own bytes
     write_summary(run.summary, run.run_dir)
     write_comparisons(run.comparisons, run.run_dir)
