@@ -154,3 +154,44 @@ def test_the_voxel_limit_can_be_raised(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDROBUST_MAX_VOXELS", "64")
     data, codes = read_pair(image, label)
     assert data.shape == (4, 4, 4) and codes.shape == (4, 4, 4)
+
+
+def _png_header(path, width: int, height: int):
+    """A PNG file of a few dozen bytes whose header declares width x height RGB pixels (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(("width", "height", "message"), [
+    # above twice Pillow's own limit Pillow refuses at open: one line now, not a traceback
+    (30_000, 30_000, r"Image size \(900000000 pixels\) exceeds limit of 178956970 pixels"),
+    # between Pillow's warning and its error, ours refuses before decoding
+    (12_000, 10_000, r"it declares 12000 x 10000 = 120,000,000 pixels, above the limit of 100,000,000"),
+])
+def test_an_image_header_promising_gigabytes_is_refused_before_decoding(tmp_path, width, height, message):
+    from medrobust.data.image_folder import load_image
+
+    path = _png_header(tmp_path / "bomb.png", width, height)
+    assert path.stat().st_size < 100
+    with pytest.raises(ValueError, match=r"cannot read image .*bomb\.png: " + message):
+        load_image(path, size=16)
+
+
+def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
+    from medrobust.data.image_folder import load_image
+
+    path = tmp_path / "small.png"
+    Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8)).save(path)
+    monkeypatch.setenv("MEDROBUST_MAX_PIXELS", "199")
+    with pytest.raises(ValueError, match=r"10 = 200 pixels, above the limit of 199"):
+        load_image(path, size=8)
+    monkeypatch.setenv("MEDROBUST_MAX_PIXELS", "200")
+    assert tuple(load_image(path, size=8).shape) == (3, 8, 8)

@@ -13,6 +13,7 @@ Images are read lazily in ``image(i)`` (Pillow), resized to ``size`` x ``size`` 
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +27,30 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _SPLIT_SALT = 7919  # keeps these split draws apart from other uses of the same seed
 
 
+#: the most pixels one image file may declare (a dermoscopy photograph has about 24 million), unless
+#: MEDROBUST_MAX_PIXELS says otherwise: a header is data, and a few bytes can promise gigabytes
+MAX_PIXELS = 100_000_000
+
+
 def load_image(path: Path, size: int, channels: int = 3, center_crop: bool = False) -> torch.Tensor:
-    """Read ``path`` with Pillow: uint8 tensor (channels, size, size). Raises ValueError naming an unreadable file."""
+    """Read ``path`` with Pillow: uint8 tensor (channels, size, size). Raises ValueError naming an unreadable file,
+    or one whose header declares more than MEDROBUST_MAX_PIXELS (default :data:`MAX_PIXELS`) pixels (checked
+    before any pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
+    raw = os.environ.get("MEDROBUST_MAX_PIXELS", "")
+    try:
+        limit = int(raw) if raw else MAX_PIXELS
+    except ValueError:
+        raise ValueError(f"MEDROBUST_MAX_PIXELS={raw!r} must be an integer (a number of pixels)") from None
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise ValueError(
+                    f"it declares {w} x {h} = {w * h:,} pixels, above the limit of {limit:,} (set "
+                    "MEDROBUST_MAX_PIXELS if the image is meant to be that large)"
+                )
             im = im.convert("RGB" if channels == 3 else "L")
             if center_crop:
                 w, h = im.size
@@ -41,7 +60,7 @@ def load_image(path: Path, size: int, channels: int = 3, center_crop: bool = Fal
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
