@@ -29,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from results_md import write_section
 from torch import nn
 
 import medrobust
@@ -38,6 +39,7 @@ from medrobust.data.base import iterate_batches
 ROOT = Path(__file__).resolve().parents[1]
 PNEUMONIA = ROOT.parent / "shared" / "data" / "pneumoniamnist.npz"
 SECTION = "## AutoAttack cross-check (bench/autoattack_reference.py)"
+BEGIN, END = "<!-- section:autoattack-reference -->", "<!-- /section:autoattack-reference -->"
 
 
 class Padded(nn.Module):
@@ -162,14 +164,9 @@ def table(rows: list[dict], queries: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        head, _, rest = old.partition(SECTION)
-        nxt = rest.find("\n## ")
-        old = head + (rest[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(old.rstrip() + "\n\n" + text)
+def write(text: str) -> None:
+    """Replace this script's section of bench/RESULTS.md (between its markers), keeping every other section."""
+    write_section(BEGIN, END, [BEGIN, text.rstrip(), END])
 
 
 def main() -> None:
@@ -189,7 +186,7 @@ def main() -> None:
     text = table(rows, args.queries)
     print(text)
     if args.write:
-        write_section(text)
+        write(text)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from results_md import write_section
 
 import medrobust
 from medrobust.attacks import FAB, AutoAttack
@@ -48,6 +49,7 @@ from medrobust.data.base import iterate_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## FAB-T cross-check (bench/fab_reference.py)"
+BEGIN, END = "<!-- section:fab-reference -->", "<!-- /section:fab-reference -->"
 # the derm demo's strengths (examples/derm-demo.yaml): Linf in 1/255 steps, L2 for DeepFool, C&W and APGD-L2
 STRENGTHS = {"linf": [0.5 / 255, 1 / 255, 2 / 255, 4 / 255], "l2": [0.1, 0.25, 0.5, 1.0]}
 HEADLINE = {"linf": 2 / 255, "l2": 0.25}
@@ -273,18 +275,9 @@ def table(rows: list[dict[str, Any]], times: list[dict[str, Any]], n: int, queri
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace the section in bench/RESULTS.md where it stands, or append it."""
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION not in old:
-        path.write_text(old.rstrip() + "\n\n" + text)
-        return
-    head, _, rest = old.partition(SECTION)
-    # the section ends where the next one begins: its heading, or the marker comment some sections open with
-    ends = [i for i in (rest.find("\n## "), rest.find("\n<!-- section:")) if i >= 0]
-    tail = rest[min(ends) + 1 :] if ends else ""
-    path.write_text(head + text + ("\n" + tail if tail else ""))
+def write(text: str) -> None:
+    """Replace this script's section of bench/RESULTS.md (between its markers), keeping every other section."""
+    write_section(BEGIN, END, [BEGIN, text.rstrip(), END])
 
 
 def main() -> None:
@@ -304,7 +297,7 @@ def main() -> None:
     text = table(rows, times, args.n, args.queries, args.steps)
     print(text)
     if args.write:
-        write_section(text)
+        write(text)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,12 @@ def test_balanced_accuracy_needs_two_classes():
     assert math.isnan(balanced_accuracy(torch.tensor([0, 0, 0, 0]), y, 3))  # a constant model: not 1.0
     # two of three classes present: the mean sensitivity over those two, (2/3 + 1/1) / 2
     assert balanced_accuracy(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 0, 2]), 3) == pytest.approx(5 / 6)
+    # the resampled statistic (intervals, paired tests) follows the same rule
+    from medrobust import resampling
+
+    one = resampling.balanced_accuracy({"pred": np.zeros(4, int), "label": np.zeros(4, int), "k": 3}, None)
+    two = resampling.balanced_accuracy({"pred": np.array([0, 0, 1, 2]), "label": np.array([0, 0, 0, 2]), "k": 3}, None)
+    assert np.isnan(one).all() and two == pytest.approx([5 / 6])
 
 
 def test_a_one_class_test_split_is_flagged_and_not_scored_as_balanced(tiny_checkpoint, tmp_path):

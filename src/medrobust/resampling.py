@@ -210,7 +210,8 @@ def mean(name: str) -> Statistic:
 
 
 def balanced_accuracy(data: Data, w: np.ndarray | None) -> np.ndarray:
-    """Mean recall over the classes present (weight > 0) in each resample: data pred, label (n,) or (P, n), k."""
+    """Mean recall over the classes present (weight > 0) in each resample: data pred, label (n,) or (P, n), k;
+    nan where fewer than two classes are present (``medrobust.metrics.balanced_accuracy``: nothing to balance)."""
     pred, w = _rows(data["pred"], w)
     label, _ = _rows(data["label"], w)
     hit = (pred == label).astype(np.float64)
@@ -223,7 +224,9 @@ def balanced_accuracy(data: Data, w: np.ndarray | None) -> np.ndarray:
     stacked = np.stack(recalls, axis=1)
     present = np.isfinite(stacked)
     with np.errstate(invalid="ignore"):
-        return np.where(present.any(axis=1), np.nansum(stacked, axis=1) / np.maximum(present.sum(axis=1), 1), np.nan)
+        return np.where(
+            present.sum(axis=1) >= 2, np.nansum(stacked, axis=1) / np.maximum(present.sum(axis=1), 1), np.nan
+        )
 
 
 def quadratic_kappa(data: Data, w: np.ndarray | None) -> np.ndarray:

@@ -377,6 +377,17 @@ def improves(
     return (score < best_score) | ((score == best_score) & (loss > best_loss))
 
 
+def clean_outputs(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, attack: str) -> torch.Tensor:
+    """The model's clean outputs for a decision-boundary attack (DeepFool, C&W, FMN, FAB), checked against the
+    labels by the task, with at least 2 outputs (a boundary needs two sides)."""
+    with torch.no_grad():
+        clean = model(x)
+    task.check(clean, y)
+    if clean.shape[1] < 2:
+        raise ValueError(f"{attack} needs a model with at least 2 outputs, got {clean.shape[1]}")
+    return clean
+
+
 def outcome(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (task score, task loss) of ``x``, without gradients."""
     with torch.no_grad():

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from medrobust.attacks.base import Attack, check_int, check_positive, flat_norm
+from medrobust.attacks.base import Attack, check_int, check_positive, clean_outputs, flat_norm
 from medrobust.models.wrapper import Model
 from medrobust.tasks import Task
 
@@ -84,11 +84,7 @@ class CarliniWagnerL2(Attack):
         eps: float | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            clean = model(x)
-        task.check(clean, y)
-        if clean.shape[1] < 2:
-            raise ValueError(f"CarliniWagnerL2 needs a model with at least 2 outputs, got {clean.shape[1]}")
+        clean = clean_outputs(model, task, x, y, "CarliniWagnerL2")
         result = x.clone()
         # Only samples still classified correctly need an attack; the others are adversarial at distance 0.
         todo = task.correct(clean, y).nonzero().flatten()

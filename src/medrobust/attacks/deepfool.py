@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, per_sample
+from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, clean_outputs, per_sample
 from medrobust.models.wrapper import Model
 from medrobust.tasks import Task
 
@@ -69,12 +69,8 @@ class DeepFool(Attack):
         eps: float | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            clean = model(x)
-        task.check(clean, y)
+        clean = clean_outputs(model, task, x, y, "DeepFool")
         n_classes = clean.shape[1]
-        if n_classes < 2:
-            raise ValueError(f"DeepFool needs a model with at least 2 outputs, got {n_classes}")
         m = n_classes - 1 if self.candidates is None else min(self.candidates, n_classes - 1)
         # Candidate classes are fixed from the clean logits (as in the paper's code): the m most likely others.
         others = clean.detach().scatter(1, y.unsqueeze(1), float("-inf"))

@@ -46,7 +46,7 @@ from typing import ClassVar
 import torch
 
 from medrobust.attacks import losses
-from medrobust.attacks.base import Attack, check_int, check_positive, flat_norm, per_sample
+from medrobust.attacks.base import Attack, check_int, check_positive, clean_outputs, flat_norm, per_sample
 from medrobust.models.wrapper import Model
 from medrobust.tasks import Task
 from medrobust.types import Bounds, check_norm
@@ -147,12 +147,8 @@ class FAB(Attack):
         eps: float | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            clean = model(x)
-        task.check(clean, y)
+        clean = clean_outputs(model, task, x, y, "FAB")
         k = clean.shape[1]
-        if k < 2:
-            raise ValueError(f"FAB needs a model with at least 2 outputs, got {k}")
         low, high = model.bounds
         radius = eps if eps is not None else self.start_radius or _START_RADIUS[self.norm] * (high - low)
         best = x.clone()

@@ -37,7 +37,7 @@ from typing import ClassVar
 
 import torch
 
-from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, flat_norm, per_sample
+from medrobust.attacks.base import Attack, check_int, check_positive, clamp_bounds, clean_outputs, flat_norm, per_sample
 from medrobust.models.wrapper import Model
 from medrobust.tasks import Task
 
@@ -128,11 +128,7 @@ class FMN(Attack):
         eps: float | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        with torch.no_grad():
-            clean = model(x)
-        task.check(clean, y)
-        if clean.shape[1] < 2:
-            raise ValueError(f"FMN needs a model with at least 2 outputs, got {clean.shape[1]}")
+        clean = clean_outputs(model, task, x, y, "FMN")
         result = x.clone()
         # Only samples still classified correctly need an attack; the others are adversarial at distance 0.
         todo = task.correct(clean, y).nonzero().flatten()
