@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bad_cases_cli import CLI_CASES
+from bad_cases_data import DATA_CASES
 from bad_input_kit import (
     DATA,
     MARKER,
@@ -247,6 +249,7 @@ CASES = [
          r"cells run", code=0),
 ]
 
+CASES += DATA_CASES + CLI_CASES
 
 FIVE_WAY = """
 from medrobust.models.zoo import SmallCNN
