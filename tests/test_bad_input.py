@@ -8,8 +8,10 @@ folder). Security cases also check that the marker file their payload would crea
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -244,6 +246,53 @@ CASES = [
     Case("eps above the input range warns", lambda c, d: run_args(d, write_spec(d, c, perturbations=[
         {"attack": "fgsm", "strengths": [2.0]}])), r"warning: fgsm eps \[2\.0\] on tiny is at least its whole input range",
         code=0),
+    # --- a store that proves it is whole: tampered JSON columns are named, not low-level errors ----------------
+    Case("records: probs_json not JSON (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE records SET probs_json='[0.1, 0.2' WHERE sample_index=3 AND perturbation='fgsm'"))],
+        r"record 3 of tiny / fgsm at 0\.01: probs_json is not valid JSON; results\.db was changed outside"),
+    Case("records: probs_json of strings (export)", lambda c, d: ["export", str(_tampered(
+        c, d, "UPDATE records SET probs_json='[\"a\", \"b\", \"c\"]' WHERE sample_index=0 AND kind='clean'"))],
+        r"record 0 of tiny / clean at 0: probs_json holds non-numbers"),
+    Case("records: detail_json an array (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE records SET detail_json='[1]' WHERE sample_index=1 AND perturbation='fgsm'"))],
+        r"record 1 of tiny / fgsm at 0\.01: detail_json holds a JSON list, expected a dict"),
+    Case("cells: strengths_json nested 100000 deep (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE cells SET strengths_json='" + "[" * 100_000 + "]" * 100_000 + "' WHERE perturbation='fgsm'"))],
+        r"cell tiny / fgsm: strengths_json is not valid JSON"),
+    Case("cells: threat_json a string (export)", lambda c, d: ["export", str(_tampered(
+        c, d, "UPDATE cells SET threat_json='\"linf\"' WHERE perturbation='fgsm'"))],
+        r"cell tiny / fgsm: threat_json holds a JSON str, expected a dict"),
+    Case("models: card_json a list (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE models SET card_json='[]'"))], r"model tiny: card_json holds a JSON list, expected a dict"),
+    Case("models: bounds_json of one number (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE models SET bounds_json='[0]'"))], r"model tiny: bounds_json holds \[0\], expected two numbers"),
+    Case("runs: spec_json truncated (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE runs SET spec_json=substr(spec_json, 1, 20)"))], r"run 1: spec_json is not valid JSON"),
+    Case("runs: versions_json null (report)", lambda c, d: ["report", str(_tampered(
+        c, d, "UPDATE runs SET versions_json='null'"))],
+         r"run 1: versions_json holds a JSON NoneType, expected a dict"),
+    # --- the model cache of a run folder is checked before reuse ------------------------------------------------
+    Case("cached model with other weights", lambda c, d: _swapped_cache(c, d),
+         r"model 'm': the weights cached in .* \(fingerprint [0-9a-f]+\) are not the ones this run folder trained",
+         may_write=("run", "other", "spec.yaml"), unchanged=("run/results.db", "run/summary.json")),
+    Case("cached model whose card records other arch_kwargs", lambda c, d: _recarded_cache(c, d),
+         r"model 'm': the cached model in .* records arch_kwargs \{'width': 64\} but the spec trains it with "
+         r"\{'width': 2\}; delete that folder", may_write=("run", "spec.yaml"), unchanged=("run/results.db",)),
+    # --- data of another input shape than the card's -----------------------------------------------------------
+    Case("grayscale data for a colour model", lambda c, d: ["evaluate", "--model", str(c), "--dataset", "medmnist",
+                                                            "-d", f"path={write_npz(d, labels=lambda n: (np.arange(n) % 3)[:, None])}"],
+         r"model 'small-cnn-derm-synth-s0' takes inputs of shape \[3, 16, 16\] \(channels first\) but dataset 'medmnist' gives "
+         r"\[1, 28, 28\]"),
+    Case("images of another size warn", lambda c, d: ["evaluate", "--model", str(c), "-d", "size=24", "--limit", "8",
+                                                      "--attack", "fgsm:eps=0.01"],
+         r"warning: model 'small-cnn-derm-synth-s0' was trained on \[16, 16\] images but dataset 'derm-synth' gives \[24, 24\]", code=0),
+    # --- MLflow: checked before the run --------------------------------------------------------------------------
+    Case("MLflow server that does not answer", lambda c, d: run_args(d, write_spec(d, c), "--mlflow",
+                                                                     "http://127.0.0.1:9"),
+         r"MLflow server 'http://127\.0\.0\.1:9' cannot be reached \(.*refused\)", skip=lambda: _no_mlflow()),
+    Case("link planted in the run folder's MLflow store", lambda c, d: _mlflow_link(c, d),
+         r"run/mlflow/artifacts/summary\.json' is a symbolic link; medrobust does not write through links",
+         unchanged=("target.txt",), skip=lambda: _no_mlflow()),
     Case("--force adds to another experiment's folder", lambda c, d: [*run_args(d, write_spec(d, c, dataset={
         "name": "derm-synth", "params": {"size": 16, "n": 48}}), "--force")] if finished_run(c, d) else [],
          r"cells run", code=0),
@@ -302,9 +351,65 @@ def _escaped_summary(path: Path) -> None:
 
 
 def _nan_images(n: int) -> np.ndarray:
-    images = np.random.default_rng(0).random((n, 28, 28)).astype(np.float32)
-    images[0, 3, 3] = np.nan
+    images = np.random.default_rng(0).random((n, 16, 16, 3)).astype(np.float32)  # the card's input shape
+    images[0, 3, 3, 0] = np.nan
     return images
+
+
+def _tampered(ckpt: Path, d: Path, sql: str) -> Path:
+    """A finished run whose results.db was then edited by ``sql``."""
+    run = finished_run(ckpt, d)
+    con = sqlite3.connect(run / "results.db")
+    with con:
+        con.execute(sql)
+    con.close()
+    return run
+
+
+def _cached_run(d: Path, **train) -> Path:
+    """A spec that trains a tiny model, run once (its model is cached in run/models); the spec stays for the
+    case's own command."""
+    spec = write_spec(d, None, models=[{"name": "m", "train": {
+        "architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1, **train}}], perturbations=[])
+    assert runner.invoke(app, run_args(d, spec)).exit_code == 0
+    return spec
+
+
+def _swapped_cache(ckpt: Path, d: Path) -> list[str]:
+    """The cached model's weights replaced by other weights of the same shape (another seed's training)."""
+    spec = _cached_run(d)
+    (cached,) = (d / "run" / "models").iterdir()
+    other = d / "other"
+    train(TrainSettings(architecture="small-cnn", arch_kwargs={"width": 2}, dataset="derm-synth",
+                        dataset_params=DATA["params"], epochs=1, seed=5), other)
+    shutil.copyfile(other / "model.safetensors", cached / "model.safetensors")
+    return run_args(d, spec)
+
+
+def _recarded_cache(ckpt: Path, d: Path) -> list[str]:
+    """The cached model's card edited to record another architecture's settings (arch_kwargs)."""
+    spec = _cached_run(d)
+    (cached,) = (d / "run" / "models").iterdir()
+    card = json.loads((cached / "model.json").read_text())
+    card["arch_kwargs"] = {"width": 64}
+    (cached / "model.json").write_text(json.dumps(card))
+    return run_args(d, spec)
+
+
+def _mlflow_link(ckpt: Path, d: Path) -> list[str]:
+    """A run folder whose MLflow store holds a link to a file outside it."""
+    (d / "target.txt").write_text("keep me")
+    (d / "run" / "mlflow" / "artifacts").mkdir(parents=True)
+    (d / "run" / "mlflow" / "artifacts" / "summary.json").symlink_to(d / "target.txt")
+    return run_args(d, write_spec(d, ckpt, mlflow=True))
+
+
+def _no_mlflow() -> str:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return "MLflow is an extra (pip install 'medrobust[mlflow]')"
+    return ""
 
 
 def _symlinked(ckpt: Path, d: Path) -> Path:

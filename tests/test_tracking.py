@@ -288,3 +288,67 @@ def test_tags_and_description_by_hand():
     text = description(summary, many, limit=600)
     assert len(text) <= 600 and text.endswith("\n\n*(cut here: the full text is the artifact summary.md)*\n")
     assert "- **check 0**: " in text and "# report" not in text
+
+
+def test_a_link_planted_in_the_run_folders_store_is_refused(logged, tmp_path, monkeypatch):
+    """MLflow writes its database's side files and its artifacts by paths of its own: a link anywhere under
+    RUN/mlflow is refused before anything is logged, and the file it points at keeps its bytes."""
+    import shutil
+
+    from medrobust.tracking import check_destination, log_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = tmp_path / "run"
+    shutil.copytree(logged[0], run_dir)
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    for planted in ("mlflow/mlflow.db-journal", "mlflow/artifacts/1/abc/artifacts/summary.json"):
+        shutil.rmtree(run_dir / "mlflow", ignore_errors=True)
+        (run_dir / planted).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / planted).symlink_to(target)
+        for call in (lambda: check_destination(None, run_dir), lambda: log_run(run_dir)):
+            with pytest.raises(ValueError, match=rf"'{run_dir / planted}' is a symbolic link; medrobust does not"):
+                call()
+        assert target.read_text() == "keep me"
+
+
+def test_an_http_server_must_answer_mlflows_api(tmp_path):
+    """The up-front check of an HTTP store: a real local HTTP server that answers the API call (200) or asks
+    for credentials (401) passes; one that answers 404 (another service, a proxy) and a closed port are one-line
+    errors naming the URI and why."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from medrobust.tracking import check_destination
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        status = 200
+
+        def do_POST(self):
+            seen.append((self.command, self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(Handler.status)
+            self.end_headers()
+            self.wfile.write(b'{"experiments": []}')
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for status in (200, 401, 403):
+            Handler.status = status
+            check_destination(uri + "/", tmp_path)
+        assert seen[0] == ("POST", "/api/2.0/mlflow/experiments/search", b'{"max_results": 1}')
+        Handler.status = 404
+        with pytest.raises(ValueError, match=rf"MLflow server '{uri}/' cannot be reached \(HTTP 404 from {uri}/api"):
+            check_destination(uri + "/", tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match=rf"MLflow server '{uri}' cannot be reached \(.*refused"):
+        check_destination(uri, tmp_path)  # the port is closed now
+    assert not (tmp_path / "mlflow").exists()

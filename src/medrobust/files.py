@@ -69,6 +69,18 @@ def check_inside(path: str | Path, root: str | Path) -> Path:
     return path
 
 
+def check_no_links(folder: str | Path) -> Path:
+    """``folder`` if nothing under it is a symbolic link (files and folders, at any depth, not followed), else
+    :class:`UnsafePathError` naming the first one: for a folder another program (a tracking store) writes into by
+    paths it builds itself, so no single write can be checked."""
+    folder = Path(folder)
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(top, name)):
+                raise _link_error(Path(top) / name)
+    return folder
+
+
 def check_output_file(path: str | Path) -> Path:
     """``path``, a file the command will write when its work is done, checked before the work starts: not a
     folder, not a symbolic link, in an existing folder this process can write to."""

@@ -39,13 +39,13 @@ from medrobust.config import ExperimentSpec, ModelSpec
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, iterate_batches
 from medrobust.executors import Executor, LocalExecutor, Settings, Work, make_executor, plan
-from medrobust.files import write_json
+from medrobust.files import strict_dumps, write_json
 from medrobust.metrics.clever import WITHHOLD, attack_distances, clever_estimate
 from medrobust.models import Model, load_model
-from medrobust.models.card import ModelCard, save_checkpoint
+from medrobust.models.card import ModelCard, read_card, save_checkpoint, weights_path
 from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
-from medrobust.store import CellInfo, ModelRow, Store, check_database
+from medrobust.store import CellInfo, ModelRow, Store, check_database, trained_fingerprints
 from medrobust.tasks import get_task
 from medrobust.train import TrainSettings, epoch_line, train, versions
 from medrobust.types import check_device
@@ -102,6 +102,7 @@ def prepare_model(
         model, card = started[m.name].result()
     else:
         if (folder / "model.json").exists():
+            check_cached(m.name, settings, folder, run_dir)
             notify(f"reusing trained model {m.name} from {folder}")
             prepared[m.name] = load_folder(folder, spec, trust_code)
             return prepared[m.name]
@@ -115,6 +116,48 @@ def prepare_model(
     save_checkpoint(model.cpu(), card, folder, root=run_dir)
     prepared[m.name] = LoadedModel(model.to(spec.device), card, file_digest(folder / card.weights))
     return prepared[m.name]
+
+
+#: the training settings a cached model's card must agree with (the device may differ: a run may resume elsewhere)
+CACHE_FIELDS = ("epochs", "batch_size", "lr", "defense")
+
+
+def check_cached(name: str, settings: TrainSettings, folder: Path, run_dir: Path) -> None:
+    """A model found in the run folder's cache is reused only if it is what the spec trains: its card records the
+    spec's architecture, arch_kwargs, training data, seed and settings, and its weights are the ones earlier runs
+    of this folder recorded in results.db (when they did). A folder may come from someone else; a model placed
+    in it would otherwise be scored and reported as the one the spec trains. Checked before the model is built."""
+    card, _ = read_card(folder)
+    expected = {
+        "architecture": settings.architecture,
+        "arch_kwargs": settings.arch_kwargs,
+        "dataset": settings.dataset,
+        "dataset params": settings.dataset_params,
+        "seed": settings.seed,
+        **{k: getattr(settings, k) for k in CACHE_FIELDS},
+    }
+    found = {
+        "architecture": card.architecture,
+        "arch_kwargs": card.arch_kwargs,
+        "dataset": card.dataset.get("name"),
+        "dataset params": card.dataset.get("params", {}),
+        "seed": card.seed,
+        **{k: card.training.get(k) for k in CACHE_FIELDS},
+    }
+    for key, value in expected.items():
+        if strict_dumps(found[key], sort_keys=True) != strict_dumps(value, sort_keys=True):
+            raise ValueError(
+                f"model {name!r}: the cached model in {str(folder)!r} records {key} {found[key]!r} but the spec "
+                f"trains it with {value!r}; delete that folder to train it again"
+            )
+    recorded = trained_fingerprints(run_dir / "results.db", name)
+    fingerprint = file_digest(weights_path(card, folder)) if recorded else ""
+    if recorded and fingerprint not in recorded:
+        raise ValueError(
+            f"model {name!r}: the weights cached in {str(folder)!r} (fingerprint {fingerprint}) are not the ones "
+            f"this run folder trained and scored ({', '.join(sorted(recorded))} in results.db); delete that folder "
+            "to train it again"
+        )
 
 
 def start_training(
@@ -220,7 +263,8 @@ def probe_models(spec: ExperimentSpec, dataset: ImageDataset, loaded: dict[str, 
                     continue
                 net: torch.nn.Module = loaded[m.name].model
                 x = batch.x.to(spec.device)
-                what = f"model {m.name!r}"
+                trained = loaded[m.name].card.input_shape
+                what = f"model {m.name!r}" + (f" (trained on {list(trained)})" if list(trained) != list(shape) else "")
             else:
                 assert m.train is not None
                 net = build_network(
@@ -507,7 +551,9 @@ def check_geometry(
 ) -> None:
     """A model must see its data as it was trained: the voxel size its card records against the data's (an
     error), the orientation (an error where both are known and differ, a warning where the data records none)
-    and the slice plane (a warning: a model may be scored across planes on purpose)."""
+    and the slice plane (a warning: a model may be scored across planes on purpose); and the input size of its card
+    (:func:`check_input_shape`)."""
+    check_input_shape(name, card, dataset, label, notify)
     seen = dataset.geometry()
     trained, here = card.dataset.get("spacing"), seen.get("spacing")
     if trained and here and not np.allclose(trained, here, rtol=1e-3):
@@ -531,6 +577,29 @@ def check_geometry(
         notify(
             f"warning: model {name!r} was trained on {plane} slices but dataset {label!r} gives {seen['plane']} "
             f"slices: its scores measure transfer across planes (set axis: {plane} to score it on its own plane)"
+        )
+
+
+def check_input_shape(
+    name: str, card: ModelCard, dataset: ImageDataset, label: str, notify: Callable[[str], None] = log.warning
+) -> None:
+    """The data's samples against the input shape the card records: another channel count or another number of
+    spatial dimensions is an error (no network takes those); for a classifier, another image size is a warning
+    (it runs, through global pooling, but on a scale it never saw; a network that cannot take the size fails
+    the probe that follows, which names the card's size). Dense models (fully convolutional, sliding-window
+    inference over volumes of any size) are not warned about size."""
+    trained, here = list(card.input_shape), list(dataset.input_shape)
+    if not trained or trained == here:
+        return
+    if len(trained) != len(here) or trained[0] != here[0]:
+        raise ValueError(
+            f"model {name!r} takes inputs of shape {trained} (channels first) but dataset {label!r} gives {here}; "
+            "the channel count and the number of spatial dimensions must match"
+        )
+    if not get_task(dataset.task).dense:
+        notify(
+            f"warning: model {name!r} was trained on {trained[1:]} images but dataset {label!r} gives {here[1:]}; "
+            f"it is scored at a scale it never saw (resize the data to {trained[1:]} to score it as trained)"
         )
 
 

@@ -249,12 +249,30 @@ class CellInfo:
     threat: dict[str, Any]
 
 
-def _bounds(value: list[float]) -> tuple[float, float]:
+def _bounds(value: list[Any], where: str) -> tuple[float, float]:
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise StoreError(f"{where} holds {value!r}, expected two numbers (low, high); {CHANGED}")
     return float(value[0]), float(value[1])
 
 
 class StoreError(ValueError):
     """A results.db that cannot be used (empty, not SQLite, not writable); the message says what to do."""
+
+
+def trained_fingerprints(path: Path, model: str) -> set[str]:
+    """The weights' fingerprints that earlier runs of the database at ``path`` recorded for the model ``model``
+    trained by the run (source "trained ..."); empty when there is no database or no such row. Read-only: the
+    database is not created, changed or migrated."""
+    if not path.is_file():
+        return set()
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT fingerprint FROM models WHERE name=? AND source LIKE 'trained %'", (model,))
+        return {str(r[0]) for r in rows}
+    except sqlite3.DatabaseError:  # no models table yet (a run stopped before its first cell), or unreadable
+        return set()
+    finally:
+        con.close()
 
 
 def check_database(path: Path) -> None:
@@ -285,11 +303,52 @@ def check_database(path: Path) -> None:
             )
 
 
+CHANGED = (
+    "results.db was changed outside medrobust or is damaged: restore it from a copy, or re-run the spec into a "
+    "new folder"
+)
+
+
+def column_json(text: Any, where: str, expected: type | tuple[type, ...]) -> Any:
+    """The JSON value of a stored column, of the ``expected`` type, else a one-line :class:`StoreError` naming
+    ``where`` (the table, row and column): a database is data, and a value edited by hand must not surface as a
+    low-level error pages later."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise StoreError(f"{where} is not valid JSON; {CHANGED}") from None
+    if not isinstance(value, expected) or isinstance(value, bool):
+        names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+        raise StoreError(f"{where} holds a JSON {type(value).__name__}, expected a {names}; {CHANGED}")
+    return value
+
+
+def _numbers(value: list[Any], where: str) -> None:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise StoreError(f"{where} holds non-numbers; {CHANGED}")
+
+
+def check_columns(cells: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """The JSON columns of ``cells`` and ``records`` parse to what medrobust wrote: parameters, strengths (numbers)
+    and threat of each cell; the probabilities (numbers) and the detail (an object, or null) of each record."""
+    for c in cells:
+        cell = f"results.db: cell {c['model']} / {c['perturbation']}"
+        column_json(c["params_json"], f"{cell}: params_json", dict)
+        column_json(c["threat_json"], f"{cell}: threat_json", dict)
+        _numbers(column_json(c["strengths_json"], f"{cell}: strengths_json", list), f"{cell}: strengths_json")
+    for r in records:
+        where = f"results.db: record {r['sample_index']} of {r['model']} / {r['perturbation']} at {r['strength']:g}"
+        _numbers(column_json(r["probs_json"], f"{where}: probs_json", list), f"{where}: probs_json")
+        if r.get("detail_json") is not None:
+            column_json(r["detail_json"], f"{where}: detail_json", dict)
+
+
 def check_whole(cells: list[dict[str, Any]], records: list[dict[str, Any]], db: Path) -> None:
     """Every finished cell holds all its records: for each perturbation row it stored (the attack, its matched
     noise) one record per sample at every strength, as many samples as the model's fullest row. A cell with
     fewer (records deleted, a damaged copy) would be reported with a smaller n without a word: refused, naming
-    the cell."""
+    the cell. And their JSON columns parse (:func:`check_columns`)."""
+    check_columns(cells, records)
     counts: dict[tuple[str, str, float], int] = defaultdict(int)
     labels: dict[str, set[str]] = defaultdict(set)
     for r in records:
@@ -300,13 +359,7 @@ def check_whole(cells: list[dict[str, Any]], records: list[dict[str, Any]], db: 
     for (key, _, _), k in counts.items():
         n[model[key]] = max(n[model[key]], k)
     for c in cells:
-        try:
-            strengths = [float(s) for s in json.loads(c["strengths_json"])]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{str(db)!r}: cell {c['model']} / {c['perturbation']} has an unreadable strengths column; the "
-                "database was changed outside medrobust: re-run the spec into a new folder"
-            ) from None
+        strengths = [float(s) for s in json.loads(c["strengths_json"])]  # checked above
         for label in sorted(labels[c["key"]]) or [c["perturbation"]]:
             for s in strengths:
                 k = counts.get((c["key"], label, s), 0)
@@ -441,10 +494,13 @@ class Store:
                 r["name"],
                 r["fingerprint"],
                 r["task"],
-                json.loads(r["class_names_json"]),
-                _bounds(json.loads(r["bounds_json"])),
+                column_json(r["class_names_json"], f"results.db: model {r['name']}: class_names_json", list),
+                _bounds(
+                    column_json(r["bounds_json"], f"results.db: model {r['name']}: bounds_json", list),
+                    f"results.db: model {r['name']}: bounds_json",
+                ),
                 r["source"],
-                json.loads(r["card_json"]),
+                column_json(r["card_json"], f"results.db: model {r['name']}: card_json", dict),
             )
             for r in rows
         ]
@@ -632,14 +688,15 @@ class Store:
             "SELECT scores_json FROM model_scores WHERE model=? AND fingerprint=? AND name=? AND settings_json=?",
             (model, fingerprint, name, strict_dumps(settings, sort_keys=True)),
         ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else column_json(row[0], f"results.db: {name} scores of {model}", list)
 
     def all_model_scores(self) -> list[dict[str, Any]]:
         """Every stored model-level score set (model, fingerprint, name, settings, scores), oldest first."""
         rows = self._dicts("SELECT * FROM model_scores ORDER BY created")
         for r in rows:
-            r["settings"] = json.loads(r.pop("settings_json"))
-            r["scores"] = json.loads(r.pop("scores_json"))
+            where = f"results.db: {r['name']} scores of {r['model']}"
+            r["settings"] = column_json(r.pop("settings_json"), f"{where}: settings_json", dict)
+            r["scores"] = column_json(r.pop("scores_json"), f"{where}: scores_json", list)
         return rows
 
     def has_checks(self, model: str, fingerprint: str) -> bool:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medrobust.files import strict_dumps
+from medrobust.files import check_no_links, strict_dumps
 
 if TYPE_CHECKING:
     from medrobust.report.analysis import Finding, ModelChecks
@@ -128,6 +128,7 @@ def destination(uri: str | None, run_dir: Path, create: bool = True) -> Destinat
 
         for path in (folder, folder / "mlflow.db", folder / "artifacts"):
             inside(run_dir, path)
+        check_no_links(folder)  # MLflow writes its database's side files and artifacts by paths of its own
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     return Destination(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder, confined)
@@ -144,12 +145,46 @@ def _quiet_migrations() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: seconds an MLflow server has to answer the up-front check (MLflow itself retries for minutes)
+REACH_TIMEOUT = 5.0
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
+    """An HTTP(S) tracking server answers MLflow's REST API: one POST to ``/api/2.0/mlflow/experiments/search``
+    for one experiment (a call every client makes), without retries. A 200, or a 401/403 (a server that wants
+    the credentials MLflow will send), passes; no connection, no answer in ``timeout`` seconds, or another status
+    (a 404 from a proxy or another service at that address) is a one-line error, before the run, not after it."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    request = urllib.request.Request(
+        url, data=b'{"max_results": 1}', headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            return
+        why = f"HTTP {err.code} from {url}: not an MLflow tracking server?"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        why = first_line(reason) if isinstance(reason, BaseException) else str(reason)
+    raise ValueError(
+        f"MLflow server {uri!r} cannot be reached ({why}); start it, pass --mlflow with a server that answers, or "
+        "leave MLflow out (log later with `medrobust report RUN --mlflow URI`)"
+    )
+
+
 def check_destination(uri: str | None, run_dir: Path) -> None:
     """Before a run: MLflow is installed and the destination makes sense (a known scheme, a usable folder; a
     local ``file:`` or ``sqlite:`` store opens), so a long run does not end in an error it could have had first.
-    A server is not contacted."""
+    An HTTP(S) server must answer MLflow's API within ``REACH_TIMEOUT`` seconds (:func:`check_reachable`)."""
     require_mlflow()
     where = destination(uri, run_dir, create=False)
+    if where.uri.split(":", 1)[0].lower() in ("http", "https"):
+        check_reachable(where.uri)
     if where.uri.split(":", 1)[0].lower() in ("file", "sqlite"):
         from mlflow.tracking import MlflowClient
 

@@ -20,6 +20,7 @@ from medrobust.report import figures as F
 from medrobust.report.data import RunData, load_run
 from medrobust.report.markdown import summary_markdown
 from medrobust.results import write_comparisons, write_summary
+from medrobust.store import column_json
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,12 @@ def provenance(run: RunData) -> dict[str, Any]:
                 "wall": wall,
                 "device": r["device"],
                 "seed": r["seed"],
-                "versions": ", ".join(f"{k} {v}" for k, v in json.loads(r["versions_json"]).items()),
+                "versions": ", ".join(
+                    f"{k} {v}"
+                    for k, v in column_json(
+                        r["versions_json"], f"results.db: run {r['id']}: versions_json", dict
+                    ).items()
+                ),
             }
         )
     from medrobust import __version__

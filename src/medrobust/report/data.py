@@ -15,7 +15,7 @@ from typing import Any
 
 from medrobust.metrics.clever import attack_distances
 from medrobust.results import clever_rows, compare_models, summarise
-from medrobust.store import Store, check_whole
+from medrobust.store import Store, check_whole, column_json
 from medrobust.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,9 @@ def load_run(run_dir: str | Path) -> RunData:
     finally:
         store.close()
 
-    spec = json.loads(next(r["spec_json"] for r in runs if r["id"] == run_id))
+    spec = column_json(
+        next(r["spec_json"] for r in runs if r["id"] == run_id), f"results.db: run {run_id}: spec_json", dict
+    )
     present = {c["model"] for c in cells}
     models = [
         ModelInfo(m.name, m.source, tuple(m.class_names), m.task, m.fingerprint, m.bounds, m.card)
