@@ -6,6 +6,7 @@ allows: a few PGD cells, each slow enough that a kill lands mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import tiny_spec
 
@@ -148,3 +150,45 @@ def test_checkpoint_results_are_bit_identical_across_thread_counts(tiny_checkpoi
     assert len(rows["1"]) == 12 * (1 + 2 + 2 + 2 + 1)
     assert rows["1"] == rows["2"]
     assert rows["1summary"] == rows["2summary"]
+
+
+@pytest.mark.slow
+def test_sigkill_during_report_keeps_a_whole_report(tiny_checkpoint, tmp_path):
+    """`medrobust report` killed with SIGKILL at points spread over its lifetime (imports, reading, writing each
+    file): every report file is, after each kill, either the previous one byte for byte or a complete new one
+    (JSON that parses, HTML that closes); the next report succeeds. `make test-all`: about 10 processes."""
+    from medrobust.report import build_report
+
+    spec_path, _ = _pgd_spec(tiny_checkpoint, tmp_path, [0.005, 0.01], steps=2)
+    run_dir = tmp_path / "run"
+    run_experiment(load_config(spec_path), run_dir, quiet=True)
+    build_report(run_dir, reference_strength={"linf": 0.005})  # the first report
+    cmd = [sys.executable, "-m", "medrobust", "report", str(run_dir), "--reference", "linf=0.01"]
+    names = ("summary.json", "summary.csv", "comparisons.json", "report.html", "summary.md")
+    old = {n: (run_dir / n).read_bytes() for n in names}
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)  # the whole report: how long it takes
+    whole = time.perf_counter() - started
+    new = {n: (run_dir / n).read_bytes() for n in names}
+    assert new["report.html"] != old["report.html"]  # the caption names the reference: the kill points can tell
+    kinds = {"old": 0, "new": 0}
+    for fraction in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98):
+        for n in names:  # back to the first report before each kill
+            (run_dir / n).write_bytes(old[n])
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(fraction * whole)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for n in names:
+            now = (run_dir / n).read_bytes()
+            if n == "report.html":  # old, or a whole new one (it records when it was made)
+                assert now == old[n] or now.rstrip().endswith(b"</html>") and len(now) > len(new[n]) // 2, fraction
+                kinds["old" if now == old[n] else "new"] += 1
+            else:
+                assert now in (old[n], new[n]), (fraction, n)
+                if n.endswith(".json"):
+                    json.loads(now)
+    assert kinds["old"] >= 1  # some kills landed before the report was replaced
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all((run_dir / n).read_bytes() == new[n] for n in names if n != "report.html")
