@@ -45,7 +45,8 @@ def test_an_id_listed_twice_with_one_label_loads(tmp_path):
     [
         (["a", "b", "a"], [0, 1, 0], None),
         (["a", "b", "a"], [0, 1, 1], "'a' is listed twice with different labels (0 and 1)"),
-        (["x", "y", "z", "y"], ["mel", "nv", "bkl", "bkl"], "'y' is listed twice with different labels ('nv' and 'bkl')"),
+        (["x", "y", "z", "y"], ["mel", "nv", "bkl", "bkl"],
+         "'y' is listed twice with different labels ('nv' and 'bkl')"),
         ([], [], None),
     ],
 )
@@ -201,3 +202,238 @@ def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
         load_image(path, size=8)
     monkeypatch.setenv("MEDROBUST_MAX_PIXELS", "200")
     assert tuple(load_image(path, size=8).shape) == (3, 8, 8)
+
+
+# ------------------------------------------------------------------------------------------------ hardening, pass 2
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda b: b.int_param("abc", "size", "here", low=1, high=1024, unit="pixels"),
+     "here: size='abc' must be a whole number of pixels in [1, 1024]"),
+    (lambda b: b.int_param(True, "n", low=1), "n=True must be a whole number >= 1"),
+    (lambda b: b.int_param(1.5, "n", low=1), "n=1.5 must be a whole number >= 1"),
+    (lambda b: b.float_param(float("nan"), "val_fraction", "x", low=0, high=1),
+     "x: val_fraction=nan must be a finite number in [0, 1]"),
+    (lambda b: b.float_param(0, "severity", low=0, above=True), "severity=0 must be a finite number > 0"),
+    (lambda b: b.seed_param(2**63, "d"), "d: seed=9223372036854775808 must be an integer in [0, 9223372036854775807]"),
+    (lambda b: b.bool_param("no", "center_crop"), "center_crop='no' must be true or false"),
+    (lambda b: b.names_param("abc", "classes"),
+     "classes='abc' must be a list of class names, e.g. [benign, malignant]"),
+    (lambda b: b.names_param(["a", ["b"]], "classes"),
+     "classes=['a', ['b']] must be a list of class names; ['b'] is not one"),
+    (lambda b: b.numbers_param([1, "a"], "window", 2, "dicom", "center, width"),
+     "dicom: window=[1, 'a'] must be a list of 2 finite numbers (center, width)"),
+])
+def test_builder_parameters_are_refused_with_one_line(call, message):
+    from medrobust.data import base
+
+    with pytest.raises(ValueError) as err:
+        call(base)
+    assert str(err.value) == message
+
+
+def test_accepted_parameters_come_back_typed():
+    from medrobust.data.base import float_param, int_param, names_param, seed_param
+
+    assert int_param(np.int64(16), "size", low=1, high=1024) == 16 and type(int_param(np.int64(3), "n")) is int
+    assert float_param(1, "x", low=0, high=1) == 1.0 and seed_param(2**63 - 1) == 2**63 - 1
+    assert names_param((0, "b"), "classes") == ["0", "b"]
+
+
+def test_duplicate_class_names_are_refused_by_every_dataset():
+    import torch
+
+    from medrobust.data.base import TensorImageDataset
+    from medrobust.data.segmentation import SegmentationDataset
+
+    with pytest.raises(ValueError, match=r"^class names \['a', 'b', 'a'\] list 'a' twice; class names must be "
+                                         r"distinct$"):
+        TensorImageDataset(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), ["x", "y"], ["a", "b", "a"], "test")
+    with pytest.raises(ValueError, match=r"list 'bg' twice"):
+        SegmentationDataset(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.uint8), ["x"], ["bg", "bg"],
+                            "test")
+
+
+def _png_folder(root, n: int = 2):
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for k in range(n):
+            Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(root / c / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize(("size", "cached"), [(16, 2048), (1024, 170)])
+def test_the_image_cache_holds_at_most_512_mib(tmp_path, size, cached):
+    ds = load_dataset("image-folder", root=_png_folder(tmp_path), size=size, test_fraction=0.5)
+    assert ds._cache_size == cached  # 512 MiB // (3 * 1024 * 1024) = 170 images of 1024 x 1024 RGB
+
+
+def test_a_16_bit_image_is_refused_not_clipped(tmp_path):
+    from medrobust.data.image_folder import load_image
+
+    path = tmp_path / "scan.png"
+    Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)).save(path)
+    with pytest.raises(ValueError, match=r"scan\.png: it has Pillow mode 'I;16' \(more than 8 bits per channel\), "
+                                         r"which 8-bit reading would clip"):
+        load_image(path, size=8, channels=1)
+
+
+def test_a_bad_limit_in_the_environment_is_named(tmp_path, monkeypatch):
+    from medrobust.data.image_folder import load_image
+
+    monkeypatch.setenv("MEDROBUST_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match=r"^MEDROBUST_MAX_PIXELS='lots' must be an integer \(a number of pixels\)$"):
+        load_image(tmp_path / "x.png", size=8)
+    monkeypatch.setenv("MEDROBUST_MAX_BYTES", "0")
+    from medrobust.data.base import max_bytes
+
+    with pytest.raises(ValueError, match=r"^MEDROBUST_MAX_BYTES='0' must be an integer >= 1 \(a number of bytes\)$"):
+        max_bytes()
+
+
+def test_csv_readers_name_the_file_in_one_line(tmp_path):
+    from medrobust.data.base import read_csv_rows
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefffile , label\nx.dcm, a\ny.dcm\n".encode())
+    assert read_csv_rows(bom) == (["file", "label"], [{"file": "x.dcm", "label": "a"}, {"file": "y.dcm", "label": ""}])
+    huge = tmp_path / "huge.csv"
+    huge.write_text("file,label\n" + "x" * 140_000 + ",a\n")
+    with pytest.raises(ValueError, match=r"huge\.csv is not a valid CSV file: field larger than field limit "
+                                         r"\(131072\)"):
+        read_csv_rows(huge, "labels CSV")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"file,label\n\x89PNG\xff,a\n")
+    with pytest.raises(ValueError, match=r"^labels CSV .*binary\.csv is not UTF-8 text; expected a CSV file$"):
+        read_csv_rows(binary, "labels CSV")
+
+
+# --- DICOM: files confined to root, headers checked before the pixels ----------------------------------------------
+def _dicom_root(tmp_path, files):
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for k in range(2):
+        __import__("shutil").copy(get_testdata_file("CT_small.dcm"), root / f"a{k}.dcm")
+    rows = [f"{f},{'ab'[k % 2]},test" for k, f in enumerate(files)]
+    (root / "labels.csv").write_text("file,label,split\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("name", ["../out.dcm", "sub/../../out.dcm", "{outside}"])
+def test_dicom_files_outside_root_are_refused(tmp_path, name):
+    (tmp_path / "out.dcm").write_bytes(b"x")
+    name = name.format(outside=tmp_path / "out.dcm")
+    root = _dicom_root(tmp_path, ["a0.dcm", name])
+    with pytest.raises(ValueError) as err:
+        load_dataset("dicom", root=str(root), size=16)
+    real = (tmp_path / "out.dcm").resolve()
+    assert str(err.value) == (
+        f"dicom: {str(root / 'labels.csv')!r} row 3: file {name!r} leads outside root {str(root)!r} (to "
+        f"{str(real)!r}); the files a labels CSV names must lie inside root"
+    )
+
+
+def test_dicom_links_are_followed_to_where_they_lead(tmp_path):
+    root = _dicom_root(tmp_path, ["a0.dcm", "inside.dcm", "sub/a1.dcm"])
+    (root / "inside.dcm").symlink_to(root / "a1.dcm")  # a link that stays inside root is fine
+    (root / "sub").mkdir()
+    (root / "sub" / "a1.dcm").symlink_to(root / "a0.dcm")
+    assert len(load_dataset("dicom", root=str(root), size=16)) == 3
+    (root / "sub" / "a1.dcm").unlink()
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(tmp_path)  # a folder link leading out
+    __import__("shutil").copy(root / "a0.dcm", tmp_path / "a1.dcm")
+    with pytest.raises(ValueError, match=r"row 4: file 'sub/a1\.dcm' leads outside root"):
+        load_dataset("dicom", root=str(root), size=16)
+
+
+def test_dicom_headers_are_checked_before_decoding(tmp_path, monkeypatch):
+    import pydicom
+
+    from medrobust.data.dicom import check_dicom_header, read_dicom
+
+    root = _dicom_root(tmp_path, ["a0.dcm", "a1.dcm"])
+    path = root / "a0.dcm"
+    ds = pydicom.dcmread(path)
+    check_dicom_header(ds, path)  # 128 x 128, 16 bits, 32,768 bytes of pixel data in a 39 kB file
+    monkeypatch.setenv("MEDROBUST_MAX_PIXELS", "16383")
+    with pytest.raises(ValueError, match=r"a0\.dcm: it declares 128 x 128 x 1 = 16,384 pixels \(rows x columns x "
+                                         r"frames\), above the limit of 16,383"):
+        load_dataset("dicom", root=str(root), size=16)  # refused when the dataset is built, not when a sample is read
+    monkeypatch.delenv("MEDROBUST_MAX_PIXELS")
+    ds.NumberOfFrames = 3  # 3 frames would need 98,304 bytes
+    ds.save_as(path)
+    with pytest.raises(ValueError, match=r"declares 128 x 128 x 3 pixels \(98,304 bytes of pixel data\) but holds "
+                                         r"[\d,]+ bytes: truncated"):
+        read_dicom(path, None, 16)
+    del ds.Rows
+    ds.save_as(path)
+    with pytest.raises(ValueError, match=r"a0\.dcm holds no image \(no Rows, Columns or PixelData\)"):
+        read_dicom(path, None, 16)
+
+
+def test_dicom_ids_keep_files_of_one_name_apart(tmp_path):
+    root = _dicom_root(tmp_path, ["a0.dcm", "sub/a0.dcm"])
+    (root / "sub").mkdir()
+    __import__("shutil").copy(root / "a0.dcm", root / "sub" / "a0.dcm")
+    assert load_dataset("dicom", root=str(root), size=16).ids == ["a0", "sub/a0"]
+
+
+# --- MedMNIST .npz: headers read before the arrays ------------------------------------------------------------------
+def test_npz_arrays_are_bounded_before_they_are_read(tmp_path, monkeypatch):
+    path = tmp_path / "d.npz"
+    np.savez(path, test_images=np.zeros((4, 8, 8), np.uint8), test_labels=np.array([0, 1, 0, 1]))
+    assert len(load_dataset("medmnist", path=path)) == 4
+    monkeypatch.setenv("MEDROBUST_MAX_BYTES", "255")
+    with pytest.raises(ValueError, match=r"test_images declares shape \(4, 8, 8\) of uint8 \(256 bytes\), above the "
+                                         r"limit of 255 bytes \(set MEDROBUST_MAX_BYTES"):
+        load_dataset("medmnist", path=path)
+
+
+# --- NIfTI: what parameters make of a volume is bounded before it is made --------------------------------------------
+def _nifti_pair(tmp_path, shape=(4, 4, 4)):
+    import nibabel as nib
+
+    root = tmp_path / "nii"
+    root.mkdir()
+    image = np.random.default_rng(0).random(shape).astype(np.float32) + 0.1
+    label = np.zeros(shape, np.int16)
+    label[1:3, 1:3, :] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / "v0_T1.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "v0_seg.nii.gz"))
+    return {"root": str(root), "class_names": ["bg", "fg"], "split_fractions": [0, 0, 1]}
+
+
+def test_nifti_resampling_and_padding_are_bounded(tmp_path, monkeypatch):
+    common = _nifti_pair(tmp_path)
+    monkeypatch.setenv("MEDROBUST_MAX_VOXELS", "511")
+    with pytest.raises(ValueError, match=r"spacing=0\.5 resamples .*v0_T1\.nii\.gz to shape \(8, 8, 8\) "
+                                         r"\(512 voxels\), above the limit of 511"):
+        load_dataset("nifti", spacing=0.5, **common)
+    with pytest.raises(ValueError, match=r"pad_to_multiple=8 pads .* to shape \(8, 8, 8\) \(512 voxels\)"):
+        load_dataset("nifti", pad_to_multiple=8, **common)
+    monkeypatch.setenv("MEDROBUST_MAX_VOXELS", "512")
+    assert load_dataset("nifti", spacing=0.5, mode="3d", **common)[0][0].shape == (1, 8, 8, 8)
+
+
+def test_nifti_overlapping_patches_are_bounded_in_bytes(tmp_path, monkeypatch):
+    common = _nifti_pair(tmp_path, shape=(6, 6, 6))
+    # patches of 2x2x2 every voxel: 5 x 5 x 5 = 125 patches of 8 float32 voxels + 8 uint8 labels = 40 bytes each
+    ds = load_dataset("nifti", mode="3d", patch_size=2, stride=1, min_foreground=0.0, **common)
+    assert len(ds) == 125
+    monkeypatch.setenv("MEDROBUST_MAX_BYTES", str(40 * 125 - 1))
+    with pytest.raises(ValueError, match=r"^nifti: split 'test' would hold more than 4,999 bytes of samples \(reached "
+                                         r"at 'v0-patch-4-4-4', 125 samples\); use a larger stride"):
+        load_dataset("nifti", mode="3d", patch_size=2, stride=1, min_foreground=0.0, **common)
+
+
+def test_a_nifti_label_map_cannot_ask_for_a_billion_classes():
+    from medrobust.data.nifti import load_label_map
+
+    with pytest.raises(ValueError, match=r"^label_map maps to class 1000000000, implying 1,000,000,001 classes, but "
+                                         r"lists 2 codes; pass class_names"):
+        load_label_map({0: 0, 4: 10**9}, None)
+    with pytest.raises(ValueError, match=r"label_map: code 4 maps to 1\.5; expected a class index or name"):
+        load_label_map({0: 0, 4: 1.5}, ["bg", "fg"])
+    assert load_label_map({0: 0, 4: 1, 5: 2}, None) == ({0: 0, 4: 1, 5: 2}, ["class_0", "class_1", "class_2"])

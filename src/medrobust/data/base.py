@@ -8,10 +8,15 @@ y as a long mask (*spatial) instead; ``iterate_batches`` stacks those.
 
 from __future__ import annotations
 
+import csv
+import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -19,6 +24,188 @@ from medrobust.registry import Registry
 from medrobust.types import Batch, Bounds
 
 SPLITS = ("train", "val", "test")
+
+#: the largest side, in pixels, that a file-based image dataset resizes its images to (as derm-synth's)
+MAX_SIZE = 1024
+#: the most pixels one image file may declare (a dermoscopy photograph has about 24 million), unless
+#: MEDROBUST_MAX_PIXELS says otherwise: a header is data, and a few bytes can promise gigabytes
+MAX_PIXELS = 100_000_000
+#: the most bytes of arrays one split may be read with (as derm-synth's bound), unless MEDROBUST_MAX_BYTES says
+#: otherwise: an .npz header is data, and a few compressed bytes can promise gigabytes
+MAX_BYTES = 4 * 2**30
+#: the largest seed a builder accepts (a signed 64-bit integer, as the spec's seed)
+MAX_SEED = 2**63 - 1
+
+
+def env_limit(name: str, default: int, unit: str) -> int:
+    """The positive integer in the environment variable ``name`` (``default`` when unset or empty)."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} must be an integer (a number of {unit})") from None
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be an integer >= 1 (a number of {unit})")
+    return value
+
+
+def max_pixels() -> int:
+    """The most pixels one image may declare: MEDROBUST_MAX_PIXELS, default :data:`MAX_PIXELS`."""
+    return env_limit("MEDROBUST_MAX_PIXELS", MAX_PIXELS, "pixels")
+
+
+def max_bytes() -> int:
+    """The most bytes of arrays one split may be read with: MEDROBUST_MAX_BYTES, default :data:`MAX_BYTES`."""
+    return env_limit("MEDROBUST_MAX_BYTES", MAX_BYTES, "bytes")
+
+
+def check_declared_pixels(dims: Sequence[int], what: str = "") -> None:
+    """Refuse an image whose header declares more pixels (the product of ``dims``: width x height, times frames)
+    than :func:`max_pixels`, before any pixel is decoded. ``what`` names the dimensions in the message."""
+    limit = max_pixels()
+    total = math.prod(int(d) for d in dims)
+    if total > limit:
+        named = f" ({what})" if what else ""
+        raise ValueError(
+            f"it declares {' x '.join(str(int(d)) for d in dims)} = {total:,} pixels{named}, above the limit of "
+            f"{limit:,} (set MEDROBUST_MAX_PIXELS if the image is meant to be that large)"
+        )
+
+
+# --- parameters of dataset builders: one line naming the parameter and what it expects ---------------------------
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def int_param(
+    value: Any, name: str, where: str = "", *, low: int | None = None, high: int | None = None, unit: str = ""
+) -> int:
+    """``value`` as an int if it is a whole number (not a bool, not 1.5, not text) in [low, high]; else a
+    ValueError naming ``name`` and the range expected."""
+    span = f" in [{low}, {high}]" if low is not None and high is not None else f" >= {low}" if low is not None else ""
+    expected = f"a whole number{f' of {unit}' if unit else ''}{span}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be {expected}")
+    number = int(value)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be {expected}")
+    return number
+
+
+def float_param(
+    value: Any, name: str, where: str = "", *, low: float | None = None, high: float | None = None, above: bool = False
+) -> float:
+    """``value`` as a finite float in [low, high] (``above``: strictly above ``low``); else a ValueError naming
+    ``name`` and the range expected."""
+    if low is not None and high is not None:
+        span = f" in {'(' if above else '['}{low:g}, {high:g}]"
+    elif low is not None:
+        span = f" {'>' if above else '>='} {low:g}"
+    else:
+        span = ""
+    message = f"{_prefix(where)}{name}={value!r} must be a finite number{span}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(message)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(message)
+    if low is not None and (number < low or (above and number == low)):
+        raise ValueError(message)
+    if high is not None and number > high:
+        raise ValueError(message)
+    return number
+
+
+def seed_param(value: Any, where: str = "") -> int:
+    """A seed: a whole number in [0, 2**63 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= MAX_SEED:
+        raise ValueError(f"{_prefix(where)}seed={value!r} must be an integer in [0, {MAX_SEED}]")
+    return int(value)
+
+
+def bool_param(value: Any, name: str, where: str = "") -> bool:
+    """``value`` if it is true or false (text such as "yes" is refused: "no" would read as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be true or false")
+    return bool(value)
+
+
+def text_param(value: Any, name: str, where: str = "") -> str:
+    """``value`` if it is non-empty text."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be non-empty text")
+    return value
+
+
+def path_param(value: Any, name: str, where: str = "") -> Path:
+    """``value`` as a Path (``~`` expanded) if it is non-empty text or a path."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be a path (text naming a file or folder)")
+    return Path(value).expanduser()
+
+
+def names_param(value: Any, name: str, where: str = "") -> list[str]:
+    """A list of distinct class names (text or numbers; a bare text is refused: "abc" is not three classes)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be a list of class names, e.g. [benign, malignant]")
+    if not value:
+        raise ValueError(f"{_prefix(where)}{name}=[] must name at least one class")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int))]
+    if bad:
+        raise ValueError(f"{_prefix(where)}{name}={list(value)!r} must be a list of class names; {bad[0]!r} is not one")
+    names = [str(v) for v in value]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{_prefix(where)}{name}={names!r} lists the class {twice[0]!r} twice; names must be distinct")
+    return names
+
+
+def numbers_param(value: Any, name: str, count: int, where: str = "", meaning: str = "") -> tuple[float, ...]:
+    """``count`` finite numbers given as a list."""
+    what = f" ({meaning})" if meaning else ""
+    ok = isinstance(value, (list, tuple)) and len(value) == count
+    if ok:
+        ok = all(
+            not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+            for v in value
+        )
+    if not ok:
+        raise ValueError(f"{_prefix(where)}{name}={value!r} must be a list of {count} finite numbers{what}")
+    return tuple(float(v) for v in value)
+
+
+def check_size(size: Any, where: str = "", low: int = 1) -> int:
+    """An image side to resize to: a whole number of pixels in [low, :data:`MAX_SIZE`]."""
+    return int_param(size, "size", where, low=low, high=MAX_SIZE, unit="pixels")
+
+
+def read_csv_rows(path: Path, what: str = "CSV") -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV file: UTF-8 (a byte-order mark is ignored), header names and cells stripped, a
+    missing cell read as "". Refused with one line: an unreadable, empty or header-only file, text that is not
+    UTF-8, a column named twice, a malformed CSV (csv.Error)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, restval="")
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not UTF-8 text; expected a CSV file") from None
+    except csv.Error as err:
+        raise ValueError(f"{what} {path} is not a valid CSV file: {err}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if not columns:
+        raise ValueError(f"{what} {path} is empty (no header row)")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ValueError(f"{what} {path}: the header names the column {twice[0]!r} twice; columns: {columns}")
+    if not rows:
+        raise ValueError(f"{what} {path} has a header but no rows")
+    return columns, rows
 
 
 def check_split(split: str) -> str:
@@ -40,6 +227,15 @@ def check_duplicate_ids(ids: Sequence[str], labels: Sequence[Any], where: str) -
             )
 
 
+def check_class_names(class_names: Sequence[Any]) -> tuple[str, ...]:
+    """The class names as text, refused when one is given twice (two outputs could not be told apart)."""
+    names = tuple(str(c) for c in class_names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"class names {list(names)} list {twice[0]!r} twice; class names must be distinct")
+    return names
+
+
 class ImageDataset(Dataset, ABC):
     """Base class: subclasses set ``class_names``, ``labels`` (long tensor (N,)), ``ids`` and implement
     ``image(i) -> float tensor (C, H, W)``."""
@@ -54,7 +250,7 @@ class ImageDataset(Dataset, ABC):
     group_unit: str = "group"
 
     def __init__(self, class_names: Sequence[str], labels: torch.Tensor, ids: Sequence[str], split: str) -> None:
-        self.class_names = tuple(str(c) for c in class_names)
+        self.class_names = check_class_names(class_names)
         self.ids = [str(i) for i in ids]
         # where the samples came from and how they were cut (files, volumes, slice indices, variant), per builder
         self.info: dict[str, Any] = {}

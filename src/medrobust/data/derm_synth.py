@@ -33,7 +33,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from medrobust.data.base import DATASETS, TensorImageDataset, check_split
+from medrobust.data.base import (
+    DATASETS,
+    TensorImageDataset,
+    check_split,
+    float_param,
+    int_param,
+    numbers_param,
+    seed_param,
+)
 
 CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")
 NEVUS, MELANOMA, SK = 0, 1, 2
@@ -82,25 +90,25 @@ def build_derm_synth(
     with those proportions; by default labels are exactly balanced in every block of three samples.
     """
     check_split(split)
-    size = int(size)
+    size = int_param(size, "size", "derm-synth", unit="pixels")  # a whole number: 1.5 or "abc" is not truncated
     if size < 16:
         raise ValueError(f"size={size!r} must be >= 16 pixels")
     if size > MAX_SIZE:
         raise ValueError(f"size={size!r} must be <= {MAX_SIZE} pixels")
-    n = DEFAULT_N[split] if n is None else int(n)
+    n = DEFAULT_N[split] if n is None else int_param(n, "n", "derm-synth")
     if n < 1:
         raise ValueError(f"n={n!r} must be >= 1")
+    seed = seed_param(seed, "derm-synth")
+    overlap = float_param(overlap, "overlap", "derm-synth", low=0.0, high=1.0)
     if n * 3 * size * size > MAX_BYTES:
         raise ValueError(
             f"n={n} images of {size}x{size} would take {n * 3 * size * size / 2**30:.1f} GiB (at most "
             f"{MAX_BYTES / 2**30:.0f} GiB); use fewer or smaller images"
         )
-    if not 0.0 <= float(overlap) <= 1.0:
-        raise ValueError(f"overlap={overlap!r} must be in [0, 1]")
     prior = None
     if class_prior is not None:
-        p = np.asarray(class_prior, dtype=float)
-        if p.shape != (3,) or (p < 0).any() or p.sum() <= 0:
+        p = np.asarray(numbers_param(class_prior, "class_prior", 3, "derm-synth", "weights of the 3 classes"))
+        if (p < 0).any() or p.sum() <= 0:
             raise ValueError(f"class_prior={class_prior!r} must be 3 non-negative weights, not all zero")
         prior = tuple(float(v) for v in p / p.sum())
     images, labels = _generate(int(seed), split, n, size, float(overlap), prior)

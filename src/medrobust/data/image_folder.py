@@ -13,7 +13,7 @@ Images are read lazily in ``image(i)`` (Pillow), resized to ``size`` x ``size`` 
 from __future__ import annotations
 
 import math
-import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,37 +21,52 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrobust.data.base import DATASETS, SPLITS, ImageDataset, check_split
+from medrobust.data.base import (
+    DATASETS,
+    SPLITS,
+    ImageDataset,
+    bool_param,
+    check_declared_pixels,
+    check_size,
+    check_split,
+    float_param,
+    max_pixels,
+    names_param,
+    path_param,
+    seed_param,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _SPLIT_SALT = 7919  # keeps these split draws apart from other uses of the same seed
-
-
-#: the most pixels one image file may declare (a dermoscopy photograph has about 24 million), unless
-#: MEDROBUST_MAX_PIXELS says otherwise: a header is data, and a few bytes can promise gigabytes
-MAX_PIXELS = 100_000_000
+#: Pillow modes of more than 8 bits per channel: converting them to 8 bits clips every value above 255 (a 16-bit
+#: scan would come out nearly white), so they are refused rather than read wrongly
+WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "I;32B", "I;32L", "I;32S")
+#: the most bytes of decoded images a file dataset keeps in its cache
+CACHE_BYTES = 512 * 2**20
 
 
 def load_image(path: Path, size: int, channels: int = 3, center_crop: bool = False) -> torch.Tensor:
     """Read ``path`` with Pillow: uint8 tensor (channels, size, size). Raises ValueError naming an unreadable file,
-    or one whose header declares more than MEDROBUST_MAX_PIXELS (default :data:`MAX_PIXELS`) pixels (checked
-    before any pixel is decoded)."""
+    one of more than 8 bits per channel, or one whose header declares more than MEDROBUST_MAX_PIXELS (default
+    :data:`medrobust.data.base.MAX_PIXELS`) pixels (checked before any pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
-    raw = os.environ.get("MEDROBUST_MAX_PIXELS", "")
+    max_pixels()  # a bad MEDROBUST_MAX_PIXELS is named as such, not as a problem of this file
     try:
-        limit = int(raw) if raw else MAX_PIXELS
-    except ValueError:
-        raise ValueError(f"MEDROBUST_MAX_PIXELS={raw!r} must be an integer (a number of pixels)") from None
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > limit:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise ValueError("the file is empty (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow warns above its own 89-million-pixel mark; the limit that decides is ours, checked next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            check_declared_pixels(opened.size)
+            if opened.mode in WIDE_MODES:
                 raise ValueError(
-                    f"it declares {w} x {h} = {w * h:,} pixels, above the limit of {limit:,} (set "
-                    "MEDROBUST_MAX_PIXELS if the image is meant to be that large)"
+                    f"it has Pillow mode {opened.mode!r} (more than 8 bits per channel), which 8-bit reading would "
+                    "clip; convert it to 8-bit PNG or JPEG first"
                 )
-            im = im.convert("RGB" if channels == 3 else "L")
+            im = opened.convert("RGB" if channels == 3 else "L")
             if center_crop:
                 w, h = im.size
                 side = min(w, h)
@@ -89,7 +104,8 @@ class FileImageDataset(ImageDataset):
         self.channels = int(channels)
         self.center_crop = bool(center_crop)
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self._cache_size = int(cache_size)
+        # at most CACHE_BYTES of decoded images, whatever the size: 2048 images of 1024 x 1024 RGB would be 6 GiB
+        self._cache_size = min(int(cache_size), CACHE_BYTES // (self.channels * self.size * self.size))
 
     def image(self, i: int) -> torch.Tensor:
         i = int(i)
@@ -113,17 +129,13 @@ class ImageFolderDataset(FileImageDataset):
     name = "image-folder"
 
 
-def check_size(size: int) -> int:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size={size!r} must be a positive integer (images are resized to size x size)")
-    return int(size)
-
-
-def check_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float]:
-    val, test = float(val_fraction), float(test_fraction)
-    if val < 0 or test < 0 or val + test >= 1:
+def check_fractions(val_fraction: float, test_fraction: float, where: str = "") -> tuple[float, float]:
+    val = float_param(val_fraction, "val_fraction", where, low=0.0, high=1.0)
+    test = float_param(test_fraction, "test_fraction", where, low=0.0, high=1.0)
+    if val + test >= 1:
         raise ValueError(
-            f"val_fraction={val_fraction!r} and test_fraction={test_fraction!r} must be >= 0 and sum to less than 1"
+            f"{where + ': ' if where else ''}val_fraction={val_fraction!r} and test_fraction={test_fraction!r} "
+            "must be >= 0 and sum to less than 1"
         )
     return val, test
 
@@ -156,12 +168,19 @@ def check_nonempty(mask: np.ndarray, split: str, where: str) -> np.ndarray:
     return keep
 
 
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as err:
+        raise ValueError(f"cannot list the folder {folder}: {err.strerror or err}") from None
+
+
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in _listing(folder) if p.is_dir() and not p.name.startswith("."))
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in _listing(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 @DATASETS.register("image-folder")
@@ -179,14 +198,20 @@ def build_image_folder(
     """Class-per-sub-folder images. ``channels`` 3 (RGB) or 1 (grayscale); ``classes`` fixes the class order
     (default: the sorted sub-folder names). Ids are the paths relative to the class root, without extension."""
     check_split(split)
+    where = "image-folder"
     if root is None:
         raise ValueError("image-folder needs root=<folder with one sub-folder per class>")
-    root = Path(root).expanduser()
+    root = path_param(root, "root", where)
     if not root.is_dir():
         raise FileNotFoundError(f"image-folder root {root} does not exist or is not a folder")
-    size = check_size(size)
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r} must be 1 (grayscale) or 3 (RGB)")
+    size = check_size(size, where)
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"image-folder: channels={channels!r} must be 1 (grayscale) or 3 (RGB)")
+    seed = seed_param(seed, where)
+    check_fractions(val_fraction, test_fraction, where)
+    center_crop = bool_param(center_crop, "center_crop", where)
+    if classes is not None:
+        classes = names_param(classes, "classes", where)
 
     presplit = all((root / s).is_dir() for s in SPLITS)
     class_roots = [root / s for s in SPLITS] if presplit else [root]
@@ -212,11 +237,11 @@ def build_image_folder(
         keep = np.arange(len(paths))
     else:
         assigned = stratified_split(labels, seed, val_fraction, test_fraction)
-        where = f"image-folder {root} (val_fraction={val_fraction}, test_fraction={test_fraction})"
-        keep = check_nonempty(assigned == split, split, where)
+        detail = f"image-folder {root} (val_fraction={val_fraction}, test_fraction={test_fraction})"
+        keep = check_nonempty(assigned == split, split, detail)
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
     ids = [p.relative_to(base).with_suffix("").as_posix() for p in paths]
     return ImageFolderDataset(
-        paths, labels, ids, class_names, split, size=size, channels=channels, center_crop=center_crop
+        paths, labels, ids, class_names, split, size=size, channels=int(channels), center_crop=center_crop
     )

@@ -14,20 +14,24 @@ same split (no lesion leaks from train into test). Images are read lazily and re
 
 from __future__ import annotations
 
-import csv as csv_module
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from medrobust.data.base import DATASETS, check_duplicate_ids, check_split
-from medrobust.data.image_folder import (
-    FileImageDataset,
-    check_fractions,
-    check_nonempty,
+from medrobust.data.base import (
+    DATASETS,
+    bool_param,
+    check_duplicate_ids,
     check_size,
-    stratified_split,
+    check_split,
+    names_param,
+    path_param,
+    read_csv_rows,
+    seed_param,
+    text_param,
 )
+from medrobust.data.image_folder import FileImageDataset, check_fractions, check_nonempty, stratified_split
 
 ISIC_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ISIC2017_CLASSES = ("nevus", "melanoma", "seborrheic_keratosis")
@@ -45,20 +49,12 @@ class ISICDataset(FileImageDataset):
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Columns and rows of a CSV file (a UTF-8 byte-order mark is ignored; cells are stripped)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv_module.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    if not columns:
-        raise ValueError(f"CSV {path} is empty (no header row)")
-    if not rows:
-        raise ValueError(f"CSV {path} has a header but no rows")
-    return columns, rows
+    return read_csv_rows(path, "CSV")
 
 
 def _find_csv(root: Path, csv: str | Path | None) -> Path:
     if csv is not None:
-        path = Path(csv).expanduser()
+        path = path_param(csv, "csv", "isic")
         if not path.is_absolute() and not path.exists():
             path = root / path
         if not path.is_file():
@@ -165,21 +161,33 @@ def build_isic(
     check_split(split)
     if root is None:
         raise ValueError("isic needs root=<folder with the images and the metadata CSV>")
-    root = Path(root).expanduser()
+    root = path_param(root, "root", "isic")
     if not root.is_dir():
         raise FileNotFoundError(f"isic root {root} does not exist or is not a folder")
-    size = check_size(size)
-    check_fractions(val_fraction, test_fraction)
+    size = check_size(size, "isic")
+    check_fractions(val_fraction, test_fraction, "isic")
+    seed = seed_param(seed, "isic")
+    center_crop = bool_param(center_crop, "center_crop", "isic")
+    id_column = text_param(id_column, "id_column", "isic")
+    for name, value in (("label_column", label_column), ("split_column", split_column)):
+        if value is not None:
+            text_param(value, name, "isic")
+    if group_column is not None and not isinstance(group_column, str):
+        raise ValueError(f"isic: group_column={group_column!r} must be a column name (text), or null for none")
+    if classes is not None:
+        classes = names_param(classes, "classes", "isic")
     csv_path = _find_csv(root, csv)
     columns, rows = read_csv(csv_path)
     if id_column not in columns:
         raise ValueError(f"CSV {csv_path} has no id column {id_column!r}; columns present: {columns}")
     ids = [row[id_column] for row in rows]
+    if "" in ids:
+        raise ValueError(f"CSV {csv_path}: row {ids.index('') + 2} has an empty {id_column!r}; every image needs an id")
     labels_text = _labels(rows, columns, label_column, csv_path)
     check_duplicate_ids(ids, labels_text, f"CSV {csv_path}")
 
     if classes is not None:
-        class_names = [str(c) for c in classes]
+        class_names = list(classes)
     elif label_column is None and "dx" not in columns:
         class_names = list(ISIC2017_CLASSES)
     else:
@@ -190,7 +198,7 @@ def build_isic(
             raise ValueError(f"image {image_id!r} has label {lab!r}, which is not one of classes={class_names}")
     labels = np.array([index[lab] for lab in labels_text])
 
-    img_dir = Path(image_dir).expanduser() if image_dir is not None else root / "images"
+    img_dir = path_param(image_dir, "image_dir", "isic") if image_dir is not None else root / "images"
     if image_dir is None and not img_dir.is_dir():
         img_dir = root
     elif image_dir is not None and not img_dir.is_absolute() and not img_dir.is_dir():

@@ -8,6 +8,7 @@ multi-label ChestMNIST and the 3D volumes are refused with a clear error. Pixels
 from __future__ import annotations
 
 import logging
+import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrobust.data.base import DATASETS, TensorImageDataset, check_split
+from medrobust.data.base import (
+    DATASETS,
+    TensorImageDataset,
+    bool_param,
+    check_split,
+    max_bytes,
+    names_param,
+    path_param,
+    text_param,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +81,13 @@ def build_medmnist(
     package (needs the network). Ids look like "pneumoniamnist-test-00042".
     """
     check_split(split)
+    if path is not None:
+        path = path_param(path, "path", "medmnist")
+    if flag is not None:
+        flag = text_param(flag, "flag", "medmnist")
+    if class_names is not None:
+        class_names = names_param(class_names, "class_names", "medmnist")
+    download = bool_param(download, "download", "medmnist")
     file = _resolve_path(path, flag)
     flag = flag or file.stem
     if not file.is_file():
@@ -126,22 +143,84 @@ def _download(flag: str, file: Path) -> None:
 ORDINAL_FLAGS = ("retinamnist",)
 
 
+def _declared(archive: zipfile.ZipFile, key: str, file: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype the .npy header of ``key`` declares, read before any array is allocated; refused with
+    one line: object arrays (pickles, never loaded), more bytes than MEDROBUST_MAX_BYTES, or more bytes than the
+    archive member holds."""
+    name = f"{key}.npy"
+    try:
+        info = archive.getinfo(name)
+        with archive.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(fh)
+    except Exception as err:  # noqa: BLE001 - zipfile and numpy raise many kinds for a damaged member
+        raise ValueError(f"MedMNIST file {file}: {key} is not a readable .npy array ({err})") from None
+    if dtype.hasobject:
+        raise ValueError(
+            f"MedMNIST file {file}: {key} holds Python objects (dtype {dtype}), which medrobust never loads (they "
+            "would run pickled code); expected numeric arrays"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    limit = max_bytes()
+    if nbytes > limit:
+        raise ValueError(
+            f"MedMNIST file {file}: {key} declares shape {tuple(shape)} of {dtype} ({nbytes:,} bytes), above the "
+            f"limit of {limit:,} bytes (set MEDROBUST_MAX_BYTES if it is meant to be that large)"
+        )
+    if info.file_size < nbytes:
+        raise ValueError(
+            f"MedMNIST file {file}: {key} declares shape {tuple(shape)} of {dtype} ({nbytes:,} bytes) but holds "
+            f"{info.file_size:,} bytes: truncated or not what its header says"
+        )
+    return tuple(int(n) for n in shape), dtype
+
+
 def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Images (N, C, H, W) uint8 (or float in [0, 1]), labels (N,), and the class count over all splits."""
     if not zipfile.is_zipfile(file):
         raise ValueError(f"MedMNIST file {file} is not a .npz archive (not a zip file); expected numpy.savez output")
+    img_key, lab_key = f"{split}_images", f"{split}_labels"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            keys = sorted(n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy"))
+            for key in (img_key, lab_key):
+                if key not in keys:
+                    raise KeyError(f"MedMNIST file {file} has no key {key!r}; keys present: {keys}")
+            label_keys = [k for k in keys if k.endswith("_labels")]
+            declared = {k: _declared(archive, k, file) for k in [img_key, *label_keys]}
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"cannot read MedMNIST file {file}: {err}") from None
+    shape, lab_shape = declared[img_key][0], declared[lab_key][0]
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
+        raise ValueError(
+            f"MedMNIST file {file}: {img_key} has shape {shape}; expected (N, H, W) or (N, H, W, 3) "
+            "(3D MedMNIST volumes are not supported by this 2D loader)"
+        )
+    if len(lab_shape) == 2 and lab_shape[1] > 1:
+        raise ValueError(
+            f"MedMNIST file {file}: {lab_key} has shape {lab_shape}, a multi-label task (e.g. ChestMNIST); "
+            "only single-label classification is supported"
+        )
+    if len(lab_shape) not in (1, 2):
+        raise ValueError(f"MedMNIST file {file}: {lab_key} has shape {lab_shape}; expected (N,) or (N, 1) labels")
+    n_labels = math.prod(lab_shape)
+    if n_labels == 0 or shape[0] == 0:
+        raise ValueError(f"MedMNIST file {file}: split {split!r} is empty ({img_key} has shape {shape})")
+    if shape[0] != n_labels:
+        raise ValueError(f"MedMNIST file {file}: {img_key} has {shape[0]} images but {lab_key} has {n_labels} labels")
     try:
         npz = np.load(file, allow_pickle=False)
     except Exception as err:
         raise ValueError(f"cannot read MedMNIST file {file}: {err}") from None
-    with npz:
-        keys = sorted(npz.files)
-        img_key, lab_key = f"{split}_images", f"{split}_labels"
-        for key in (img_key, lab_key):
-            if key not in keys:
-                raise KeyError(f"MedMNIST file {file} has no key {key!r}; keys present: {keys}")
-        images, labels = npz[img_key], npz[lab_key]
-        all_labels = {k: npz[k] for k in keys if k.endswith("_labels")}
+    try:
+        with npz:
+            images, labels = npz[img_key], npz[lab_key]
+            all_labels = {k: npz[k] for k in label_keys}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"cannot read MedMNIST file {file}: {err}") from None
     for key, values in all_labels.items():
         # class indices: a float or negative label would be truncated or wrap around, so refuse it here
         if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_)):
@@ -163,30 +242,17 @@ def _read(file: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
             f"MedMNIST file {file}: the largest label {n_classes - 1} implies {n_classes:,} classes but the file "
             f"holds {total} labels in all; expected class indices 0..K-1"
         )
+    if images.dtype.kind not in "biuf":
+        raise ValueError(
+            f"MedMNIST file {file}: {img_key} has dtype {images.dtype}; expected uint8 0..255 or floats in [0, 1]"
+        )
     if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
         raise ValueError(f"MedMNIST file {file}: {img_key} holds NaN or infinite values; inputs must be finite")
-
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        raise ValueError(
-            f"MedMNIST file {file}: {lab_key} has shape {labels.shape}, a multi-label task (e.g. ChestMNIST); "
-            "only single-label classification is supported"
-        )
     labels = labels.reshape(-1)
-    if labels.size == 0 or images.shape[0] == 0:
-        raise ValueError(f"MedMNIST file {file}: split {split!r} is empty ({img_key} has shape {images.shape})")
-    if images.shape[0] != labels.size:
-        raise ValueError(
-            f"MedMNIST file {file}: {img_key} has {images.shape[0]} images but {lab_key} has {labels.size} labels"
-        )
     if images.ndim == 3:
         images = images[:, None]
-    elif images.ndim == 4 and images.shape[-1] in (1, 3):
-        images = images.transpose(0, 3, 1, 2)
     else:
-        raise ValueError(
-            f"MedMNIST file {file}: {img_key} has shape {images.shape}; expected (N, H, W) or (N, H, W, 3) "
-            "(3D MedMNIST volumes are not supported by this 2D loader)"
-        )
+        images = images.transpose(0, 3, 1, 2)
     if images.dtype != np.uint8:
         if np.issubdtype(images.dtype, np.integer) and images.min() >= 0 and images.max() <= 255:
             images = images.astype(np.uint8)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.data.base import DATASETS, check_split
+from medrobust.data.base import DATASETS, bool_param, check_split, float_param, int_param, seed_param
 from medrobust.data.segmentation import SegmentationDataset, check_mode_axis
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ CLASS_NAMES = ("background", "csf", "gm", "wm")
 VARIANTS = ("clean", "bias_field", "noise", "contrast")
 BRAIN_THRESHOLD = 0.2  # as nilearn.datasets.load_mni152_brain_mask
 SPLIT_PATTERN = ("train", "train", "train", "val", "test")
+#: the largest ``multiple`` to pad the cropped brain to (more would only add background around the template)
+MAX_MULTIPLE = 256
 
 
 class MNI152TissueDataset(SegmentationDataset):
@@ -91,16 +93,18 @@ def build_mni152_tissue(
     """
     check_split(split)
     mode, axis_index = check_mode_axis(mode, axis)
-    if resolution not in (1, 2):
+    where = "mni152-tissue"
+    if isinstance(resolution, bool) or resolution not in (1, 2):
         raise ValueError(f"resolution={resolution!r} is not valid; expected 1 or 2 (mm)")
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not valid; expected one of {', '.join(VARIANTS)}")
-    if variant != "clean" and not (isinstance(severity, (int, float)) and severity > 0):
-        raise ValueError(f"severity={severity!r} must be a number > 0")
-    if not 0.0 <= min_brain <= 1.0:
-        raise ValueError(f"min_brain={min_brain!r} must be a fraction in [0, 1]")
-    if not (isinstance(block, int) and block >= 1) or not (isinstance(multiple, int) and multiple >= 1):
-        raise ValueError(f"block={block!r} and multiple={multiple!r} must be integers >= 1")
+    severity = float_param(severity, "severity", where, low=0.0, above=variant != "clean")
+    min_brain = float_param(min_brain, "min_brain", where, low=0.0, high=1.0)
+    block = int_param(block, "block", where, low=1)
+    multiple = int_param(multiple, "multiple", where, low=1, high=MAX_MULTIPLE)
+    seed = seed_param(seed, where)
+    if crop is not None:
+        crop = bool_param(crop, "crop", where)
     if mode == "3d" and split != "test":
         raise ValueError(
             f"mni152-tissue in mode '3d' is one volume, offered as split 'test' only (got split={split!r})"

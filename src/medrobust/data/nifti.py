@@ -17,7 +17,6 @@ fractions. Volume ids are the file names without the suffix (or the CSV's id col
 
 from __future__ import annotations
 
-import csv as csv_module
 import logging
 import math
 import os
@@ -29,7 +28,21 @@ import numpy as np
 import torch
 import yaml
 
-from medrobust.data.base import DATASETS, SPLITS, check_split
+from medrobust.data.base import (
+    DATASETS,
+    SPLITS,
+    check_split,
+    env_limit,
+    float_param,
+    int_param,
+    max_bytes,
+    names_param,
+    numbers_param,
+    path_param,
+    read_csv_rows,
+    seed_param,
+    text_param,
+)
 from medrobust.data.segmentation import (
     SegmentationDataset,
     apply_label_map,
@@ -77,7 +90,7 @@ def build_nifti(
     percentiles: Sequence[float] | None = (0.5, 99.5),
     label_map: Mapping[Any, Any] | str | Path | None = None,
     class_names: Sequence[str] | None = None,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    split_fractions: Sequence[float] | None = (0.7, 0.15, 0.15),
     seed: int = 0,
     splits: Mapping[str, Sequence[str]] | str | Path | None = None,
     affine_atol: float = 1e-3,
@@ -105,8 +118,30 @@ def build_nifti(
     """
     check_split(split)
     mode, axis_index = check_mode_axis(mode, axis)
-    if not 0.0 <= float(min_foreground) <= 1.0:
-        raise ValueError(f"min_foreground={min_foreground!r} must be a fraction in [0, 1]")
+    min_foreground = float_param(min_foreground, "min_foreground", "nifti", low=0.0, high=1.0)
+    if percentiles is not None:
+        percentiles = numbers_param(percentiles, "percentiles", 2, "nifti", "low, high, in 0..100")
+    seed = seed_param(seed, "nifti")
+    affine_atol = float_param(affine_atol, "affine_atol", "nifti", low=0.0)
+    if class_names is not None:
+        class_names = names_param(class_names, "class_names", "nifti")
+    if label_map is not None and not isinstance(label_map, (Mapping, str, os.PathLike)):
+        raise ValueError(f"nifti: label_map={label_map!r} must be a mapping of codes to classes, or a file path")
+    if splits is not None and not isinstance(splits, (Mapping, str, os.PathLike)):
+        raise ValueError(f"nifti: splits={splits!r} must be a mapping {{train: [ids], ...}}, or a file path")
+    if patch_size is not None or stride is not None:
+        if mode != "3d":
+            raise ValueError(
+                f"nifti: patch_size={patch_size!r} and stride={stride!r} apply to mode '3d' only (mode is {mode!r})"
+            )
+        if patch_size is None:
+            raise ValueError(f"nifti: stride={stride!r} needs patch_size=...")
+    if patch_size is not None:
+        patch = triple(patch_size, "patch_size")
+        step = patch if stride is None else triple(stride, "stride")
+    target = None if spacing is None else triple_float(spacing, "spacing")
+    if pad_to_multiple is not None:
+        pad_to_multiple = int_param(pad_to_multiple, "pad_to_multiple", "nifti", low=1, high=MAX_PAD_MULTIPLE)
     mapping, names = load_label_map(label_map, class_names)
     pairs, csv_splits = _pairs(csv, images_dir, labels_dir, root, image_suffix, label_suffix)
     chosen = _split_volumes(sorted(pairs), split, splits, csv_splits, split_fractions, seed)
@@ -114,24 +149,25 @@ def build_nifti(
         raise ValueError(
             f"nifti: no volume falls in split {split!r} ({len(pairs)} volumes in all); adjust split_fractions or splits"
         )
-    if mode == "3d" and patch_size is not None:
-        patch = triple(patch_size, "patch_size")
-        step = patch if stride is None else triple(stride, "stride")
     images: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
     ids: list[str] = []
     groups: list[str] = []
     dtype = mask_dtype(len(names))
-    target = None if spacing is None else triple_float(spacing, "spacing")
-    if pad_to_multiple is not None and (isinstance(pad_to_multiple, bool) or int(pad_to_multiple) < 1):
-        raise ValueError(f"pad_to_multiple={pad_to_multiple!r} must be a whole number >= 1")
+    held, limit = 0, max_bytes()
     spacings: dict[str, tuple[float, float, float]] = {}
     for vid in chosen:
         image_path, label_path = pairs[vid]
         volume, codes = read_pair(image_path, label_path, affine_atol)
         voxels = voxel_sizes(image_path)
         if target is not None and not np.allclose(voxels, target, rtol=1e-3):
+            check_voxels(
+                resampled_shape(volume.shape, voxels, target), f"spacing={spacing!r} resamples {image_path} to"
+            )
             volume, codes = resample(volume, codes, voxels, target)
+        if pad_to_multiple is not None:
+            padded = tuple(-(-n // pad_to_multiple) * pad_to_multiple for n in volume.shape)
+            check_voxels(padded, f"pad_to_multiple={pad_to_multiple} pads {image_path} to")
         spacings[vid] = target or voxels
         volume = percentile_normalise(volume, percentiles, str(image_path))
         mask = apply_label_map(codes, mapping, len(names), str(label_path))
@@ -142,6 +178,11 @@ def build_nifti(
         elif patch_size is None:
             samples = iter([(vid, volume, mask)])
         else:
+            if any(p > n for p, n in zip(patch, volume.shape)):
+                raise ValueError(
+                    f"nifti: patch_size={list(patch)} does not fit volume {vid!r} of shape {list(volume.shape)} "
+                    "(RAS order); use a smaller patch_size"
+                )
             patches = iter_patches(volume, mask, patch, step, min_foreground)
             samples = ((f"{vid}-patch-{a}-{b}-{c}", v, m) for (a, b, c), v, m in patches)
         for sample_id, v, m in samples:
@@ -149,6 +190,13 @@ def build_nifti(
             y_t = torch.from_numpy(np.ascontiguousarray(m)).to(dtype)
             if pad_to_multiple is not None:
                 x_t, y_t = pad_multiple(x_t, y_t, int(pad_to_multiple))
+            held += x_t.nelement() * x_t.element_size() + y_t.nelement() * y_t.element_size()
+            if held > limit:  # overlapping patches multiply the data: the split is held in memory, so bound it
+                raise ValueError(
+                    f"nifti: split {split!r} would hold more than {limit:,} bytes of samples (reached at "
+                    f"{sample_id!r}, {len(ids) + 1} samples); use a larger stride or fewer volumes, or set "
+                    "MEDROBUST_MAX_BYTES"
+                )
             images.append(x_t)
             masks.append(y_t)
             ids.append(sample_id)
@@ -169,11 +217,42 @@ def build_nifti(
     return ds
 
 
+#: the largest pad_to_multiple (a UNet of 10 halvings needs 1024)
+MAX_PAD_MULTIPLE = 1024
+
+
 def triple_float(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
-    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(values) != 3 or not all(v > 0 and math.isfinite(v) for v in values):
-        raise ValueError(f"{name}={value!r} must be a voxel size in mm > 0: one number or three")
+    message = f"{name}={value!r} must be a voxel size in mm > 0: one number or three"
+    items: list[Any] = [value] * 3 if not isinstance(value, (list, tuple)) else list(value)
+    numeric = all(not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) for v in items)
+    if not numeric or len(items) != 3:
+        raise ValueError(message)
+    values = [float(v) for v in items]
+    if not all(v > 0 and math.isfinite(v) for v in values):
+        raise ValueError(message)
     return values[0], values[1], values[2]
+
+
+def resampled_shape(shape: Sequence[int], voxels: Sequence[float], target: Sequence[float]) -> tuple[int, int, int]:
+    """The grid :func:`resample` makes of ``shape`` voxels of size ``voxels`` at voxel size ``target`` (mm)."""
+    a, b, c = (max(1, round(n * v / t)) for n, v, t in zip(shape, voxels, target))
+    return a, b, c
+
+
+def max_voxels() -> int:
+    """The most voxels one volume may hold: MEDROBUST_MAX_VOXELS, default :data:`MAX_VOXELS`."""
+    return env_limit("MEDROBUST_MAX_VOXELS", MAX_VOXELS, "voxels")
+
+
+def check_voxels(shape: Sequence[int], what: str) -> None:
+    """Refuse a volume the builder would make of ``shape`` with more voxels than :func:`max_voxels`, before it is
+    allocated; ``what`` says what makes it ("spacing=0.1 resamples x.nii.gz to")."""
+    limit, voxels = max_voxels(), math.prod(int(n) for n in shape)
+    if voxels > limit:
+        raise ValueError(
+            f"nifti: {what} shape {tuple(int(n) for n in shape)} ({voxels:,} voxels), above the limit of {limit:,} "
+            "(set MEDROBUST_MAX_VOXELS if it is meant to be that large)"
+        )
 
 
 def voxel_sizes(image_path: Path) -> tuple[float, float, float]:
@@ -195,7 +274,7 @@ def resample(
     """A volume (trilinear) and its label codes (nearest) on a grid of ``target`` mm voxels (MONAI ``Resize``)."""
     from monai.transforms import Resize
 
-    size = [max(1, round(n * v / t)) for n, v, t in zip(volume.shape, voxels, target)]
+    size = list(resampled_shape(volume.shape, voxels, target))
     image = Resize(size, mode="trilinear")(torch.from_numpy(np.ascontiguousarray(volume))[None])
     labels = Resize(size, mode="nearest")(torch.from_numpy(np.ascontiguousarray(codes)).float()[None])
     return np.asarray(image[0], dtype=np.float32), np.asarray(labels[0]).round().astype(np.int64)
@@ -264,11 +343,7 @@ def check_declared_size(img: Any, path: Path) -> None:
     """Refuse a NIfTI header that promises more than the file can hold (an uncompressed file shorter than its
     voxels) or more voxels than MEDROBUST_MAX_VOXELS (default :data:`MAX_VOXELS`; a gzip file cannot be
     measured before it is read), before any array is allocated."""
-    raw = os.environ.get("MEDROBUST_MAX_VOXELS", "")
-    try:
-        limit = int(raw) if raw else MAX_VOXELS
-    except ValueError:
-        raise ValueError(f"MEDROBUST_MAX_VOXELS={raw!r} must be an integer (a number of voxels)") from None
+    limit = max_voxels()
     shape = tuple(int(s) for s in img.shape)
     voxels = math.prod(shape)
     if voxels > limit:
@@ -322,7 +397,7 @@ def _pairs(
     if labels_dir is not None and images_dir is None:
         raise ValueError("labels_dir= needs images_dir= (the same file names in both folders)")
     if csv is not None:
-        return _pairs_from_csv(Path(csv).expanduser())
+        return _pairs_from_csv(path_param(csv, "csv", "nifti"))
     pairs: dict[str, tuple[Path, Path]] = {}
     missing: list[str] = []
     if images_dir is not None:
@@ -332,7 +407,9 @@ def _pairs(
         candidates = [(p, lab_dir / p.name, _strip_ext(p.name)) for p in sorted(img_dir.iterdir()) if _is_nifti(p)]
         where = f"images_dir {img_dir}"
     else:
-        if not image_suffix or not label_suffix or image_suffix == label_suffix:
+        text_param(image_suffix, "image_suffix", "nifti")
+        text_param(label_suffix, "label_suffix", "nifti")
+        if image_suffix == label_suffix:
             raise ValueError(f"image_suffix={image_suffix!r} and label_suffix={label_suffix!r} must differ")
         base = _folder(root, "root")  # type: ignore[arg-type]
         candidates = [
@@ -360,12 +437,10 @@ def _csv_rows(path: Path, required: tuple[str, ...], what: str) -> list[dict[str
     """The rows of a CSV file (keys and values stripped), which must have the ``required`` columns."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    with path.open(newline="") as fh:
-        reader = csv_module.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if not set(required) <= set(columns):
-            raise ValueError(f"{what} {path} needs columns {','.join(required)}; it has {columns}")
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    columns, rows = read_csv_rows(path, what)
+    if not set(required) <= set(columns):
+        raise ValueError(f"{what} {path} needs columns {','.join(required)}; it has {columns}")
+    return rows
 
 
 def _pairs_from_csv(path: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, str]]:
@@ -373,6 +448,9 @@ def _pairs_from_csv(path: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str,
     pairs: dict[str, tuple[Path, Path]] = {}
     split_of: dict[str, str] = {}
     for n, row in enumerate(rows, start=2):
+        for k in ("image", "label"):
+            if not row[k]:
+                raise ValueError(f"CSV listing {path} line {n}: the {k} cell is empty; expected a NIfTI file path")
         image, label = (Path(row[k]).expanduser() for k in ("image", "label"))
         image, label = (p if p.is_absolute() else path.parent / p for p in (image, label))
         vid = row.get("id") or _strip_ext(image.name)
@@ -383,14 +461,18 @@ def _pairs_from_csv(path: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str,
                 raise FileNotFoundError(f"CSV listing {path} line {n}: file {p} does not exist")
         pairs[vid] = (image, label)
         if row.get("split"):
-            split_of[vid] = check_split(row["split"])
+            if row["split"] not in SPLITS:
+                raise ValueError(
+                    f"CSV listing {path} line {n}: split {row['split']!r} is not one of {', '.join(SPLITS)}"
+                )
+            split_of[vid] = row["split"]
     if not pairs:
         raise ValueError(f"CSV listing {path} has no rows")
     return pairs, split_of
 
 
 def _folder(value: str | Path, name: str) -> Path:
-    path = Path(value).expanduser()
+    path = path_param(value, name, "nifti")
     if not path.is_dir():
         raise FileNotFoundError(f"{name}={str(path)!r} is not an existing folder")
     return path
@@ -406,7 +488,7 @@ def _split_volumes(
     split: str,
     splits: Mapping[str, Sequence[str]] | str | Path | None,
     csv_splits: dict[str, str],
-    fractions: Sequence[float],
+    fractions: Sequence[float] | None,
     seed: int,
 ) -> list[str]:
     if splits is not None:
@@ -425,8 +507,8 @@ def _split_volumes(
         return sorted(str(v) for v in lists.get(split, []))
     if csv_splits:
         return [v for v in vids if csv_splits.get(v) == split]
-    values = [float(f) for f in fractions]
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
+    values = list(numbers_param(fractions, "split_fractions", 3, "nifti", "train, val, test, summing to 1"))
+    if min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(
             f"split_fractions={fractions!r} must be three non-negative fractions (train, val, test) summing to 1"
         )
@@ -473,11 +555,19 @@ def load_label_map(
     for code, target in raw.items():
         try:
             key = int(code)
+            if isinstance(code, bool) or (isinstance(code, float) and not code.is_integer()):
+                raise ValueError
         except (TypeError, ValueError):
             raise ValueError(f"{source}: source code {code!r} is not an integer") from None
         mapping[key] = _target_index(target, names, source, key)
     if names is None:
-        names = [f"class_{k}" for k in range(max(mapping.values()) + 1)]
+        top = max(mapping.values())
+        if top >= len(mapping):  # the class count comes from the data: one target may not ask for a billion
+            raise ValueError(
+                f"{source} maps to class {top}, implying {top + 1:,} classes, but lists {len(mapping)} codes; pass "
+                "class_names=[...] or use class indices 0..K-1"
+            )
+        names = [f"class_{k}" for k in range(top + 1)]
     top = max(mapping.values())
     if top >= len(names):
         raise ValueError(f"{source} maps to class {top} but class_names has only {len(names)} names {names}")
@@ -493,6 +583,8 @@ def _target_index(target: Any, names: list[str] | None, source: str, code: int) 
         return names.index(target)
     try:
         index = int(target)
+        if isinstance(target, bool) or (isinstance(target, float) and not target.is_integer()):
+            raise ValueError
     except (TypeError, ValueError):
         raise ValueError(f"{source}: code {code} maps to {target!r}; expected a class index or name") from None
     if index < 0:

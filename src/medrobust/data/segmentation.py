@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrobust.data.base import ImageDataset
+from medrobust.data.base import ImageDataset, check_class_names
 
 AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 MODES = ("2d", "3d")
@@ -41,7 +41,7 @@ class SegmentationDataset(ImageDataset):
         split: str,
     ) -> None:
         # ImageDataset.__init__ validates one class label per sample; a mask needs its own checks.
-        self.class_names = tuple(str(c) for c in class_names)
+        self.class_names = check_class_names(class_names)
         self.ids = [str(i) for i in ids]
         self.info: dict[str, Any] = {}
         self.split = split
@@ -230,7 +230,8 @@ def iter_patches(
 
 def triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     """An int or a 3-sequence of positive ints as a 3-tuple."""
-    values = [value] * 3 if isinstance(value, int) else list(value)
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
+    values: list[Any] = [value] * 3 if not isinstance(value, (list, tuple)) else list(value)
+    whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in values)
+    if len(values) != 3 or not whole:
         raise ValueError(f"{name}={value!r} must be a positive int or three positive ints")
     return tuple(int(v) for v in values)  # type: ignore[return-value]
