@@ -14,10 +14,44 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from medrobust.registry import parse_value
 
+#: the command-line parser's own error (an option of the wrong type, a missing or unknown option)
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    """A usage error of the parser (``--limit abc``) as one line and exit code 2, like every other bad input;
+    the parser's own format is a usage block and a box of several lines."""
+    try:
+        yield
+    except _UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # `medrobust` alone: the help, as the parser shows it
+            raise
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(getattr(err, "format_message", err.__str__)().split())
+        _consoles.err.print(f"error: {message}{hint}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+class _Group(TyperGroup):
+    """The command group, with the parser's usage errors as one line (see :func:`_one_line_usage`)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Generalizability vs robustness of medical-imaging networks (Paschali et al., MICCAI 2018).",
     no_args_is_help=True,
     add_completion=False,
@@ -72,23 +106,24 @@ def _notify(message: str) -> None:
 
 
 def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    """``key=value`` options as a dict; a key given twice is an error (the first value would be lost)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"{what} {pair!r} must look like key=value")
-        out[key.strip()] = parse_value(value)
+        if key in out:
+            raise ValueError(f"{what} {key} is given twice ({key}={out[key]!r} and {pair!r}); give it once")
+        out[key] = parse_value(value)
     return out
 
 
 def _option_error(err: Any, options: dict[str, str]) -> str:
     """A pydantic ValidationError of command-line options as one line: the option, what was expected, the value."""
-    e = err.errors()[0]
-    msg = e["msg"].removeprefix("Value error, ")
-    if not e["loc"]:  # a check across options: its message names them
-        return msg
-    name = options.get(str(e["loc"][0]), str(e["loc"][0]))
-    return f"{name}: {msg[:1].lower()}{msg[1:]} (got {e['input']!r})"
+    from medrobust.registry import error_line
+
+    return error_line(err, lambda path: options.get(path, path))
 
 
 def set_threads(threads: int | None) -> None:
@@ -208,6 +243,8 @@ def train(
 
         check_output_folder(out)  # before the training, not after it
         set_threads(threads)
+        defense_spec = {"kind": defense, **parse_pairs(defense_param, "--defense-param")}
+        _check_defense(defense_spec)
         settings = TrainSettings(
             architecture=arch,
             dataset=dataset,
@@ -219,7 +256,7 @@ def train(
             seed=seed,
             device=device,
             trust_code=trust_code,
-            defense={"kind": defense, **parse_pairs(defense_param, "--defense-param")},
+            defense=defense_spec,
         )
         sources = {}
         if settings.defense["sources"]:
@@ -238,6 +275,27 @@ def train(
             _, card = run_train(settings, out, progress=show, sources=sources)
     test = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics["test"].items())
     _consoles.out.print(f"saved {out} (best epoch {card.training['best_epoch']}): test {test}", highlight=False)
+
+
+def _check_defense(spec: dict[str, Any]) -> None:
+    """``--defense`` and ``--defense-param`` checked with the option that set each bad value named."""
+    from pydantic import ValidationError
+
+    from medrobust.defenses import DefenseSpec
+
+    try:
+        DefenseSpec.model_validate(spec)
+    except ValidationError as err:
+        raise ValueError(
+            _option_error(err, {key: "--defense" if key == "kind" else f"--defense-param {key}" for key in spec})
+        ) from None
+
+
+def _check_seed(seed: int) -> None:
+    from medrobust.types import SEED_MAX
+
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"--seed {seed} must be an integer in [0, {SEED_MAX}]")
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -326,6 +384,7 @@ def evaluate(
         from medrobust.types import check_device
 
         check_device(device)
+        _check_seed(seed)
         if json_out is not None:
             from medrobust.files import check_output_file
 
@@ -628,7 +687,11 @@ def report(
 ) -> None:
     """Write RUN_DIR/report.html (self-contained) and summary.md from the stored results; runs no attack."""
     with user_errors():
-        ref = {k: float(v) for k, v in parse_pairs(reference, "--reference").items()}
+        ref = {}
+        for norm, value in parse_pairs(reference, "--reference").items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"--reference {norm}={value}: {value!r} is not a number; expected e.g. linf=0.0078")
+            ref[norm] = float(value)
         if mlflow is not None:
             from medrobust.tracking import check_destination
 

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medrobust.defenses import DefenseSpec
-from medrobust.registry import unknown_name_message
+from medrobust.models.card import checkpoint_hint
+from medrobust.registry import short_repr, unknown_name_message
 from medrobust.types import SEED_MAX
 from medrobust.yamlio import YAMLInputError, read_yaml
 
@@ -53,6 +54,23 @@ class DatasetSpec(_Frozen):
             raise ValueError(f"split {value!r} is not one of train, val, test")
         return value
 
+    @model_validator(mode="after")
+    def _params(self) -> DatasetSpec:
+        """Parameter names and types now (``n: x`` names its key), values when the data are loaded."""
+        from medrobust.data import DATASETS
+
+        params = dict(self.params)
+        if "split" in params:
+            raise ValueError(f"params.split {params['split']!r}: give the split as the dataset's own key 'split'")
+        ordinal = params.pop("ordinal", None)  # read by load_dataset itself, not by the builder
+        if ordinal is not None and not isinstance(ordinal, bool):
+            raise ValueError(f"params.ordinal {short_repr(ordinal)} must be true or false")
+        try:
+            DATASETS.check(self.name, **params)
+        except ValueError as err:
+            raise ValueError(f"params: {err}") from None
+        return self
+
 
 class TrainSpec(_Frozen):
     """Train a registered architecture on the run's training dataset (cached per settings)."""
@@ -75,6 +93,16 @@ class TrainSpec(_Frozen):
             raise ValueError(unknown_name_message("model", value, MODELS.names()))
         return value
 
+    @model_validator(mode="after")
+    def _arch_kwargs(self) -> TrainSpec:
+        from medrobust.models.zoo import check_arch_kwargs
+
+        try:
+            check_arch_kwargs(self.architecture, self.arch_kwargs)
+        except ValueError as err:
+            raise ValueError(str(err) if str(err).startswith("arch_kwargs") else f"arch_kwargs: {err}") from None
+        return self
+
 
 MAX_NAME_LENGTH = 128
 
@@ -88,6 +116,13 @@ class ModelSpec(_Frozen):
     checkpoint: Path | None = None
     train: TrainSpec | None = None
     class_map: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, (str, Path)):
+            raise ValueError(f"checkpoint {short_repr(value)} must be the path of a checkpoint folder")
+        return Path(value) if isinstance(value, str) else value  # YAML has no paths (specs are read strictly)
 
     @field_validator("name")
     @classmethod
@@ -325,7 +360,7 @@ class ExperimentSpec(_Frozen):
                 if source not in names and not (Path(source) / "model.json").exists():
                     raise ValueError(
                         f"transfer source {source!r} is neither a model of this spec ({', '.join(names)}) nor a "
-                        "checkpoint folder with a model.json"
+                        f"checkpoint folder with a model.json{checkpoint_hint(source)}"
                     )
             if p.sources and not any(p.applies_to(n) for n in names):
                 raise ValueError(
@@ -337,7 +372,7 @@ class ExperimentSpec(_Frozen):
                 if source not in names and not (Path(source) / "model.json").exists():
                     raise ValueError(
                         f"model {m.name!r}: ensemble_adversarial source {source!r} is neither a model of this spec "
-                        f"({', '.join(names)}) nor a checkpoint folder with a model.json"
+                        f"({', '.join(names)}) nor a checkpoint folder with a model.json{checkpoint_hint(source)}"
                     )
         for m in self.models:  # a model cannot depend on itself through its sources
             stack, visited = list(needs[m.name]), set()
@@ -375,18 +410,24 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def format_errors(err: ValidationError, source: str) -> str:
-    lines = []
+    """Every error of a spec on one line: ``source: key.path: what was expected (got value); key.path: ...``."""
+    parts = []
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        got = (
+            ""
+            if e["type"] in ("value_error", "missing", "extra_forbidden") or not loc
+            else f" (got {short_repr(e['input'])})"
+        )
         if e["type"] == "extra_forbidden":
             valid = _fields_at(ExperimentSpec, loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msg = f"unknown key{hint} Valid keys: {', '.join(valid)}"
-        lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines)
+        parts.append(f"{path}: {msg}{got}")
+    return f"{source}: " + "; ".join(parts)
 
 
 def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
@@ -413,11 +454,13 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
         if not isinstance(data, dict):
             raise SpecError(f"{path}: expected a mapping of keys at the top level")
         base = path.parent
-        for model in data.get("models") or []:
-            if isinstance(model, dict) and model.get("checkpoint") and not Path(model["checkpoint"]).is_absolute():
-                model["checkpoint"] = str(base / model["checkpoint"])
-        names = {m.get("name") for m in data.get("models") or [] if isinstance(m, dict)}
-        for model in data.get("models") or []:
+        models: list[Any] = data["models"] if isinstance(data.get("models"), list) else []
+        for model in models:
+            checkpoint = model.get("checkpoint") if isinstance(model, dict) else None
+            if isinstance(checkpoint, str) and checkpoint and not Path(checkpoint).is_absolute():
+                model["checkpoint"] = str(base / checkpoint)
+        names = {m.get("name") for m in models if isinstance(m, dict)}
+        for model in models:
             train = model.get("train") if isinstance(model, dict) else None
             defense = train.get("defense") if isinstance(train, dict) else None
             if isinstance(defense, dict) and isinstance(defense.get("sources"), list):
@@ -426,7 +469,8 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
                     str(base / s) if isinstance(s, str) and s not in names and not Path(s).is_absolute() else s
                     for s in defense["sources"]
                 ]
-        for pert in data.get("perturbations") or []:
+        perturbations: list[Any] = data["perturbations"] if isinstance(data.get("perturbations"), list) else []
+        for pert in perturbations:
             params = pert.get("params") if isinstance(pert, dict) and pert.get("attack") == "transfer" else None
             if isinstance(params, dict) and isinstance(params.get("sources"), list):
                 # sources that are not model names are checkpoint folders, relative to the spec file
@@ -435,6 +479,7 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
                     for s in params["sources"]
                 ]
     try:
-        return ExperimentSpec.model_validate(data)
+        # a file is read strictly: "64" is not a batch size, "yes" not a boolean, 8.0 not a count
+        return ExperimentSpec.model_validate(data, strict=not isinstance(source, dict))
     except ValidationError as err:
         raise SpecError(format_errors(err, label)) from None

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar, cast
+import numbers
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePath
+from typing import Any, Generic, TypeVar, Union, cast
 
 from medrobust._lazy import load
 
@@ -60,8 +66,10 @@ class Registry(Generic[T]):
             raise KeyError(unknown_name_message(self.kind, name, self.names()))
         return self._items[name]
 
-    def build(self, name: str, /, **params: Any) -> Any:
-        """Call the builder; an unknown parameter is a ValueError naming the valid ones ("did you mean")."""
+    def check(self, name: str, /, **params: Any) -> Any:
+        """The builder of ``name`` after checking ``params`` without calling it: an unknown parameter is a
+        ValueError naming the valid ones ("did you mean"), a value of the wrong type one naming the parameter, the
+        value and the type its annotation asks for ("pgd: steps=1.5 must be an integer")."""
         builder = self.get(name)
         valid = parameter_names(builder)
         for key in params:
@@ -69,10 +77,23 @@ class Registry(Generic[T]):
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"{name} has no parameter {key!r}{hint} Valid: {', '.join(valid)}")
+        hints = parameter_types(builder)
+        for key, value in params.items():
+            if key in hints and not fits(value, hints[key]):
+                raise ValueError(f"{name}: {key}={short_repr(value)} must be {expected(hints[key])}")
+        return builder
+
+    def build(self, name: str, /, **params: Any) -> Any:
+        """Call the builder after :meth:`check`; a ValueError of the builder is prefixed with ``name``."""
+        builder = self.check(name, **params)
         try:
-            return builder(**params)  # type: ignore[operator]
+            return builder(**params)
         except TypeError as err:
             raise TypeError(f"{self.kind} {name!r}: {err}") from None
+        except ValueError as err:
+            if type(err) is not ValueError or str(err).startswith(f"{name}"):
+                raise
+            raise ValueError(f"{name}: {err}") from None  # the message says which builder refused the value
 
     def describe(self, name: str) -> tuple[str, list[tuple[str, str, str]]]:
         """What ``name`` is and takes, from its builder: (the first paragraph of its docstring, [(parameter,
@@ -114,6 +135,106 @@ def parameter_names(builder: Any) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+@functools.cache
+def parameter_types(builder: Any) -> dict[str, Any]:
+    """The resolved type annotations of a builder's parameters (empty where they cannot be resolved)."""
+    try:
+        target = builder.__init__ if inspect.isclass(builder) else builder
+        return dict(typing.get_type_hints(target))
+    except Exception:  # an annotation that does not resolve: no checks, the builder validates itself
+        return {}
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from YAML, JSON or a ``key=value`` option) has the type ``hint`` asks for. Only what can
+    be told for sure is checked: scalars (bool, int, float, str, None, paths) and lists or tuples of them; any
+    other annotation (tensors, mappings of anything, classes) accepts every value and leaves it to the builder."""
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(fits(value, arm) for arm in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool) or type(value).__name__ == "bool_"
+    if hint in (int, float) and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or array from Python code: its number
+    if hint is int:
+        return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    if hint is float:
+        return not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return isinstance(value, (str, os.PathLike))
+    if origin in (tuple, list, Sequence) or (isinstance(origin, type) and issubclass(origin, Sequence)):
+        args = typing.get_args(hint)
+        if args and args[0] is Any:
+            return True  # a sequence of anything: the builder decides (transfer takes one source or several)
+        if isinstance(value, str):
+            return str in args  # a string is a sequence of strings, nothing else
+        if not isinstance(value, (list, tuple)):
+            return hasattr(value, "__array__")  # an array or tensor: the builder converts it
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args))
+        return not args or all(fits(v, args[0]) for v in value)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
+def expected(hint: Any) -> str:
+    """``hint`` in words: "an integer", "a list of integers", "a number or none"."""
+    if hint is type(None) or hint is None:
+        return "none"
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(expected(arm) for arm in typing.get_args(hint)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if hint in _SCALARS:
+        return _SCALARS[hint]
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return "a path"
+    if origin in (tuple, list, Sequence) or (isinstance(origin, type) and issubclass(origin, Sequence)):
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} values ({', '.join(expected(a) for a in args)})"
+        if not args or args[0] is Any:
+            return "a list"
+        word = expected(args[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
+        return f"a list of {plural.get(word, word)}"
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a value may be a long list from a file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_line(err: Any, rename: Callable[[str], str] | None = None) -> str:
+    """A pydantic ValidationError as one line: each error's key path (through ``rename``, e.g. to the command-line
+    option that set it), what was expected and the value given; several errors are joined by "; "."""
+    parts = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        name = rename(path) if rename is not None and path else path
+        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] in ("value_error", "missing") or not path else f" (got {short_repr(e['input'])})"
+        parts.append(f"{name}: {msg[:1].lower()}{msg[1:]}{got}" if name else msg)
+    return "; ".join(parts)
+
+
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -149,5 +270,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             key, sep, value = part.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"spec {spec!r}: parameter {part!r} is not of the form key=value")
+            if key.strip() in params:
+                raise ValueError(f"spec {spec!r}: parameter {key.strip()!r} is given twice; give it once")
             params[key.strip()] = parse_value(value)
     return name, params

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from medrobust.data import load_dataset
 from medrobust.data.base import ImageDataset, load_all
 from medrobust.defenses import DefenseSpec, DefenseTrainer
 from medrobust.models.card import ModelCard, build_model, save_checkpoint
 from medrobust.models.wrapper import Model
-from medrobust.models.zoo import resolve_factory
+from medrobust.models.zoo import MODELS, check_arch_kwargs, resolve_factory
+from medrobust.registry import error_line, unknown_name_message
 from medrobust.tasks import get_task
 from medrobust.types import SEED_MAX, check_device
 
@@ -55,22 +58,43 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        self.defense = DefenseSpec.model_validate(self.defense).model_dump(mode="json")  # checked, all settings
+        try:
+            self.defense = DefenseSpec.model_validate(self.defense).model_dump(mode="json")  # checked, all settings
+        except ValidationError as err:
+            raise ValueError(f"defense: {error_line(err)}") from None
         if ":" in self.architecture and not self.trust_code:
             resolve_factory(self.architecture)  # raises UntrustedCodeError before any data is loaded
+        if ":" not in self.architecture and self.architecture not in MODELS:
+            raise ValueError(unknown_name_message("model", self.architecture, MODELS.names()))
+        check_arch_kwargs(self.architecture, self.arch_kwargs)  # before any data is loaded
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed={self.seed!r} must be an integer in [0, {SEED_MAX}]")
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs!r} must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size!r} must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r} must be > 0")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key}={value!r} must be an integer >= 1")
+            if value < 1:
+                raise ValueError(f"{key}={value!r} must be >= 1")
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not (math.isfinite(self.lr) and self.lr > 0)
+        ):
+            raise ValueError(f"lr={self.lr!r} must be a finite number > 0")
         if self.select_metric not in (None, "accuracy", "balanced_accuracy", "auc", "dice", "pixel_accuracy"):
             raise ValueError(
                 f"select_metric={self.select_metric!r}; expected accuracy, balanced_accuracy or auc "
                 "(classification) or dice, pixel_accuracy (segmentation)"
             )
+
+
+def _card(**fields: Any) -> ModelCard:
+    """The card of the model being trained; fields that do not validate (a dataset's classes, arch_kwargs) are
+    one ValueError line."""
+    try:
+        return ModelCard(**fields)
+    except ValidationError as err:
+        raise ValueError(f"model card of {fields.get('name')!r}: {error_line(err)}") from None
 
 
 def epoch_line(name: str, row: dict[str, float]) -> str:
@@ -154,7 +178,7 @@ def train(
     x_train, y_train = data["train"].x, data["train"].y
     in_channels, num_classes = x_train.shape[1], train_ds.num_classes
     mean, std = channel_stats(x_train) if s.normalise else (None, None)
-    card = ModelCard(
+    card = _card(
         name=s.name or f"{s.architecture.replace(':', '-')}-{s.dataset}-s{s.seed}",
         architecture=s.architecture,
         arch_kwargs=dict(s.arch_kwargs),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medrobust.files import make_dirs, write_atomic
 from medrobust.models.wrapper import Model
-from medrobust.models.zoo import build_network
+from medrobust.models.zoo import MODELS, build_network, check_arch_kwargs
+from medrobust.registry import error_line, short_repr
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
+#: the largest model card read (a card is a few kilobytes; its training history grows by ~200 bytes an epoch)
+MAX_CARD_BYTES = 1_000_000
+#: how deep a card's JSON may nest (a card needs about 4 levels); deeper text is refused before it is parsed
+MAX_CARD_DEPTH = 32
 
 
 class ModelCard(BaseModel):
@@ -32,14 +38,14 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: str = "medrobust-model-card/1"
-    name: str
+    name: str = Field(min_length=1, max_length=256)
     architecture: str
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     task: str = "classification"
-    in_channels: int
-    num_classes: int
+    in_channels: int = Field(ge=1)
+    num_classes: int = Field(ge=1)
     class_names: list[str]
-    spatial_dims: int = 2
+    spatial_dims: int = Field(2, ge=1, le=3)
     input_shape: list[int]
     bounds: tuple[float, float] = (0.0, 1.0)
     mean: list[float] | None = None
@@ -52,12 +58,70 @@ class ModelCard(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # JSON has no tuples (cards are read strictly)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from medrobust.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"task {value!r} is not one of {', '.join(TASKS.names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelCard:
+        """The input contract and the classes agree with each other before anything is built from them."""
+        shape, dims = self.input_shape, self.spatial_dims
+        if len(shape) != dims + 1 or any(v < 1 for v in shape):
+            raise ValueError(
+                f"input_shape {shape} must be {dims + 1} sizes >= 1: channels, then the {dims} spatial sizes "
+                f"(spatial_dims is {dims})"
+            )
+        if shape[0] != self.in_channels:
+            raise ValueError(
+                f"input_shape {shape} starts with {shape[0]} channels but in_channels is {self.in_channels}"
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names {short_repr(self.class_names)} but num_classes is "
+                f"{self.num_classes}; expected one name per class"
+            )
+        low, high = self.bounds
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"bounds {list(self.bounds)} must be two finite numbers, low < high")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and not (
+                len(values) == self.in_channels
+                and all(math.isfinite(v) for v in values)
+                and (key == "mean" or all(v > 0 for v in values))
+            ):
+                rule = "finite numbers" if key == "mean" else "finite numbers > 0"
+                raise ValueError(f"{key} {values} must be {self.in_channels} {rule}, one per input channel")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std must be given together (one value per input channel each) or both null")
+        if ":" not in self.architecture and self.architecture not in MODELS:
+            return self  # an architecture registered later, or a typo: building the model says which
+        try:  # names and types of the architecture's parameters, before anything is built
+            check_arch_kwargs(self.architecture, self.arch_kwargs)
+        except ValueError as err:
+            raise ValueError(str(err) if str(err).startswith("arch_kwargs") else f"arch_kwargs: {err}") from None
+        return self
+
     @model_validator(mode="after")
     def _dataset_fields(self) -> ModelCard:
         """The fields of ``dataset`` that medrobust reads (a card is data: they are checked, not trusted):
         ``spacing`` three voxel sizes in mm > 0, ``orientation`` three axis letters (e.g. RAS), ``plane`` a slice
         plane, ``label_fractions`` one share >= 0 per class."""
         d = self.dataset
+        if "name" in d and not isinstance(d["name"], str):
+            raise ValueError(f"dataset.name {short_repr(d['name'])} must be a string (a registered dataset)")
+        if "params" in d and not isinstance(d["params"], dict):
+            raise ValueError(f"dataset.params {short_repr(d['params'])} must be a mapping of dataset parameters")
         if "spacing" in d and not _numbers(d["spacing"], 3, positive=True):
             raise ValueError(f"dataset.spacing {d['spacing']!r} must be three voxel sizes in mm > 0")
         axis_of = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
@@ -130,26 +194,80 @@ def save_checkpoint(model: Model, card: ModelCard, directory: str | Path, *, roo
     return path
 
 
-def read_card(path: str | Path) -> tuple[ModelCard, Path]:
-    """Read a card from a checkpoint folder or its ``model.json``; returns (card, folder)."""
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest (strings skipped), without parsing it: Python's
+    parser recurses once a level and would overflow on a file of nothing but brackets."""
+    depth = deepest = 0
+    for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """The error for a file given where a checkpoint folder is expected, with the folder it may have meant."""
+    hint = ""
+    if (path.parent / CARD_NAME).is_file():
+        hint = f"; did you mean its folder {str(path.parent)!r}?"
+    return (
+        f"checkpoint {str(path)!r} is a file; expected a checkpoint folder holding {CARD_NAME} and its weights (or "
+        f"the path of that {CARD_NAME}){hint}"
+    )
+
+
+def checkpoint_hint(path: str | Path) -> str:
+    """A hint for the weights file (or another file) of a checkpoint folder given as a checkpoint: "; ... did you
+    mean its folder X?"; "" for anything else."""
     path = Path(path)
+    if path.is_file() and path.suffix != ".json" and (path.parent / CARD_NAME).is_file():
+        return f"; {str(path)!r} is a file: did you mean its folder {str(path.parent)!r}?"
+    return ""
+
+
+def read_card(path: str | Path) -> tuple[ModelCard, Path]:
+    """Read a card from a checkpoint folder or its ``model.json``; returns (card, folder). The card is data: it
+    is at most :data:`MAX_CARD_BYTES` bytes of JSON nested at most :data:`MAX_CARD_DEPTH` levels, and every field
+    has exactly its type (``"3"`` is not a class count)."""
+    card, card_path = _read_card(Path(path))
+    return card, card_path.parent
+
+
+def _read_card(path: Path) -> tuple[ModelCard, Path]:
+    if path.is_file() and path.suffix != ".json":
+        raise ValueError(_not_a_checkpoint(path))
     card_path = path / CARD_NAME if path.is_dir() else path
     if not card_path.exists():
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} not found: expected a folder with {CARD_NAME} and {WEIGHTS_NAME} "
             f"(as written by `medrobust train`) or the path of its {CARD_NAME}"
         )
+    where = f"model card {str(card_path)!r}"
+    if not card_path.is_file():
+        raise ValueError(f"{where} is not a file; expected the JSON card written by `medrobust train`")
+    size = card_path.stat().st_size
+    if size > MAX_CARD_BYTES:
+        raise ValueError(f"{where} is {size:,} bytes; a model card is at most {MAX_CARD_BYTES:,}")
     try:
-        card = ModelCard.model_validate(json.loads(card_path.read_text()))
+        text = card_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where} is not UTF-8 text (byte {err.start}); expected a JSON model card") from None
+    if json_depth(text) > MAX_CARD_DEPTH:
+        raise ValueError(f"{where}: JSON nested deeper than {MAX_CARD_DEPTH} levels; a model card needs about 4")
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"model card {str(card_path)!r} is not valid JSON: {err}") from None
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not valid: expected a JSON object of fields, got {type(data).__name__}")
+    try:
+        card = ModelCard.model_validate(data, strict=True)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
-        raise ValueError(f"model card {str(card_path)!r} is not valid: {problems}") from None
-    return card, card_path.parent
+        raise ValueError(f"{where} is not valid: {error_line(err)}") from None
+    return card, card_path
 
 
 def weights_path(card: ModelCard, folder: Path) -> Path:
@@ -181,8 +299,16 @@ def load_model(
 ) -> tuple[Model, ModelCard]:
     """Load a checkpoint written by ``save_checkpoint``; the model is returned in eval mode. A card naming a
     ``module:function`` factory loads only with ``trust_code=True``."""
-    card, folder = read_card(path)
-    model = build_model(card, trust_code=trust_code)
+    card, card_path = _read_card(Path(path))
+    folder = card_path.parent
+    try:
+        model = build_model(card, trust_code=trust_code)
+    except KeyError as err:  # an architecture that is not registered
+        raise ValueError(f"model card {str(card_path)!r}: architecture: {err.args[0] if err.args else err}") from None
+    except (ValueError, TypeError) as err:
+        if type(err) not in (ValueError, TypeError):  # a refusal of its own kind (untrusted code) says it all
+            raise
+        raise type(err)(f"model card {str(card_path)!r}: {err}") from None
     state = load_weights(weights_path(card, folder))
     expected = model.state_dict()
     for key, value in state.items():  # load_state_dict would cast silently (float64 -> float32, float -> int)

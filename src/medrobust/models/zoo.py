@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,24 @@ from medrobust.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
+#: what medrobust passes every architecture itself (from the data or the model card), never through arch_kwargs
+SHAPE_ARGS = ("in_channels", "num_classes", "spatial_dims")
+
+
+def check_arch_kwargs(architecture: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before anything is built or loaded, arch_kwargs that set what medrobust passes itself and (for a
+    registered architecture) parameters it does not have or values of the wrong type."""
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"arch_kwargs {kwargs!r} must be a mapping of parameter names to values")
+    taken = [k for k in SHAPE_ARGS if k in kwargs]
+    if taken:
+        raise ValueError(
+            f"arch_kwargs sets {', '.join(f'{k}={kwargs[k]!r}' for k in taken)}, which medrobust passes the "
+            "architecture itself (from the data and the model card's fields of that name); drop it from arch_kwargs"
+        )
+    if ":" not in architecture:
+        MODELS.check(architecture, **kwargs)
+
 
 class SmallCNN(nn.Module):
     """Three conv blocks (conv-BN-ReLU-pool) and a linear head on global average pooling."""
@@ -28,6 +47,8 @@ class SmallCNN(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims={spatial_dims!r} must be 2 or 3")
+        if width < 1:
+            raise ValueError(f"width={width!r} must be an integer >= 1 (channels of the first conv block)")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
         pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
@@ -182,12 +203,19 @@ def check_size(architecture: str, build: Callable[[], nn.Module], kwargs: Mappin
     except ValueError:
         raise ValueError(f"MEDROBUST_MAX_PARAMETERS={raw!r} must be an integer (a number of parameters)") from None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the empty layers refused below
             probe = build()
     except (NotImplementedError, RuntimeError):  # an architecture that cannot be built on meta: built for real
         return
     if not isinstance(probe, nn.Module):
         return
+    for key, t in probe.named_parameters():
+        if t.numel() == 0:
+            raise ValueError(
+                f"architecture {architecture!r} with arch_kwargs {dict(kwargs)} has a layer without weights ({key} "
+                f"of shape {list(t.shape)}); every size in arch_kwargs must be >= 1"
+            )
     n = sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
     if n > limit:
         raise ValueError(
@@ -225,8 +253,15 @@ def build_network(
         extra = {k: v for k, v in shape_args.items() if k not in kwargs and (accepts_all or k in params)}
         net = factory(**extra, **kwargs)
     else:
+        MODELS.check(architecture, **shape_args, **kwargs)  # names and types before anything is built
         check_size(architecture, lambda: MODELS.build(architecture, **shape_args, **kwargs), kwargs)
-        net = MODELS.build(architecture, **shape_args, **kwargs)
+        try:
+            net = MODELS.build(architecture, **shape_args, **kwargs)
+        except RuntimeError as err:  # torch refusing a size (a negative channel count)
+            raise ValueError(
+                f"architecture {architecture!r} with arch_kwargs {dict(kwargs)} cannot be built: "
+                f"{str(err).splitlines()[0]}"
+            ) from None
     if not isinstance(net, nn.Module):
         raise TypeError(f"model {architecture!r} returned {type(net).__name__}, expected a torch.nn.Module")
     return net
