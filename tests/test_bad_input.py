@@ -51,6 +51,10 @@ def ckpt(tmp_path_factory) -> Path:
     return out
 
 
+LINKED = r"is a symbolic link; medrobust does not write through links"
+OUTSIDE = ("target.txt", "outside")
+
+
 CASES = [
     # --- security: checkpoints and specs are data ---------------------------------------------------------------
     Case("card factory os:system (evaluate)", lambda c, d: ["evaluate", "--model", str(copy_ckpt(
@@ -135,7 +139,7 @@ CASES = [
     Case("weights file missing", lambda c, d: ["evaluate", "--model", str(_no_weights(c, d))], r"does not exist"),
     Case("card not JSON", lambda c, d: ["evaluate", "--model", str(_card_text(c, d, "{not json"))], r"is not valid"),
     Case("card with an unknown key", lambda c, d: ["evaluate", "--model", str(copy_ckpt(c, d, shell="rm -rf /"))],
-         r"Extra inputs are not permitted"),
+         r"is not valid: shell: extra inputs are not permitted \(got 'rm -rf /'\)"),
     Case("spec device cuda without CUDA", lambda c, d: run_args(d, write_spec(d, c, device="cuda")),
          r"CUDA is not available here"),
     Case("spec device bogus", lambda c, d: run_args(d, write_spec(d, c, device="gpu0")), r"'gpu0' is not a torch device"),
@@ -293,6 +297,30 @@ CASES = [
     Case("link planted in the run folder's MLflow store", lambda c, d: _mlflow_link(c, d),
          r"run/mlflow/artifacts/summary\.json' is a symbolic link; medrobust does not write through links",
          unchanged=("target.txt",), skip=lambda: _no_mlflow()),
+    # --- a link planted in a run folder: refused with one line; what it points at keeps its bytes -----------------
+    Case("link at summary.json (report)", lambda c, d: ["report", str(_planted(c, d, "summary.json"))],
+         r"summary\.json' " + LINKED, unchanged=OUTSIDE),
+    Case("link at report.html (report)", lambda c, d: ["report", str(_planted(c, d, "report.html"))],
+         r"report\.html' " + LINKED, unchanged=OUTSIDE),
+    Case("link at comparisons.json (report)", lambda c, d: ["report", str(_planted(c, d, "comparisons.json"))],
+         r"comparisons\.json' " + LINKED, unchanged=OUTSIDE),
+    Case("link at summary.md (run)", lambda c, d: run_args(d, write_spec(d, c)) if _planted(
+        c, d, "summary.md", finished=False) else [], r"summary\.md' " + LINKED, unchanged=OUTSIDE),
+    Case("link at spec.json (run)", lambda c, d: run_args(d, write_spec(d, c)) if _planted(
+        c, d, "spec.json", finished=False) else [], r"spec\.json' " + LINKED, unchanged=OUTSIDE),
+    Case("link at results.db-wal (run)", lambda c, d: run_args(d, write_spec(d, c)) if _planted(
+        c, d, "results.db-wal", finished=False) else [], r"results\.db-wal' " + LINKED, unchanged=OUTSIDE),
+    Case("link at the lock file (run)", lambda c, d: run_args(d, write_spec(d, c)) if _planted(
+        c, d, ".medrobust.lock", finished=False) else [], r"\.medrobust\.lock' " + LINKED, unchanged=OUTSIDE),
+    Case("model cache folder links out (run)", lambda c, d: run_args(d, write_spec(d, None, models=[
+        {"name": "m", "train": {"architecture": "small-cnn", "arch_kwargs": {"width": 2}, "epochs": 1}}],
+        perturbations=[])) if _planted(c, d, "models", finished=False, folder=True) else [],
+         r"run/models' " + LINKED, unchanged=OUTSIDE, check=lambda d: _empty(d / "outside")),
+    Case("link at records.csv (export)", lambda c, d: ["export", str(_planted(c, d, "records.csv")), "--format", "csv"],
+         r"records\.csv' " + LINKED, unchanged=OUTSIDE),
+    Case("export --out through a link", lambda c, d: ["export", str(_planted(c, d, "out.json")), "--out",
+                                                      str(d / "run" / "out.json")],
+         r"out\.json' " + LINKED, unchanged=OUTSIDE),
     Case("--force adds to another experiment's folder", lambda c, d: [*run_args(d, write_spec(d, c, dataset={
         "name": "derm-synth", "params": {"size": 16, "n": 48}}), "--force")] if finished_run(c, d) else [],
          r"cells run", code=0),
@@ -336,6 +364,10 @@ def _read_only(d: Path) -> bool:
     (d / "run").mkdir()
     (d / "run").chmod(0o555)
     return True
+
+
+def _empty(folder: Path) -> None:
+    assert not any(folder.iterdir()), "a file was written through the link"
 
 
 def _no_path(path: Path) -> None:
@@ -402,6 +434,22 @@ def _mlflow_link(ckpt: Path, d: Path) -> list[str]:
     (d / "run" / "mlflow" / "artifacts").mkdir(parents=True)
     (d / "run" / "mlflow" / "artifacts" / "summary.json").symlink_to(d / "target.txt")
     return run_args(d, write_spec(d, ckpt, mlflow=True))
+
+
+def _planted(ckpt: Path, d: Path, name: str, *, finished: bool = True, folder: bool = False) -> Path:
+    """A run folder (finished, or new) where ``name`` is a symbolic link to ``d/target.txt`` (or, ``folder``, to
+    the folder ``d/outside``), outside the run folder; returns the run folder."""
+    run = finished_run(ckpt, d) if finished else d / "run"
+    run.mkdir(exist_ok=True)
+    (d / "target.txt").write_text("keep me")
+    (d / "outside").mkdir()
+    link = run / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    link.unlink(missing_ok=True)
+    link.symlink_to(d / "outside" if folder else d / "target.txt")
+    return run
 
 
 def _no_mlflow() -> str:
@@ -524,8 +572,8 @@ def test_bad_input(case: Case, ckpt: Path, tmp_path: Path, monkeypatch) -> None:
         case.check(d)
 
 
-def test_at_least_45_cases() -> None:
-    assert len(CASES) >= 45
+def test_at_least_150_cases() -> None:
+    assert len(CASES) >= 150 and len({c.name for c in CASES}) == len(CASES)
 
 
 def test_api_refuses_factories_and_bad_tensors(ckpt: Path, tmp_path: Path) -> None:

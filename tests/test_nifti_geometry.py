@@ -69,8 +69,8 @@ def test_a_2mm_model_on_1_5mm_data(pair, model_2mm, tmp_path):
                                          r"dataset 'nifti' has \[1.5, 1.5, 1.5\] mm; resample .* spacing: \[2.0"):
         run_experiment(spec(pair, model_2mm), tmp_path / "a", quiet=True)
     # resampled but 31 x 35 slices: the UNet's stride cannot take them; said up front, not by a MONAI traceback
-    with pytest.raises(ValueError, match=r"^model 'unet-2mm' cannot take the inputs of dataset 'nifti' "
-                                         r"\(one sample: \[1, 31, 35\]\)"):
+    with pytest.raises(ValueError, match=r"^model 'unet-2mm' \(trained on \[1, 80, 96\]\) cannot take the inputs of "
+                                         r"dataset 'nifti' \(one sample: \[1, 31, 35\]\)"):
         run_experiment(spec(pair, model_2mm, spacing=2.0), tmp_path / "b", quiet=True)
     # resampled and padded to a multiple: it runs and scores every slice
     result = run_experiment(spec(pair, model_2mm, spacing=2.0, pad_to_multiple=4), tmp_path / "c", quiet=True)
