@@ -290,6 +290,9 @@ CASES = [
     Case("images of another size warn", lambda c, d: ["evaluate", "--model", str(c), "-d", "size=24", "--limit", "8",
                                                       "--attack", "fgsm:eps=0.01"],
          r"warning: model 'small-cnn-derm-synth-s0' was trained on \[16, 16\] images but dataset 'derm-synth' gives \[24, 24\]", code=0),
+    Case("evaluate --attack transfer", lambda c, d: ["evaluate", "--model", str(c), "--attack",
+                                                    f"transfer:eps=0.01,sources=[{c}]"],
+         r"--attack transfer: a transfer attack crafts its examples on other models.*run a spec instead"),
     # --- MLflow: checked before the run --------------------------------------------------------------------------
     Case("MLflow server that does not answer", lambda c, d: run_args(d, write_spec(d, c), "--mlflow",
                                                                      "http://127.0.0.1:9"),

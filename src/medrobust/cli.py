@@ -392,6 +392,12 @@ def evaluate(
         set_threads(threads)
         perts = [parse_perturbation("attack", s) for s in attack or []]
         perts += [parse_perturbation("corruption", s) for s in corruption or []]
+        if any(p.kind == "attack" and p.name == "transfer" for p in perts):
+            raise ValueError(
+                "--attack transfer: a transfer attack crafts its examples on other models, and `medrobust evaluate` "
+                "loads one; run a spec instead (medrobust run), whose transfer attack names its sources: "
+                "perturbations: [{attack: transfer, strengths: [...], params: {sources: [checkpoint folder]}}]"
+            )
         net, card = load_model(model, device=device, trust_code=trust_code)
         params = parse_pairs(data_param, "--data-param")
         if dataset is None:
