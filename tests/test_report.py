@@ -341,9 +341,9 @@ def test_worst_cases_without_a_strong_attack_are_flagged():
             pert("jsma", "l0", (0.01,))]
     found = unchecked_worst_cases(run_of(*base, pert("autoattack", "linf", (0.02, 0.03))), values)
     assert [f.message for f in found] == [
-        "worst_case[linf] at eps = 0.01 rests on fgsm, pgd only; no strong attack (autoattack, apgd, fmn, fab) ran "
+        "worst_case[linf] at eps = 0.01 rests on fgsm, pgd only; no strong attack (apgd, autoattack, fab, fmn) ran "
         "at this strength, so it may be optimistic.",
-        "worst_case[l2] at eps = 0.5 rests on cw only; no strong attack (autoattack, apgd, fmn, fab) ran at this "
+        "worst_case[l2] at eps = 0.5 rests on cw only; no strong attack (apgd, autoattack, fab, fmn) ran at this "
         "strength, so it may be optimistic.",
     ]
     assert all(f.check == "worst case not checked by a strong attack" and "autoattack" in f.meaning for f in found)

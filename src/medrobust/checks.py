@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrobust.attacks import AutoAttack, capabilities
 from medrobust.attacks.base import loss_and_grad
 from medrobust.attacks.pgd import PGD
 from medrobust.models.wrapper import as_model, attack_mode
@@ -104,10 +105,6 @@ MEANINGS = {
     ),
 }
 
-#: Registered attack names that use only the model's outputs (or another model's gradients).
-BLACK_BOX_ATTACKS = frozenset({"square", "transfer"})
-#: Members of an ensemble (``detail_json["broken_by"]``) that are black-box.
-BLACK_BOX_MEMBERS = frozenset({"square"})
 #: The check's tolerances (see each function).
 UNBOUNDED_TOL = 0.05
 SCORE_SLACK = 0.02
@@ -384,6 +381,11 @@ def check_black_box(
     return _result("black_box", len(masked) < limit, len(masked), text)
 
 
+def _gradient_free(name: str) -> bool:
+    cls = capabilities(name)
+    return cls is not None and cls.gradient_free
+
+
 def _detail(record: Mapping[str, Any]) -> dict[str, Any]:
     raw = record.get("detail_json")
     try:
@@ -408,14 +410,15 @@ def black_box_outcomes(
     ``medrobust.store.RECORD_COLUMNS``), combined into one result per model, in the order models appear.
 
     attack_names: perturbation label -> registered attack name; norms: label -> threat norm. Only attack records
-    of clean-correct classification samples count. Attacks named in BLACK_BOX_ATTACKS are black-box. A record
+    of clean-correct classification samples count. Attacks whose class is ``gradient_free`` are black-box. A record
     whose detail_json has "broken_by" (an ensemble such as AutoAttack, whose members run in cascade) is
-    white-box, except that a sample broken by a BLACK_BOX_MEMBERS member ("square") counts as fooled by a
+    white-box, except that a sample broken by a gradient-free member ("square") counts as fooled by a
     black-box attack and not by the white-box members; the member counts as a black-box source on the samples it
     ran on (it broke them, or the record carries its facts, e.g. "square.queries"; in a cascade it runs only on
     samples every white-box member failed on). All other attacks are white-box. A model gets a result
     only where some (norm, strength) has both a white-box and a black-box source.
     """
+    black_members = AutoAttack.gradient_free_members()
     groups: dict[tuple[str, str, float], _Group] = {}
     for r in records:
         label = r["perturbation"]
@@ -428,17 +431,17 @@ def black_box_outcomes(
         g = groups.setdefault(key, _Group({}, {}, set(), set()))
         i, fooled = int(r["sample_index"]), int(r["pred"]) != int(r["label"])
         detail = _detail(r)
-        if name in BLACK_BOX_ATTACKS:
+        if _gradient_free(name):
             g.black[i] = g.black.get(i, False) or fooled
             g.black_names.add(label)
         elif "broken_by" in detail:
-            by_black = fooled and detail["broken_by"] in BLACK_BOX_MEMBERS
+            by_black = fooled and detail["broken_by"] in black_members
             g.white[i] = g.white.get(i, True) and not (fooled and not by_black)
             g.white_names.add(label)
             # the black-box member ran on this sample if it broke it or reported facts ("square.queries")
             ran = [
                 m
-                for m in BLACK_BOX_MEMBERS
+                for m in black_members
                 if by_black or any(k.split(".")[0] == m and v is not None for k, v in detail.items())
             ]
             if ran:

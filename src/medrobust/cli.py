@@ -392,7 +392,9 @@ def evaluate(
         set_threads(threads)
         perts = [parse_perturbation("attack", s) for s in attack or []]
         perts += [parse_perturbation("corruption", s) for s in corruption or []]
-        if any(p.kind == "attack" and p.name == "transfer" for p in perts):
+        from medrobust.attacks import capabilities
+
+        if any(p.kind == "attack" and getattr(capabilities(p.name), "needs_sources", False) for p in perts):
             raise ValueError(
                 "--attack transfer: a transfer attack crafts its examples on other models, and `medrobust evaluate` "
                 "loads one; run a spec instead (medrobust run), whose transfer attack names its sources: "
@@ -538,13 +540,9 @@ def clever_table(summary: list[dict[str, Any]], order: list[str] | None = None) 
 
 
 def _print_run(result: Any, spec: Any) -> None:
-    from medrobust.attacks import ATTACKS
     from medrobust.cells import perturbation_labels
 
-    norms = {
-        label: ATTACKS.build(p.name, **p.params).threat_norm if p.kind == "attack" else ""
-        for label, p in zip(perturbation_labels(spec.perturbations), spec.perturbations)
-    }
+    norms = {label: p.threat_norm for label, p in zip(perturbation_labels(spec.perturbations), spec.perturbations)}
     metric = "dice" if any(r["metric"] == "dice" for r in result.summary) else "accuracy"
     order = [m.name for m in spec.models]
     _consoles.out.print(robustness_table(result.summary, spec.reference_strength, norms, order, metric))

@@ -143,6 +143,14 @@ class ModelSpec(_Frozen):
         return self
 
 
+def _needs_sources(attack: Any) -> bool:
+    """Whether the attack registered as ``attack`` takes source models (a transfer attack)."""
+    from medrobust.attacks import capabilities
+
+    cls = capabilities(attack) if isinstance(attack, str) else None
+    return cls is not None and cls.needs_sources
+
+
 class PerturbationSpec(_Frozen):
     """An attack or a corruption, swept over ``strengths`` (eps in input units for attacks, the strength
     parameter for corruptions)."""
@@ -186,7 +194,7 @@ class PerturbationSpec(_Frozen):
     @property
     def sources(self) -> list[str]:
         """A transfer attack's source models: names of the spec's models or checkpoint folders."""
-        if self.attack != "transfer":
+        if not _needs_sources(self.attack):
             return []
         value = self.params.get("sources", [])
         return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
@@ -199,6 +207,13 @@ class PerturbationSpec(_Frozen):
     @property
     def name(self) -> str:
         return str(self.attack if self.attack is not None else self.corruption)
+
+    @property
+    def threat_norm(self) -> str:
+        """The norm an attack's strengths are measured in ("" for a corruption)."""
+        from medrobust.attacks import ATTACKS
+
+        return ATTACKS.build(self.name, **self.params).threat_norm if self.kind == "attack" else ""
 
 
 class CleverSpec(_Frozen):
@@ -471,7 +486,7 @@ def load_config(source: str | Path | dict[str, Any]) -> ExperimentSpec:
                 ]
         perturbations: list[Any] = data["perturbations"] if isinstance(data.get("perturbations"), list) else []
         for pert in perturbations:
-            params = pert.get("params") if isinstance(pert, dict) and pert.get("attack") == "transfer" else None
+            params = pert.get("params") if isinstance(pert, dict) and _needs_sources(pert.get("attack")) else None
             if isinstance(params, dict) and isinstance(params.get("sources"), list):
                 # sources that are not model names are checkpoint folders, relative to the spec file
                 params["sources"] = [

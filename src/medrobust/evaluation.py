@@ -26,9 +26,7 @@ import numpy as np
 import torch
 
 from medrobust.attacks import ATTACKS, Attack
-from medrobust.attacks.autoattack import AutoAttack
 from medrobust.attacks.base import flat_norm
-from medrobust.attacks.transfer import Transfer
 from medrobust.cells import Cell
 from medrobust.config import PerturbationSpec
 from medrobust.corruptions import CORRUPTIONS
@@ -43,22 +41,6 @@ from medrobust.tasks import Task, get_task
 
 # a gallery example: (perturbation label, strength, sample index, array name, array)
 Example = tuple[str, float, int, str, np.ndarray]
-# the hyperparameters of an attack that the threat model lists, where the attack has them
-THREAT_KEYS = (
-    "steps",
-    "restarts",
-    "step_size",
-    "random_start",
-    "keep_best",
-    "loss",
-    "targeted",
-    "target_classes",
-    "queries",
-    "version",
-    "binary_search_steps",
-    "gamma",
-    "candidates",
-)
 
 
 @dataclass
@@ -75,7 +57,7 @@ def build_perturbation(p: PerturbationSpec, sources: dict[str, Model] | None = N
     if p.kind == "corruption":
         return CORRUPTIONS.build(p.name, **p.params)
     attack = ATTACKS.build(p.name, **p.params)
-    if isinstance(attack, Transfer):
+    if attack.needs_sources:
         missing = [s for s in p.sources if s not in (sources or {})]
         if missing:
             raise ValueError(f"transfer: source models {missing} are not loaded")
@@ -92,7 +74,7 @@ def threat_model(
     family: str | None = None,
 ) -> dict[str, Any]:
     """What the report's threat-model table shows for a cell: bounds and seed, and for a perturbation its name,
-    strengths and settings (an attack's norm and the hyperparameters in ``THREAT_KEYS``)."""
+    strengths and settings (an attack's norm and :meth:`~medrobust.attacks.base.Attack.threat_settings`)."""
     info: dict[str, Any] = {"bounds": list(bounds), "seed": seed}
     if p is None or obj is None:
         return info
@@ -101,9 +83,7 @@ def threat_model(
         info.update(norm=obj.threat_norm, eps=list(strengths), minimal=obj.minimal, params=p.params)
         if not obj.minimal and len(strengths) > 1 and p.sweep == "pruned":
             info["sweep"] = "pruned"
-        info.update({key: getattr(obj, key) for key in THREAT_KEYS if hasattr(obj, key)})
-        if isinstance(obj, AutoAttack):
-            info["members"] = [name for name, _ in obj.members(family)]  # those that run on this task
+        info.update(obj.threat_settings(family))  # an ensemble lists the members that run on this task
         if p.sources:
             info.update(sources=p.sources, source_attack=p.params.get("attack", "pgd"))
     else:

@@ -299,11 +299,7 @@ def check_strength(spec: ExperimentSpec) -> float | None:
     if "linf" in spec.reference_strength:
         return spec.reference_strength["linf"]
     linf = [
-        s
-        for p in spec.perturbations
-        if p.kind == "attack"
-        for s in p.strengths
-        if ATTACKS.build(p.name, **p.params).threat_norm == "linf" and s > 0
+        s for p in spec.perturbations if p.kind == "attack" for s in p.strengths if p.threat_norm == "linf" and s > 0
     ]
     return min(linf) if linf else None
 
@@ -530,7 +526,7 @@ def warn_large_eps(spec: ExperimentSpec, models: dict[str, LoadedModel], notify:
     """A Linf eps at or above a model's whole input range makes every input reachable: almost surely a unit slip
     (eps in 0-255 units for [0, 1] data)."""
     for p in spec.perturbations:
-        if p.kind != "attack" or ATTACKS.build(p.name, **p.params).threat_norm != "linf":
+        if p.threat_norm != "linf":
             continue
         for name, lm in models.items():
             span = lm.model.bounds[1] - lm.model.bounds[0]
@@ -798,11 +794,7 @@ def _run_with(
                 advance.cell(f"{cell.model} / {cell.label} {list(cell.strengths)}{shard}")
         stage("cells")
         stored = store.records([c.key for c in cells])
-        norms = {
-            c.label: ATTACKS.build(c.pert.name, **c.pert.params).threat_norm
-            for c in cells
-            if c.pert and c.pert.kind == "attack"
-        }
+        norms = {c.label: c.pert.threat_norm for c in cells if c.pert and c.pert.kind == "attack"}
         tasks = {k: dataset.task for k in models}
         class_names = {k: list(dataset.class_names) for k in models}  # checked equal to the cards' (or mapped)
         summary = summarise(stored, norms=norms, tasks=tasks, class_names=class_names)

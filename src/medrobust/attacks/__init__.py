@@ -35,6 +35,19 @@ ATTACKS.register("autoattack")(AutoAttack)
 ATTACKS.register("transfer")(Transfer)
 ATTACKS.register("fmn")(FMN)
 
+
+def capabilities(name: str) -> type[Attack] | None:
+    """The class of the attack registered as ``name``, whose class attributes say what it is (``gradient_free``,
+    ``strong``, ``minimal``, ``needs_sources``); None for a name not registered (a stored run of an older
+    medrobust)."""
+    return ATTACKS.get(name) if name in ATTACKS.names() else None
+
+
+def strong_attacks() -> list[str]:
+    """The registered attacks that can back a worst case (``strong``), by name."""
+    return sorted(n for n in ATTACKS.names() if ATTACKS.get(n).strong)
+
+
 __all__ = [
     "APGD",
     "ASMA",
@@ -52,4 +65,6 @@ __all__ = [
     "SegPGD",
     "Square",
     "Transfer",
+    "capabilities",
+    "strong_attacks",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
 
@@ -71,6 +72,8 @@ class APGD(Attack):
     """steps: iterations per run (100 in AutoAttack). loss: "ce" or "dlr". targeted: run APGD-T over the top
     ``target_classes`` other classes (capped at K - 1). restarts: random restarts per run, each only on samples
     still robust. rho, momentum: the paper's 0.75 and 0.75."""
+
+    strong: ClassVar[bool] = True
 
     steps: int = 100
     norm: str = "linf"

@@ -22,6 +22,7 @@ when only the black-box member succeeded (the sign of gradient masking).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,6 +43,8 @@ class AutoAttack(Attack):
     targets (9). queries: Square's query budget per sample (5000). restarts: per APGD and FAB-T member and
     target. fab_steps: FAB-T iterations per target (None: ``steps``). version: "standard" (APGD-CE, APGD-T,
     FAB-T, Square) or "fast" (APGD-CE, APGD-T)."""
+
+    strong: ClassVar[bool] = True
 
     norm: str = "linf"
     version: str = "standard"
@@ -87,6 +90,15 @@ class AutoAttack(Attack):
             )
             out += [("fab-t", fab), ("square", Square(queries=self.queries, norm=self.norm))]
         return [(name, m) for name, m in out if family is None or family in m.tasks]
+
+    def threat_settings(self, family: str | None = None) -> dict[str, Any]:
+        """The hyperparameters, and the members that run on tasks of ``family``."""
+        return {**super().threat_settings(family), "members": [name for name, _ in self.members(family)]}
+
+    @classmethod
+    def gradient_free_members(cls) -> frozenset[str]:
+        """The names of the members that use no gradient (black-box sources in a sample's ``broken_by``)."""
+        return frozenset(name for name, m in cls().members() if m.gradient_free)
 
     def run(self, model: Model, task: Task, x: torch.Tensor, y: torch.Tensor, *, eps, generator) -> AttackResult:
         best = x.clone()

@@ -50,6 +50,39 @@ class Attack(ABC):
     minimal: ClassVar[bool] = False
     #: Tasks the algorithm is defined for.
     tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
+    #: Uses no gradient of the attacked model (only its outputs, or other models' gradients): a black-box source
+    #: for the gradient-masking check, which asks whether such attacks succeed where gradient attacks failed.
+    gradient_free: ClassVar[bool] = False
+    #: Strong and independent enough to back a worst case (adaptive steps and restarts, or a minimal-norm search
+    #: whose one run covers every strength of its norm); a worst case that rests on no strong attack is flagged.
+    strong: ClassVar[bool] = False
+    #: Needs source models resolved by name before it runs (:meth:`with_sources`): a transfer attack.
+    needs_sources: ClassVar[bool] = False
+    #: The hyperparameters a threat model lists, where the attack has them (:meth:`threat_settings`).
+    THREAT_KEYS: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "restarts",
+        "step_size",
+        "random_start",
+        "keep_best",
+        "loss",
+        "targeted",
+        "target_classes",
+        "queries",
+        "version",
+        "binary_search_steps",
+        "gamma",
+        "candidates",
+    )
+
+    def with_sources(self, sources: list[nn.Module]) -> Attack:
+        """The attack with its source models resolved (only where :attr:`needs_sources`)."""
+        raise TypeError(f"{type(self).__name__} takes no source models")
+
+    def threat_settings(self, family: str | None = None) -> dict[str, Any]:
+        """The settings the threat model shows for this attack (its hyperparameters in :attr:`THREAT_KEYS`), on
+        tasks of ``family`` (an ensemble lists the members that run there)."""
+        return {key: getattr(self, key) for key in self.THREAT_KEYS if hasattr(self, key)}
 
     @property
     def threat_norm(self) -> str:

@@ -112,6 +112,8 @@ class FAB(Attack):
     times the width of the bounds).
     """
 
+    strong: ClassVar[bool] = True
+
     minimal: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 

@@ -83,6 +83,8 @@ class FMN(Attack):
     FMN's L0 variant needs a rounding scheme of its own.
     """
 
+    strong: ClassVar[bool] = True
+
     minimal: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 

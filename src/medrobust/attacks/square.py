@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -110,6 +111,8 @@ def _objective(task: Task, logits: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 class Square(Attack):
     """Square Attack. queries: forward evaluations per sample and restart; p_init: initial fraction of the
     pixels a square covers; restarts: independent runs, later ones only on samples still not adversarial."""
+
+    gradient_free: ClassVar[bool] = True
 
     queries: int = 5000
     norm: str = "linf"

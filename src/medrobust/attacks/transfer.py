@@ -15,7 +15,7 @@ evaluates the perturbation on every model that is not one of its sources. In Pyt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ class LogitEnsemble(nn.Module):
 class Transfer(Attack):
     """sources: surrogate models (nn.Module or Model), or model names a runner resolves. attack: the registered
     budget attack run on the surrogates (default "pgd"); attack_params: its hyperparameters."""
+
+    gradient_free: ClassVar[bool] = True  # the target's gradients are never used
+    needs_sources: ClassVar[bool] = True
 
     sources: tuple[Any, ...] = ()
     attack: str = "pgd"

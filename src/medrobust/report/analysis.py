@@ -17,6 +17,7 @@ from typing import Any, cast
 import numpy as np
 
 from medrobust import resampling, stats
+from medrobust.attacks import strong_attacks
 from medrobust.checks import TITLES as CHECK_TITLES
 from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.report.data import PerturbationInfo, RunData
@@ -1066,10 +1067,8 @@ def label_definitions(
     return out
 
 
-# Attacks strong and independent enough to back a worst case, and the norms they cover.
-# FMN and FAB are minimal-norm attacks: one run backs every strength of its norm (cross-checked against foolbox's FMN
-# and torchattacks' FAB in bench/RESULTS.md)
-STRONG_ATTACKS = ("autoattack", "apgd", "fmn", "fab")
+# The norms the strong attacks (``strong`` on the attack's class: AutoAttack, APGD, and the minimal-norm FMN and
+# FAB, whose one run backs every strength of its norm; cross-checked in bench/RESULTS.md) cover.
 STRONG_NORMS = ("linf", "l2")
 UNCHECKED_MEANING = (
     "A robustness number is an upper bound: an attack that fails proves nothing. Worst cases from FGSM or PGD "
@@ -1080,9 +1079,10 @@ UNCHECKED_MEANING = (
 
 
 def unchecked_worst_cases(run: RunData, values: Values) -> list[Finding]:
-    """One finding per norm whose worst case, at some strength, rests on no strong attack (``STRONG_ATTACKS``);
+    """One finding per norm whose worst case, at some strength, rests on no strong attack (``strong``);
     norms no strong attack covers (L0) are left out."""
     out = []
+    strong = strong_attacks()
     for norm in run.norms:
         if norm not in STRONG_NORMS:
             continue
@@ -1090,7 +1090,7 @@ def unchecked_worst_cases(run: RunData, values: Values) -> list[Finding]:
         weak: dict[float, list[str]] = {}
         for s in values.strengths.get(label, []):
             at = [p for p in run.attacks if p.norm == norm and any(math.isclose(s, t) for t in p.strengths)]
-            if at and not any(p.name in STRONG_ATTACKS for p in at):
+            if at and not any(p.name in strong for p in at):
                 weak[s] = [p.label for p in at]
         if weak:
             names = sorted({a for labels in weak.values() for a in labels})
@@ -1099,7 +1099,7 @@ def unchecked_worst_cases(run: RunData, values: Values) -> list[Finding]:
                     "worst case not checked by a strong attack",
                     (
                         f"{label} at eps = {', '.join(f'{s:.4g}' for s in sorted(weak))} rests on "
-                        f"{', '.join(names)} only; no strong attack ({', '.join(STRONG_ATTACKS)}) ran at "
+                        f"{', '.join(names)} only; no strong attack ({', '.join(strong)}) ran at "
                         f"{'this strength' if len(weak) == 1 else 'these strengths'}, "
                         "so it may be optimistic."
                     ),
