@@ -105,9 +105,13 @@ def test_attack_conformance(name, dtype, toy_model, toy_batch):
     if name == "transfer":
         params = {**params, "sources": [model]}
     attack = ATTACKS.build(name, **params)
-    clean = accuracy(model, x, y)
-    runs = [attack(model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
-    model.float()
+    try:  # the model is a module-wide fixture: back to float32 whatever happens
+        clean = accuracy(model, x, y)
+        runs = [attack(model, "classification", x, y, eps=eps, generator=torch.Generator().manual_seed(7))
+                for _ in range(2)]
+        adv = accuracy(model, runs[0], y)
+    finally:
+        model.float()
     x_adv = runs[0]
     assert x_adv.shape == x.shape and x_adv.dtype == dtype and x_adv.device == x.device
     assert not x_adv.requires_grad
@@ -117,8 +121,6 @@ def test_attack_conformance(name, dtype, toy_model, toy_batch):
     budget = eps * x[0].numel() if norm == "l0" else eps
     assert float(size.max()) <= budget + 1e-6, f"{name} exceeds its {norm} budget"
     assert torch.equal(runs[0], runs[1]), f"{name} is not deterministic given the generator"
-    adv = accuracy(model.to(dtype), x_adv, y)
-    model.float()
     assert adv < clean - 0.3, f"{name}: accuracy {clean:.2f} -> {adv:.2f}"
 
 

@@ -210,9 +210,9 @@ def test_matched_noise_wrong_reference_shape() -> None:
         MatchedNoise(reference=torch.ones(5))(grey(3, 1, 4, 4))
 
 
-def test_strength_sweep_through_perturb() -> None:
+def test_strength_sweep_through_with_strength() -> None:
     x = grey(2, 1, 32, 32)
-    out = GaussianNoise().perturb(None, None, x, None, eps=0.0, generator=gen(0))
+    out = GaussianNoise().with_strength(0.0)(x, generator=gen(0), bounds=(0.0, 1.0))
     assert torch.equal(out, x)
     assert GaussianBlur().with_strength(2.0) == GaussianBlur(sigma=2.0)
     with pytest.raises(ValueError, match="no strength parameter"):

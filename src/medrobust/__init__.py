@@ -12,8 +12,7 @@ from types import ModuleType as _ModuleType  # not `types`: medrobust.types is a
 from typing import TYPE_CHECKING, Any
 
 from medrobust._lazy import lazy_getattr
-
-__version__ = "0.1.0"
+from medrobust._version import __version__
 
 if TYPE_CHECKING:
     from medrobust.api import attack, corrupt, list_attacks, list_corruptions, list_datasets, list_models

@@ -35,8 +35,6 @@ from medrobust.models.wrapper import Model, attack_mode
 from medrobust.seeding import make_generator
 from medrobust.tasks import Task
 
-KINDS = ("none", "adversarial", "ensemble_adversarial", "jacobian")
-
 
 class DefenseSpec(BaseModel):
     """How a model is trained for robustness (``train: {defense: ...}`` in a spec, ``--defense`` on the command

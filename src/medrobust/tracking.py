@@ -376,7 +376,7 @@ def log_run(
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from medrobust import __version__
+    from medrobust._version import __version__
     from medrobust.store import Store, check_database
 
     run_dir = Path(run_dir)

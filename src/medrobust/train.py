@@ -112,7 +112,7 @@ def label_fractions(labels: torch.Tensor, num_classes: int) -> list[float]:
 
 
 def versions() -> dict[str, str]:
-    from medrobust import __version__
+    from medrobust._version import __version__
 
     return {"medrobust": __version__, "torch": torch.__version__, "python": platform.python_version()}
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
 Bounds = tuple[float, float]
-Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 
 

@@ -44,8 +44,3 @@ class Corruption(ABC):
         if self.strength_param is None:
             raise ValueError(f"{type(self).__name__} has no strength parameter to sweep")
         return replace(self, **{self.strength_param: strength})
-
-    def perturb(self, model, task, x, y, *, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The attack call signature: ``eps`` sets ``strength_param``; model and task only supply bounds."""
-        bounds = getattr(model, "bounds", (0.0, 1.0))
-        return self.with_strength(eps)(x, generator=generator, bounds=bounds)

@@ -1,7 +1,9 @@
 """Datasets: registered builders that return an :class:`ImageDataset` for one split.
 
 Built in: ``derm-synth`` (synthetic dermoscopy, the default demo data), ``medmnist`` (MedMNIST .npz),
-``isic`` (ISIC 2017 / HAM10000 folder + metadata CSV) and ``image-folder`` (one sub-folder per class).
+``isic`` (ISIC 2017 / HAM10000 folder + metadata CSV), ``image-folder`` (one sub-folder per class), ``dicom``
+(DICOM files + a labels CSV), ``nifti`` (image/label volume pairs, whole or as 2D slices) and ``mni152-tissue``
+(the MNI152 template's tissue segmentation, the segmentation demo's data).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from medrobust.checks import TITLES as CHECK_TITLES
 from medrobust.checks import CheckResult, black_box_outcomes
 from medrobust.report.data import PerturbationInfo, RunData
 from medrobust.results import worst_label
+from medrobust.tasks.classification import successful
 
 DEFAULT_MALIGNANT = ("melanoma", "mel", "bcc", "akiec")
 NORM_NAMES = {"linf": "Linf", "l2": "L2", "l0": "L0"}
@@ -436,10 +437,6 @@ def _records_by(run: RunData) -> dict[tuple[str, str, float], list[dict[str, Any
     return groups
 
 
-def _successful(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in recs if r["clean_pred"] == r["label"] and r["pred"] != r["label"]]
-
-
 def _median(xs: Sequence[float | None]) -> float | None:
     kept = [x for x in xs if x is not None and not math.isnan(x)]
     return statistics.median(kept) if kept else None
@@ -484,7 +481,7 @@ class SizeGroup:
 
 def _size_group(model: str, p: PerturbationInfo, strength: float, recs: list[dict[str, Any]], dense: bool) -> SizeGroup:
     """Sizes of the successful examples; for a model deciding per pixel (no single decision), of every sample."""
-    ok = recs if dense else _successful(recs)
+    ok = recs if dense else successful(recs)
     vals = {k: [r[k] for r in ok if r[k] is not None] for k in SIZE_KEYS}
     attacked = recs if dense else [r for r in recs if r["clean_pred"] == r["label"]]
     sizes = [r[p.norm] for r in attacked if p.norm in SIZE_KEYS and r[p.norm] is not None]

@@ -116,7 +116,7 @@ def provenance(run: RunData) -> dict[str, Any]:
                 ),
             }
         )
-    from medrobust import __version__
+    from medrobust._version import __version__
 
     return {
         "name": run.spec.get("name", run.run_dir.name),
