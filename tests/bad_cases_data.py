@@ -47,8 +47,12 @@ def _folder(d: Path, bad: dict[str, bytes] | None = None, modes: tuple[str, ...]
     return root
 
 
+#: the checkpoint's classes in its order, for builders that would otherwise sort folder or label names
+ORDER = "[" + ", ".join(CLASSES) + "]"
+
+
 def _folder_args(c: Path, root: Path, *params: str) -> list[str]:
-    return _evaluate(c, "image-folder", (f"root={root}", "size=16"), params)
+    return _evaluate(c, "image-folder", (f"root={root}", "size=16", f"classes={ORDER}"), params)
 
 
 def _png_bytes(bits16: bool = False) -> bytes:
@@ -121,7 +125,7 @@ def _dicom(d: Path, files: list[str] | None = None, extra: str = "", header: str
 
 
 def _dicom_args(c: Path, root: Path, *params: str) -> list[str]:
-    return _evaluate(c, "dicom", (f"root={root}", "size=16"), params)
+    return _evaluate(c, "dicom", (f"root={root}", "size=16", f"class_names={ORDER}"), params)
 
 
 def _crafted_dicom(d: Path, **changes) -> Path:
@@ -312,8 +316,11 @@ DATA_CASES: list[Case] = [
         "a0.dcm,nevus,test", "a1.dcm,,test", "a2.dcm,melanoma,test"])), r"row 3 \('a1\.dcm'\) has an empty label",
          skip=NEEDS_DICOM),
     Case("dicom label index 10**12", lambda c, d: _dicom_args(c, _dicom(d, rows=[
-        "a0.dcm,0,test", "a1.dcm,1000000000000,test", "a2.dcm,2,test"])),
+        "a0.dcm,0,test", "a1.dcm,1000000000000,test", "a2.dcm,2,test"]), "class_names=None"),
          r"label 1000000000000 implies 1,000,000,000,001 classes but the CSV has 3 rows", skip=NEEDS_DICOM),
+    Case("dicom label index 10**12 with class names", lambda c, d: _dicom_args(c, _dicom(d, rows=[
+        "a0.dcm,0,test", "a1.dcm,1000000000000,test", "a2.dcm,2,test"])),
+         r"sample 'a1' has label 1000000000000, outside the 3 classes \['nevus', 'melanoma'", skip=NEEDS_DICOM),
     # --- DICOM files named by the CSV must stay inside root; headers are checked before the pixels --------------
     Case("dicom CSV names ../outside.dcm", lambda c, d: _dicom_args(c, _dotdot(d)),
          r"row 3: file '\.\./outside\.dcm' leads outside root .*; the files a labels CSV names must lie inside root",

@@ -172,7 +172,8 @@ CASES = [
     Case("export on a missing folder", lambda c, d: ["export", str(d / "nope")], r"has no results\.db"),
     Case("model outputs 5 classes, card says 3 (trusted factory)", lambda c, d: [
         "evaluate", "--model", str(_five_way(d)), "--limit", "8", "--trust-code"],
-         r"returns 5 outputs per sample but dataset 'derm-synth' has 3 classes", may_write=("ckpt5",)),
+         r"model 'five' cannot take the inputs of dataset 'derm-synth' \(one sample: \[3, 16, 16\]\): it returns 5 "
+         r"outputs, the data have 3 classes", may_write=("ckpt5",)),
     Case("evaluate --device cuda without CUDA", lambda c, d: ["evaluate", "--model", str(c), "--device", "cuda"],
          r"CUDA is not available here", skip=lambda: "this machine has CUDA" if torch.cuda.is_available() else ""),
     Case("summary.csv links out of the run folder", lambda c, d: run_args(d, write_spec(d, c)) if _link_out(d) else [],

@@ -89,7 +89,7 @@ def test_a_single_volume_is_the_test_set(pair):
 
 def test_the_card_records_orientation_and_plane_and_a_run_compares_them(pair, model_2mm, tmp_path):
     from medrobust.models import load_model
-    from medrobust.runner import check_geometry
+    from medrobust.models.compat import check_geometry
 
     _, card = load_model(model_2mm)
     assert card.dataset["orientation"] == "RAS" and card.dataset["plane"] == "axial"

@@ -408,13 +408,10 @@ def evaluate(
         if not dataset:
             raise ValueError("the model card names no dataset; pass --dataset")
         ds = load_dataset(dataset, split=split, **params)
-        if ds.num_classes != card.num_classes:
-            raise ValueError(
-                f"dataset {dataset!r} has {ds.num_classes} classes but model {card.name!r} has {card.num_classes}"
-            )
-        from medrobust.runner import check_geometry
+        from medrobust.models.compat import check_fit, probe
 
-        check_geometry(card.name, card, ds, dataset, _notify)
+        check_fit(card.name, card, ds, dataset, _notify)  # the same checks as `medrobust run`
+        probe(net, ds, f"model {card.name!r}", dataset, device, card.input_shape)
         with deterministic_algorithms(device):
             result = run_evaluate(
                 net,

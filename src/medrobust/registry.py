@@ -251,7 +251,11 @@ def parse_value(text: str) -> Any:
     try:
         return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
-        return text.strip()
+        pass
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]") and "[" not in inner[1:-1]:  # [a, b]: a list of bare words
+        return [parse_value(item) for item in inner[1:-1].split(",") if item.strip()]
+    return text.strip()
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
@@ -43,6 +41,7 @@ from medrobust.files import strict_dumps, write_json
 from medrobust.metrics.clever import WITHHOLD, attack_distances, clever_estimate
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard, read_card, save_checkpoint, weights_path
+from medrobust.models.compat import check_classes, check_geometry, probe
 from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, ModelRow, Store, check_database, trained_fingerprints
@@ -246,51 +245,31 @@ def model_row(name: str, lm: LoadedModel, m: ModelSpec, dataset: ImageDataset) -
 def probe_models(spec: ExperimentSpec, dataset: ImageDataset, loaded: dict[str, LoadedModel], trust_code: bool) -> None:
     """Before any training: every model of the spec, built (fresh weights, for the ones to train) or loaded, runs
     once on two samples of the spec's data, and of its training data where that differs; an architecture that
-    cannot take the input is a one-line error naming the model and the input size."""
+    cannot take the input is a one-line error naming the model and the input size (:func:`probe`)."""
     from medrobust.models.zoo import build_network
 
-    task = get_task(dataset.task)
     datasets = [(spec.dataset.name, dataset)]
     if spec.train_dataset is not None and any(m.train is not None for m in spec.models):
         t = spec.train_dataset
         datasets.append((t.name, load_dataset(t.name, split="train", **t.params)))
     for label, data in datasets:
-        batch = next(iter(iterate_batches(data, 2, 2)))
-        shape = tuple(batch.x.shape[1:])
         for m in spec.models:
             if m.name in loaded:
-                if label != spec.dataset.name:
-                    continue
-                net: torch.nn.Module = loaded[m.name].model
-                x = batch.x.to(spec.device)
-                trained = loaded[m.name].card.input_shape
-                what = f"model {m.name!r}" + (f" (trained on {list(trained)})" if list(trained) != list(shape) else "")
-            else:
-                assert m.train is not None
-                net = build_network(
-                    m.train.architecture,
-                    in_channels=shape[0],
-                    num_classes=data.num_classes,
-                    spatial_dims=len(shape) - 1,
-                    trust_code=trust_code or spec.trust_code,
-                    **m.train.arch_kwargs,
-                )
-                x = batch.x
-                what = f"model {m.name!r} ({m.train.architecture})"
-            try:
-                was = net.training
-                net.eval()
-                with torch.no_grad():
-                    out = net(x)
-                net.train(was)
-                task.check(out.cpu(), batch.y)
-                if out.shape[1] != data.num_classes:
-                    raise ValueError(f"it returns {out.shape[1]} outputs, the data have {data.num_classes} classes")
-            except Exception as err:  # any failure of a forward pass: name the model and the size, in one line
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(
-                    f"{what} cannot take the inputs of dataset {label!r} (one sample: {list(shape)}): {first}"
-                ) from None
+                if label == spec.dataset.name:
+                    lm = loaded[m.name]
+                    probe(lm.model, data, f"model {m.name!r}", label, spec.device, lm.card.input_shape)
+                continue
+            assert m.train is not None
+            shape = data.input_shape
+            net = build_network(
+                m.train.architecture,
+                in_channels=shape[0],
+                num_classes=data.num_classes,
+                spatial_dims=len(shape) - 1,
+                trust_code=trust_code or spec.trust_code,
+                **m.train.arch_kwargs,
+            )
+            probe(net, data, f"model {m.name!r} ({m.train.architecture})", label)
 
 
 def check_strength(spec: ExperimentSpec) -> float | None:
@@ -538,67 +517,6 @@ def warn_large_eps(spec: ExperimentSpec, models: dict[str, LoadedModel], notify:
                 )
 
 
-def normalised(name: str) -> str:
-    return re.sub(r"[\s_-]+", "_", name.strip().lower())
-
-
-def check_geometry(
-    name: str, card: ModelCard, dataset: ImageDataset, label: str, notify: Callable[[str], None] = log.warning
-) -> None:
-    """A model must see its data as it was trained: the voxel size its card records against the data's (an
-    error), the orientation (an error where both are known and differ, a warning where the data records none)
-    and the slice plane (a warning: a model may be scored across planes on purpose); and the input size of its card
-    (:func:`check_input_shape`)."""
-    check_input_shape(name, card, dataset, label, notify)
-    seen = dataset.geometry()
-    trained, here = card.dataset.get("spacing"), seen.get("spacing")
-    if trained and here and not np.allclose(trained, here, rtol=1e-3):
-        raise ValueError(
-            f"model {name!r} was trained on voxels of {list(trained)} mm but dataset {label!r} has {list(here)} mm; "
-            f"resample the data to the model's: add spacing: {list(trained)} to the dataset's params"
-        )
-    oriented = card.dataset.get("orientation")
-    if oriented and seen.get("orientation") and oriented != seen["orientation"]:
-        raise ValueError(
-            f"model {name!r} was trained on {oriented}-oriented volumes but dataset {label!r} is "
-            f"{seen['orientation']}-oriented; reorient the data to {oriented}"
-        )
-    if oriented and not seen.get("orientation") and get_task(dataset.task).dense:
-        notify(
-            f"warning: model {name!r} was trained on {oriented}-oriented volumes; dataset {label!r} records no "
-            "orientation, so it cannot be checked (the nifti dataset reorients to RAS)"
-        )
-    plane = card.dataset.get("plane")
-    if plane and seen.get("plane") and plane != seen["plane"]:
-        notify(
-            f"warning: model {name!r} was trained on {plane} slices but dataset {label!r} gives {seen['plane']} "
-            f"slices: its scores measure transfer across planes (set axis: {plane} to score it on its own plane)"
-        )
-
-
-def check_input_shape(
-    name: str, card: ModelCard, dataset: ImageDataset, label: str, notify: Callable[[str], None] = log.warning
-) -> None:
-    """The data's samples against the input shape the card records: another channel count or another number of
-    spatial dimensions is an error (no network takes those); for a classifier, another image size is a warning
-    (it runs, through global pooling, but on a scale it never saw; a network that cannot take the size fails
-    the probe that follows, which names the card's size). Dense models (fully convolutional, sliding-window
-    inference over volumes of any size) are not warned about size."""
-    trained, here = list(card.input_shape), list(dataset.input_shape)
-    if not trained or trained == here:
-        return
-    if len(trained) != len(here) or trained[0] != here[0]:
-        raise ValueError(
-            f"model {name!r} takes inputs of shape {trained} (channels first) but dataset {label!r} gives {here}; "
-            "the channel count and the number of spatial dimensions must match"
-        )
-    if not get_task(dataset.task).dense:
-        notify(
-            f"warning: model {name!r} was trained on {trained[1:]} images but dataset {label!r} gives {here[1:]}; "
-            f"it is scored at a scale it never saw (resize the data to {trained[1:]} to score it as trained)"
-        )
-
-
 def warn_missing_classes(dataset: ImageDataset, limit: int | None, notify: Callable[[str], None]) -> None:
     """Say so when the samples a classification run scores hold fewer classes than the data has (the report
     repeats it): accuracy then says nothing about the missing ones, and with one class balanced accuracy and
@@ -613,27 +531,6 @@ def warn_missing_classes(dataset: ImageDataset, limit: int | None, notify: Calla
         notify(
             f"warning: the {n} test samples hold {len(present)} of the {dataset.num_classes} classes (none of "
             f"{absent}){undefined}"
-        )
-
-
-def check_classes(name: str, class_map: dict[str, str], card: ModelCard, dataset: ImageDataset, label: str) -> None:
-    """Model and data must have the same classes in the same order (up to case, spaces, '-' and '_'), after the
-    spec's ``class_map`` (card name -> data name)."""
-    if card.num_classes != dataset.num_classes:
-        raise ValueError(
-            f"model {name!r} has {card.num_classes} classes but dataset {label!r} has {dataset.num_classes}"
-        )
-    unknown = sorted(set(class_map) - set(card.class_names))
-    if unknown:
-        raise ValueError(
-            f"model {name!r}: class_map names {unknown}, which are not classes of its card {list(card.class_names)}"
-        )
-    mapped = [class_map.get(c, c) for c in card.class_names]
-    if [normalised(c) for c in mapped] != [normalised(c) for c in dataset.class_names]:
-        raise ValueError(
-            f"model {name!r} predicts classes {mapped} but dataset {label!r} has {list(dataset.class_names)}; "
-            "a score would compare different things. If they are the same classes under other names, map them "
-            "in the spec: models: [{name: ..., class_map: {card name: data name}}]"
         )
 
 
