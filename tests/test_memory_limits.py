@@ -7,13 +7,12 @@ process fails, so the limit is real."""
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
+from test_data_checks import _png_header
 
 resource = pytest.importorskip("resource", reason="RLIMIT_AS is POSIX")
 
@@ -41,16 +40,6 @@ for name, argv in json.loads(sys.argv[1]).items():
     out[name] = [r.exit_code, r.stderr, type(r.exception).__name__ if r.exception else None]
 print(json.dumps(out))
 """
-
-
-def _png_header(path, width: int, height: int):
-    """A PNG of a few dozen bytes whose header declares width x height RGB pixels (no pixel data)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the address-space size from /proc")

@@ -41,7 +41,7 @@ from medrobust.files import strict_dumps, write_json
 from medrobust.metrics.clever import WITHHOLD, attack_distances, clever_estimate
 from medrobust.models import Model, load_model
 from medrobust.models.card import ModelCard, read_card, save_checkpoint, weights_path
-from medrobust.models.compat import check_classes, check_geometry, probe
+from medrobust.models.compat import check_classes, check_fit, probe
 from medrobust.results import clever_rows, compare_models, summarise, write_comparisons, write_summary
 from medrobust.seeding import deterministic_algorithms, make_generator
 from medrobust.store import CellInfo, ModelRow, Store, check_database, trained_fingerprints
@@ -569,8 +569,7 @@ def _run_experiment(
     loaded = {m.name: load_checkpoint(spec, m, trust_code) for m in spec.models if m.checkpoint is not None}
     for m in spec.models:
         if m.name in loaded:
-            check_classes(m.name, m.class_map, loaded[m.name].card, dataset, spec.dataset.name)
-            check_geometry(m.name, loaded[m.name].card, dataset, spec.dataset.name, notify)
+            check_fit(m.name, loaded[m.name].card, dataset, spec.dataset.name, notify, m.class_map)
     sources = load_sources(spec, loaded, trust_code)
     for name, lm in sources.items():
         if name not in loaded:
@@ -612,8 +611,7 @@ def _run_with(
     }
     for m in spec.models:
         if m.name not in loaded:
-            check_classes(m.name, m.class_map, models[m.name].card, dataset, spec.dataset.name)
-            check_geometry(m.name, models[m.name].card, dataset, spec.dataset.name, notify)
+            check_fit(m.name, models[m.name].card, dataset, spec.dataset.name, notify, m.class_map)
     sources = {**sources, **{s: models[s] for p in spec.perturbations for s in p.sources if s in models}}
     warn_large_eps(spec, models, notify)
     stage("training")
